@@ -1,0 +1,208 @@
+"""Versioned job events and the worker heartbeat.
+
+Every event carries an id, its type, a schema version, the job id, an aware UTC timestamp, the producer,
+the attempt and, where the producer knows it, a sequence number within that attempt. Changes are additive;
+a breaking change gets a new `schema_version` and an upcaster in `schemas.envelope`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+from schemas.jobs import Phase, ResolvedRequest
+
+SCHEMA_VERSION: Final = 1
+
+
+class EventType(StrEnum):
+    REQUESTED = "job.requested"
+    DISPATCHED = "job.dispatched"
+    STARTED = "job.started"
+    PROGRESS = "job.progress"
+    CHECKPOINTED = "job.checkpointed"
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCEL_REQUESTED = "job.cancel_requested"
+    CANCELLED = "job.cancelled"
+    RETRYING = "job.retrying"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    # extra="ignore": a consumer built against v1 reads a producer that added fields (additive changes).
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    schema_version: int = SCHEMA_VERSION
+    job_id: uuid.UUID
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    producer: str
+    attempt: int = Field(default=0, ge=0, description="0 before the first dispatch, then 1, 2, ...")
+    sequence: int | None = Field(default=None, ge=0, description="Order within this producer and attempt.")
+
+
+class JobRequested(_Event):
+    type: Literal[EventType.REQUESTED] = EventType.REQUESTED
+    request: ResolvedRequest
+    tenant: str = "default"
+    idempotency_key: str | None = None
+    request_hash: str = Field(description="sha256 of the canonical client body, for Idempotency-Key checks.")
+
+
+class JobDispatched(_Event):
+    """The scheduler's assignment. The same record goes to the slot's partition of `jobs.dispatch`."""
+
+    type: Literal[EventType.DISPATCHED] = EventType.DISPATCHED
+    slot: int = Field(ge=0)
+    request: ResolvedRequest
+    resume_checkpoint: str | None = Field(default=None, description="S3 key of the checkpoint to resume.")
+
+
+class JobStarted(_Event):
+    type: Literal[EventType.STARTED] = EventType.STARTED
+    slot: int = Field(ge=0)
+    worker_id: str
+
+
+class JobProgress(_Event):
+    type: Literal[EventType.PROGRESS] = EventType.PROGRESS
+    phase: Phase
+    progress: float = Field(ge=0.0, le=1.0)
+    step: int | None = Field(default=None, ge=0)
+    total_steps: int | None = Field(default=None, ge=1)
+    seconds_per_step: float | None = Field(default=None, ge=0)
+
+
+class JobCheckpointed(_Event):
+    type: Literal[EventType.CHECKPOINTED] = EventType.CHECKPOINTED
+    step: int = Field(ge=0)
+    total_steps: int = Field(ge=1)
+    checkpoint_key: str
+
+
+class VideoResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    video_key: str
+    poster_key: str | None
+    size_bytes: int = Field(ge=0)
+    content_type: str = "video/mp4"
+    width: int
+    height: int
+    fps: int
+    frames: int
+    duration_seconds: float
+
+
+class JobSucceeded(_Event):
+    type: Literal[EventType.SUCCEEDED] = EventType.SUCCEEDED
+    result: VideoResult
+    generation_seconds: float = Field(ge=0, description="Time the worker spent generating (no queueing).")
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    MODEL_REJECTED_INPUT = "model_rejected_input"
+    OUT_OF_MEMORY = "out_of_memory"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    INTERNAL = "internal"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+
+
+class JobError(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    code: ErrorCode
+    message: str
+    retryable: bool = False
+
+
+class JobFailed(_Event):
+    type: Literal[EventType.FAILED] = EventType.FAILED
+    error: JobError
+
+
+class JobCancelRequested(_Event):
+    type: Literal[EventType.CANCEL_REQUESTED] = EventType.CANCEL_REQUESTED
+    reason: str = "requested by client"
+
+
+class JobCancelled(_Event):
+    type: Literal[EventType.CANCELLED] = EventType.CANCELLED
+    reason: str = "requested by client"
+    at_step: int | None = None
+
+
+class JobRetrying(_Event):
+    type: Literal[EventType.RETRYING] = EventType.RETRYING
+    reason: str
+    next_attempt: int = Field(ge=1)
+
+
+JobEvent = Annotated[
+    JobRequested
+    | JobDispatched
+    | JobStarted
+    | JobProgress
+    | JobCheckpointed
+    | JobSucceeded
+    | JobFailed
+    | JobCancelRequested
+    | JobCancelled
+    | JobRetrying,
+    Field(discriminator="type"),
+]
+JOB_EVENT_ADAPTER: Final[TypeAdapter[JobEvent]] = TypeAdapter(JobEvent)
+TERMINAL_TYPES: Final = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})
+EVENT_CLASSES: Final[dict[EventType, type[_Event]]] = {
+    EventType.REQUESTED: JobRequested,
+    EventType.DISPATCHED: JobDispatched,
+    EventType.STARTED: JobStarted,
+    EventType.PROGRESS: JobProgress,
+    EventType.CHECKPOINTED: JobCheckpointed,
+    EventType.SUCCEEDED: JobSucceeded,
+    EventType.FAILED: JobFailed,
+    EventType.CANCEL_REQUESTED: JobCancelRequested,
+    EventType.CANCELLED: JobCancelled,
+    EventType.RETRYING: JobRetrying,
+}
+
+
+class SlotState(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+
+
+class WorkerHeartbeat(BaseModel):
+    """Published by each worker every few seconds, keyed by slot id, to a compacted topic."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: Literal["worker.heartbeat"] = "worker.heartbeat"
+    schema_version: int = SCHEMA_VERSION
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    producer: str
+    slot: int = Field(ge=0)
+    worker_id: str
+    boot_id: uuid.UUID = Field(description="New at every process start: a change means the slot restarted.")
+    state: SlotState
+    job_id: uuid.UUID | None = None
+    attempt: int | None = None
+    model: str | None = None
+    seconds_per_step: float | None = Field(default=None, ge=0)
+
+
+def event_type_of(payload: dict[str, Any]) -> str:
+    return str(payload.get("type", ""))

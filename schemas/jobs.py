@@ -1,0 +1,185 @@
+"""The job request, its resolution against the catalog, and the job status."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Final, Self
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from schemas.catalog import CATALOG, DEFAULT_MODEL, ModelSpec, Quality
+
+MAX_PROMPT_CHARS: Final = 2000
+MAX_METADATA_ENTRIES: Final = 16
+MAX_SEED: Final = 2**32 - 1
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL: Final = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Phase(StrEnum):
+    QUEUED = "queued"
+    LOADING = "loading"
+    ENCODING_PROMPT = "encoding_prompt"
+    DENOISING = "denoising"
+    DECODING = "decoding"
+    ENCODING_VIDEO = "encoding_video"
+    UPLOADING = "uploading"
+
+
+class Priority(StrEnum):
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
+MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetaValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+class JobRequest(BaseModel):
+    """What a client posts to `POST /v1/jobs`. Model-specific limits are checked by `resolve()`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: Prompt
+    negative_prompt: Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)] | None = None
+    model: str = DEFAULT_MODEL
+    width: int | None = Field(default=None, strict=True)
+    height: int | None = Field(default=None, strict=True)
+    duration_seconds: float | None = Field(default=None, gt=0, le=60)
+    num_frames: int | None = Field(default=None, strict=True)
+    fps: int | None = Field(default=None, strict=True)
+    quality: Quality = Quality.MEDIUM
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
+    guidance_scale: float | None = None
+    priority: Priority = Priority.INTERACTIVE
+    webhook_url: AnyHttpUrl | None = None
+    metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> Self:
+        if self.duration_seconds is not None and self.num_frames is not None:
+            raise ValueError("give either duration_seconds or num_frames, not both")
+        return self
+
+
+class ResolvedRequest(BaseModel):
+    """A request with every value decided: what the worker runs and what the API shows back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str
+    negative_prompt: str | None
+    model: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    quality: Quality
+    num_inference_steps: int
+    seed: int
+    guidance_scale: float
+    priority: Priority
+    webhook_url: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def duration_seconds(self) -> float:
+        return self.num_frames / self.fps
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One field a model cannot do, with the allowed values spelled out."""
+
+    field: str
+    message: str
+    allowed: str
+
+
+class RequestRejected(ValueError):
+    """The request is well-formed but the chosen model cannot do it."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{p.field}: {p.message} (allowed: {p.allowed})" for p in problems))
+
+
+def _check_side(spec: ModelSpec, name: str, value: int) -> FieldProblem | None:
+    allowed = f"multiples of {spec.size_multiple} from {spec.min_side} to {spec.max_side}"
+    if spec.min_side <= value <= spec.max_side and value % spec.size_multiple == 0:
+        return None
+    return FieldProblem(name, f"{value} is not allowed for model {spec.name}", allowed)
+
+
+def _resolve_frames(spec: ModelSpec, req: JobRequest, fps: int) -> tuple[int | None, FieldProblem | None]:
+    if req.num_frames is not None:
+        if spec.frames_allowed(req.num_frames):
+            return req.num_frames, None
+        msg = f"{req.num_frames} frames is not allowed for model {spec.name}"
+        return None, FieldProblem("num_frames", msg, spec.frames_rule())
+    if req.duration_seconds is not None:
+        wanted = round(req.duration_seconds * fps)
+        if wanted > spec.max_frames:
+            # Only here is fps known to be positive (an fps of 0 is reported by the caller).
+            longest = spec.max_frames / fps
+            msg = f"{req.duration_seconds} s at {fps} fps is longer than model {spec.name} can make"
+            return None, FieldProblem("duration_seconds", msg, f"up to {longest:.2f} s at {fps} fps")
+        return spec.nearest_frames(wanted), None
+    return spec.default_frames, None
+
+
+def resolve(req: JobRequest, seed_source: random.Random | None = None) -> ResolvedRequest:
+    """Check `req` against its model's limits and fill every default. Raises `RequestRejected`."""
+    spec = CATALOG.get(req.model)
+    if spec is None:
+        raise RequestRejected([FieldProblem("model", f"unknown model {req.model!r}", ", ".join(CATALOG))])
+    problems: list[FieldProblem] = []
+    width = req.width if req.width is not None else spec.default_width
+    height = req.height if req.height is not None else spec.default_height
+    for name, value in (("width", width), ("height", height)):
+        if (problem := _check_side(spec, name, value)) is not None:
+            problems.append(problem)
+    fps = req.fps if req.fps is not None else spec.default_fps
+    if not spec.min_fps <= fps <= spec.max_fps:
+        problems.append(FieldProblem("fps", f"{fps} is out of range", f"{spec.min_fps} to {spec.max_fps}"))
+    frames, frame_problem = _resolve_frames(spec, req, fps)
+    if frame_problem is not None:
+        problems.append(frame_problem)
+    guidance = req.guidance_scale if req.guidance_scale is not None else spec.default_guidance
+    if not spec.min_guidance <= guidance <= spec.max_guidance:
+        allowed = f"{spec.min_guidance} to {spec.max_guidance}"
+        problems.append(FieldProblem("guidance_scale", f"{guidance} is out of range", allowed))
+    if problems or frames is None:
+        raise RequestRejected(problems)
+    seed = req.seed if req.seed is not None else (seed_source or random.SystemRandom()).randint(0, MAX_SEED)
+    return ResolvedRequest(
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        model=spec.name,
+        width=width,
+        height=height,
+        num_frames=frames,
+        fps=fps,
+        quality=req.quality,
+        num_inference_steps=spec.steps[req.quality],
+        seed=seed,
+        guidance_scale=guidance,
+        priority=req.priority,
+        webhook_url=str(req.webhook_url) if req.webhook_url is not None else None,
+        metadata=dict(req.metadata),
+    )

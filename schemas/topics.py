@@ -1,0 +1,45 @@
+"""Kafka topic names and their keys: part of the public contract (see docs/design.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+PREFIX: Final = "reelstream"
+
+JOBS_REQUESTED: Final = f"{PREFIX}.jobs.requested"
+JOBS_DISPATCH: Final = f"{PREFIX}.jobs.dispatch"
+JOBS_EVENTS: Final = f"{PREFIX}.jobs.events"
+JOBS_CONTROL: Final = f"{PREFIX}.jobs.control"
+WORKERS_HEARTBEAT: Final = f"{PREFIX}.workers.heartbeat"
+DLQ: Final = f"{PREFIX}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How a topic is laid out. `partitions=None` means one partition per GPU slot."""
+
+    name: str
+    key: str
+    partitions: int | None
+    compacted: bool
+    description: str
+
+
+def topic_specs(default_partitions: int = 6) -> tuple[TopicSpec, ...]:
+    """Every topic of the contract, in the order they appear in the design."""
+    n = default_partitions
+    return (
+        TopicSpec(JOBS_REQUESTED, "job id", n, False, "A job was accepted: full request, tenant, priority."),
+        TopicSpec(
+            JOBS_DISPATCH,
+            "job id",
+            None,
+            False,
+            "The scheduler's assignment; partition p is read by GPU slot p only.",
+        ),
+        TopicSpec(JOBS_EVENTS, "job id", n, False, "Every lifecycle event of every job, in order per job."),
+        TopicSpec(JOBS_CONTROL, "job id", n, False, "Cancel requests; every worker reads all of them."),
+        TopicSpec(WORKERS_HEARTBEAT, "slot id", n, True, "Slot liveness, state, loaded model, s/step."),
+        TopicSpec(DLQ, "original key", 1, False, "Poison messages with the reason; never silently dropped."),
+    )

@@ -1,0 +1,44 @@
+"""What a request handler needs, created once in the lifespan and handed out as Annotated dependencies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from services.api.notify import JobNotifier
+from services.api.publisher import JobPublisher
+from services.api.queries import DB_ERRORS
+from services.api.settings import ApiSettings
+from services.common.errors import DatabaseUnavailable
+from services.common.storage import Storage
+
+
+@dataclass
+class AppState:
+    settings: ApiSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    publisher: JobPublisher
+    storage: Storage
+    notifier: JobNotifier
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.reelstream
+    return state
+
+
+async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
+    try:
+        async with state.sessions() as session:
+            yield session
+    except DB_ERRORS as e:
+        raise DatabaseUnavailable(f"the job database is unavailable: {e.__class__.__name__}") from e
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]

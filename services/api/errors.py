@@ -1,0 +1,109 @@
+"""Domain errors of the api and their single mapping to RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas.catalog import CATALOG, DEFAULT_MODEL
+from schemas.jobs import RequestRejected
+from services.common.errors import PermanentError, RetryableError
+
+PROBLEM = "application/problem+json"
+log = logging.getLogger(__name__)
+
+
+class ApiError(PermanentError):
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class JobNotFound(ApiError):
+    status = 404
+    title = "Job not found"
+
+
+class Conflict(ApiError):
+    status = 409
+    title = "Conflict"
+
+
+class IdempotencyMismatch(ApiError):
+    status = 422
+    title = "Idempotency-Key reused with a different body"
+
+
+def problem(
+    status: int, title: str, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _allowed_for(field: str, body: Any) -> str | None:
+    """The model-specific allowed values for a field, so a type error still says what would be accepted."""
+    model = body.get("model", DEFAULT_MODEL) if isinstance(body, dict) else DEFAULT_MODEL
+    spec = CATALOG.get(model) if isinstance(model, str) else None
+    if spec is None:
+        return ", ".join(CATALOG) if field == "model" else None
+    sides = f"integer multiple of {spec.size_multiple} from {spec.min_side} to {spec.max_side}"
+    return {
+        "width": sides,
+        "height": sides,
+        "num_frames": f"integer {spec.frames_rule()}",
+        "fps": f"integer {spec.min_fps} to {spec.max_fps}",
+        "duration_seconds": f"up to {spec.max_frames / spec.default_fps:.2f} s",
+        "guidance_scale": f"{spec.min_guidance} to {spec.max_guidance}",
+        "seed": "integer 0 to 4294967295",
+    }.get(field)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    errors = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+        field = ".".join(loc) or "body"
+        entry: dict[str, Any] = {"field": field, "message": err.get("msg", "invalid")}
+        if (allowed := _allowed_for(loc[0] if loc else "", getattr(exc, "body", None))) is not None:
+            entry["allowed"] = allowed
+        errors.append(entry)
+    return errors
+
+
+def install(app: FastAPI) -> None:
+    """Register the one place where errors become problem+json."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(RequestRejected)
+    async def _rejected(_: Request, exc: RequestRejected) -> JSONResponse:
+        errors = [{"field": p.field, "message": p.message, "allowed": p.allowed} for p in exc.problems]
+        return problem(422, "The model cannot do this request", str(exc), errors=errors)
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return problem(exc.status, exc.title, exc.detail, **exc.extra)
+
+    @app.exception_handler(RetryableError)
+    async def _unavailable(_: Request, exc: RetryableError) -> JSONResponse:
+        log.warning("dependency unavailable: %s", exc)
+        return problem(503, "Service unavailable", str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=exc.headers)

@@ -1,0 +1,93 @@
+"""The api process: wiring only (settings, lifespan, routers, error mapping, metrics)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib.resources import files
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse
+from prometheus_client import make_asgi_app
+
+from services.api import errors, metrics
+from services.api.deps import AppState
+from services.api.notify import JobNotifier
+from services.api.publisher import JobPublisher, make_broker
+from services.api.routes import events, health, jobs
+from services.api.settings import ApiSettings, get_settings
+from services.common.db import make_engine, make_sessions
+from services.common.logging import configure
+from services.common.storage import Storage
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings)
+        broker = make_broker(settings)
+        await broker.connect()
+        notifier = JobNotifier(settings.database_url.get_secret_value())
+        await notifier.start()
+        timeout = settings.kafka_request_timeout_ms / 1000
+        app.state.reelstream = AppState(
+            settings,
+            engine,
+            make_sessions(engine),
+            JobPublisher(broker, timeout),
+            Storage(settings),
+            notifier,
+        )
+        try:
+            yield
+        finally:
+            await notifier.stop()
+            await broker.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="reelstream",
+        version="1.0.0",
+        summary="Asynchronous text-to-video: submit a prompt, follow progress over SSE, download an MP4.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(health.router)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    page = files("services.api.web").joinpath("index.html").read_text()
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return app
+
+
+def run() -> None:
+    settings = get_settings()
+    configure("api", settings.log_level)
+    started = time.monotonic()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=10,
+        access_log=False,
+    )
+    del started

@@ -1,0 +1,84 @@
+"""Read-model queries of the api (the projector is the only writer)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select, tuple_
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.api.errors import ApiError
+from services.common.readmodel import Job, JobEventRow
+
+
+class BadCursor(ApiError):
+    status = 400
+    title = "Invalid cursor"
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), str(job.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, TypeError) as e:
+        raise BadCursor("cursor is not one this api issued; pass next_cursor back unchanged") from e
+
+
+async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
+    return await session.get(Job, job_id, populate_existing=True)
+
+
+async def find_by_idempotency_key(session: AsyncSession, tenant: str, key: str) -> Job | None:
+    stmt = select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def queue_position(session: AsyncSession, job: Job) -> int | None:
+    """1-based place among the jobs of the same lane that wait for a slot (FIFO by acceptance time)."""
+    if job.status != "queued" or job.dispatched_at is not None:
+        return None
+    ahead = select(func.count()).where(
+        Job.status == "queued",
+        Job.dispatched_at.is_(None),
+        Job.priority == job.priority,
+        tuple_(Job.created_at, Job.id) < tuple_(job.created_at, job.id),
+    )
+    return int((await session.execute(ahead)).scalar_one()) + 1
+
+
+async def list_jobs(
+    session: AsyncSession, status: str | None, limit: int, cursor: str | None
+) -> tuple[Sequence[Job], str | None]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    stmt = select(Job)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if cursor is not None:
+        created, job_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    rows = (await session.execute(stmt)).scalars().all()
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def events_after(session: AsyncSession, job_id: uuid.UUID, after_seq: int) -> Sequence[JobEventRow]:
+    stmt = (
+        select(JobEventRow)
+        .where(JobEventRow.job_id == job_id, JobEventRow.seq > after_seq, JobEventRow.applied.is_(True))
+        .order_by(JobEventRow.seq)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+DB_ERRORS = (OperationalError, DBAPIError, OSError, TimeoutError)

@@ -1,0 +1,105 @@
+"""GET /v1/jobs/{id}/events: the job's events as Server-Sent Events, replayable with Last-Event-ID."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from schemas.events import TERMINAL_TYPES
+from services.api import metrics
+from services.api.deps import AppState, SessionDep, StateDep
+from services.api.errors import ApiError
+from services.api.notify import wait_event
+from services.api.queries import events_after, get_job, queue_position
+from services.api.routes.jobs import load_job
+from services.common.readmodel import JobEventRow
+
+router = APIRouter(prefix="/v1/jobs", tags=["events"])
+TERMINAL = {t.value for t in TERMINAL_TYPES}
+
+
+class BadLastEventId(ApiError):
+    status = 400
+    title = "Invalid Last-Event-ID"
+
+
+def frame(row: JobEventRow) -> str:
+    data = json.dumps({"seq": row.seq, **row.payload}, separators=(",", ":"))
+    return f"id: {row.seq}\nevent: {row.type}\ndata: {data}\n\n"
+
+
+def queue_frame(position: int) -> str:
+    return f"event: job.queue_position\ndata: {json.dumps({'queue_position': position})}\n\n"
+
+
+async def _position(state: AppState, job_id: uuid.UUID) -> int | None:
+    async with state.sessions() as session:
+        job = await get_job(session, job_id)
+        return None if job is None else await queue_position(session, job)
+
+
+async def _rows(state: AppState, job_id: uuid.UUID, after: int) -> list[JobEventRow]:
+    async with state.sessions() as session:
+        return list(await events_after(session, job_id, after))
+
+
+async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncIterator[str]:
+    """Replay what is stored after `after`, then follow live until the terminal event has been sent."""
+    metrics.SSE_CLIENTS.inc()
+    last_position: int | None = None
+    last_sent = time.monotonic()
+    try:
+        with state.notifier.watch(job_id) as changed:
+            yield "retry: 2000\n\n"
+            while True:
+                for row in await _rows(state, job_id, after):
+                    yield frame(row)
+                    after, last_sent = row.seq, time.monotonic()
+                    if row.type in TERMINAL:
+                        return
+                position = await _position(state, job_id)
+                if position is not None and position != last_position:
+                    yield queue_frame(position)
+                    last_position, last_sent = position, time.monotonic()
+                notified = await wait_event(changed, state.settings.sse_poll_seconds)
+                if not notified and time.monotonic() - last_sent >= state.settings.sse_keepalive_seconds:
+                    yield ": keep-alive\n\n"
+                    last_sent = time.monotonic()
+    finally:
+        metrics.SSE_CLIENTS.dec()
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    job_id: uuid.UUID,
+    state: StateDep,
+    session: SessionDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[
+        int | None, Query(ge=-1, description="Same as Last-Event-ID, for clients without headers")
+    ] = None,
+) -> StreamingResponse:
+    """One SSE event per job event (`id` = per-job sequence), keep-alives, closed after the terminal event."""
+    await load_job(state, session, job_id)
+    start = after if after is not None else -1
+    if last_event_id is not None:
+        try:
+            start = int(last_event_id)
+        except ValueError as e:
+            raise BadLastEventId(
+                f"Last-Event-ID must be an event id this stream sent, got {last_event_id!r}"
+            ) from e
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(
+        event_stream(state, job_id, start), media_type="text/event-stream", headers=headers
+    )

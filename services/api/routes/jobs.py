@@ -1,0 +1,201 @@
+"""/v1/jobs: submit, read, list, cancel, and the result (presigned redirect or streamed content)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+
+from schemas.events import JobCancelRequested, JobRequested
+from schemas.jobs import JobRequest, JobStatus, resolve
+from services.api import metrics
+from services.api.content import stream_object
+from services.api.deps import AppState, SessionDep, StateDep
+from services.api.errors import Conflict, IdempotencyMismatch, JobNotFound
+from services.api.ids import created_at_of, keyed_job_id, new_job_id
+from services.api.notify import wait_event
+from services.api.queries import find_by_idempotency_key, get_job, list_jobs, queue_position
+from services.api.views import JobList, JobOut, job_out
+from services.common.readmodel import Job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+TENANT = "default"
+
+
+def request_hash(req: JobRequest) -> str:
+    """Hash of what the client asked for (explicit fields only), to compare Idempotency-Key retries."""
+    canonical = req.model_dump_json(exclude_unset=True, round_trip=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def wait_projected(
+    state: AppState, session: SessionDep, job_id: uuid.UUID, changed: asyncio.Event
+) -> Job | None:
+    """Read-your-writes: wait (bounded) until the projector has written the job's row."""
+    deadline = time.monotonic() + state.settings.projection_wait_seconds
+    while True:
+        job = await get_job(session, job_id)
+        remaining = deadline - time.monotonic()
+        if job is not None or remaining <= 0:
+            return job
+        await wait_event(changed, min(remaining, 0.25))
+
+
+async def _view(state: AppState, session: SessionDep, job: Job) -> JobOut:
+    return job_out(job, state.settings.public_base_url, await queue_position(session, job))
+
+
+@router.post(
+    "", status_code=202, response_model=JobOut, responses={202: {"description": "Accepted, durable"}}
+)
+async def submit(
+    body: JobRequest,
+    state: StateDep,
+    session: SessionDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> JobOut:
+    """Accept a job. The 202 is sent only after Kafka acknowledged `job.requested` with acks=all."""
+    started = time.perf_counter()
+    resolved = resolve(body)
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        job_id = keyed_job_id(TENANT, idempotency_key)
+        existing = await find_by_idempotency_key(session, TENANT, idempotency_key)
+        if existing is not None:
+            return await _replayed(state, session, existing, digest, response)
+    else:
+        job_id = new_job_id()
+    event = JobRequested(
+        job_id=job_id,
+        producer="api",
+        request=resolved,
+        tenant=TENANT,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+    )
+    with state.notifier.watch(job_id) as changed:
+        await state.publisher.requested(event)
+        job = await wait_projected(state, session, job_id, changed)
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    metrics.SUBMIT_SECONDS.observe(time.perf_counter() - started)
+    if job is None:
+        return _unprojected_view(state, event)
+    if job.request_hash != digest:
+        raise IdempotencyMismatch("this Idempotency-Key was used with a different body", job_id=str(job_id))
+    return await _view(state, session, job)
+
+
+async def _replayed(
+    state: AppState, session: SessionDep, job: Job, digest: str, response: Response
+) -> JobOut:
+    if job.request_hash != digest:
+        raise IdempotencyMismatch("this Idempotency-Key was used with a different body", job_id=str(job.id))
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return await _view(state, session, job)
+
+
+def _unprojected_view(state: AppState, event: JobRequested) -> JobOut:
+    """The job is durable in Kafka but not yet in the read model: answer from the request itself."""
+    now = event.occurred_at
+    return JobOut(
+        id=event.job_id,
+        status=JobStatus.QUEUED,
+        phase="queued",
+        progress=0.0,
+        step=None,
+        total_steps=None,
+        queue_position=None,
+        attempt=0,
+        created_at=now,
+        dispatched_at=None,
+        started_at=None,
+        finished_at=None,
+        updated_at=now,
+        request=event.request,
+        result=None,
+        error=None,
+        links={"self": f"{state.settings.public_base_url}/v1/jobs/{event.job_id}"},
+    )
+
+
+async def load_job(state: AppState, session: SessionDep, job_id: uuid.UUID) -> Job:
+    """The job, waiting (bounded) when the id is recent enough to be still on its way to the read model."""
+    job = await get_job(session, job_id)
+    if job is not None:
+        return job
+    created = created_at_of(job_id)
+    recent = timedelta(seconds=state.settings.recent_job_seconds)
+    if created is not None and datetime.now(UTC) - created < recent:
+        with state.notifier.watch(job_id) as changed:
+            job = await wait_projected(state, session, job_id, changed)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return job
+
+
+@router.get("/{job_id}", response_model=JobOut)
+async def read(job_id: uuid.UUID, state: StateDep, session: SessionDep) -> JobOut:
+    return await _view(state, session, await load_job(state, session, job_id))
+
+
+@router.get("", response_model=JobList)
+async def index(
+    state: StateDep,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> JobList:
+    """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    rows, next_cursor = await list_jobs(session, status.value if status else None, limit, cursor)
+    data = [await _view(state, session, job) for job in rows]
+    return JobList(data=data, next_cursor=next_cursor)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+async def cancel(job_id: uuid.UUID, state: StateDep, session: SessionDep) -> JobOut:
+    """Ask for a cancel: a queued job never starts, a running one stops within one denoising step."""
+    job = await load_job(state, session, job_id)
+    if JobStatus(job.status).is_terminal():
+        raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be cancelled")
+    await state.publisher.control(JobCancelRequested(job_id=job_id, producer="api", attempt=job.attempt))
+    return await _view(state, session, job)
+
+
+def _succeeded(job: Job) -> dict[str, object]:
+    if job.status != JobStatus.SUCCEEDED or job.result is None:
+        raise Conflict(f"job {job.id} is {job.status}; the result exists once it has succeeded")
+    return job.result
+
+
+@router.get("/{job_id}/result", response_model=None, responses={302: {"description": "To the MP4"}})
+async def result(
+    job_id: uuid.UUID, state: StateDep, session: SessionDep, redirect: bool = True
+) -> RedirectResponse | JSONResponse:
+    """A presigned S3 URL of the MP4: a 302 to it, or `{url, expires_at}` with `?redirect=false`."""
+    job = await load_job(state, session, job_id)
+    key = str(_succeeded(job)["video_key"])
+    ttl = state.settings.presign_expiry_seconds
+    url = await state.storage.presign_get(key, ttl, filename=f"{job_id}.mp4")
+    if redirect:
+        return RedirectResponse(url, status_code=302)
+    expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat()
+    return JSONResponse({"url": url, "expires_at": expires})
+
+
+@router.get("/{job_id}/content", response_model=None)
+async def content(
+    job_id: uuid.UUID, request: Request, state: StateDep, session: SessionDep
+) -> StreamingResponse:
+    """The MP4 streamed through the api, with HTTP Range support."""
+    job = await load_job(state, session, job_id)
+    key = str(_succeeded(job)["video_key"])
+    return await stream_object(state.storage, key, request.headers.get("range"))

@@ -1,0 +1,34 @@
+"""Settings of the api service."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from services.common.settings import CommonSettings
+
+
+class ApiSettings(CommonSettings):
+    service_name: str = "api"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_base_url: str = "http://127.0.0.1:8000"
+    presign_expiry_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    projection_wait_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a request waits for its job to be projected (read-your-writes).",
+    )
+    recent_job_seconds: float = Field(
+        default=60.0, ge=0, description="A GET for an unknown id this recent waits for the projection."
+    )
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    sse_poll_seconds: float = Field(default=2.0, gt=0, description="Fallback re-read if a NOTIFY is missed.")
+    health_timeout_seconds: float = Field(default=3.0, gt=0)
+    list_max_limit: int = Field(default=100, ge=1)
+
+
+@lru_cache
+def get_settings() -> ApiSettings:
+    return ApiSettings()

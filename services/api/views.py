@@ -1,0 +1,88 @@
+"""What the api returns for a job."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.events import JobError, VideoResult
+from schemas.jobs import JobStatus, Phase, ResolvedRequest
+from services.common.readmodel import Job
+
+
+class ResultOut(BaseModel):
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    fps: int
+    frames: int
+    duration_seconds: float
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    status: JobStatus
+    phase: Phase
+    progress: float
+    step: int | None
+    total_steps: int | None
+    queue_position: int | None
+    attempt: int
+    created_at: datetime
+    dispatched_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    request: ResolvedRequest
+    result: ResultOut | None
+    error: JobError | None
+    links: dict[str, str]
+
+
+class JobList(BaseModel):
+    data: list[JobOut]
+    next_cursor: str | None
+
+
+def links(base: str, job_id: uuid.UUID, succeeded: bool) -> dict[str, str]:
+    root = f"{base}/v1/jobs/{job_id}"
+    out = {"self": root, "events": f"{root}/events", "cancel": f"{root}/cancel"}
+    if succeeded:
+        out |= {"result": f"{root}/result", "content": f"{root}/content"}
+    return out
+
+
+def _result(raw: dict[str, Any] | None) -> ResultOut | None:
+    if raw is None:
+        return None
+    video = VideoResult.model_validate(raw)
+    return ResultOut(**video.model_dump(exclude={"video_key", "poster_key"}))
+
+
+def job_out(job: Job, base: str, position: int | None) -> JobOut:
+    status = JobStatus(job.status)
+    return JobOut(
+        id=job.id,
+        status=status,
+        phase=Phase(job.phase),
+        progress=job.progress,
+        step=job.step,
+        total_steps=job.total_steps,
+        queue_position=position,
+        attempt=job.attempt,
+        created_at=job.created_at,
+        dispatched_at=job.dispatched_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        request=ResolvedRequest.model_validate(job.request),
+        result=_result(job.result),
+        error=JobError.model_validate(job.error) if job.error else None,
+        links=links(base, job.id, status is JobStatus.SUCCEEDED),
+    )

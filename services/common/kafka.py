@@ -1,0 +1,105 @@
+"""Kafka clients with delivery settings spelled out, plus the event publisher and the dead-letter path.
+
+aiokafka defaults to acks=1 without idempotence and auto-commits offsets: none of that is acceptable here,
+so every producer and consumer of reelstream is built by these two functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
+
+from schemas.dlq import DeadLetter
+from schemas.envelope import Record, encode_event, encode_heartbeat
+from schemas.events import JobEvent, WorkerHeartbeat
+from schemas.topics import DLQ
+from services.common.errors import BrokerUnavailable
+from services.common.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
+    """Durable producer: a send is acknowledged only once every in-sync replica has it."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        retry_backoff_ms=200,
+    )
+
+
+def make_consumer(
+    settings: CommonSettings,
+    *,
+    group_id: str | None,
+    client_id: str,
+    topics: Sequence[str] = (),
+    auto_offset_reset: str = "earliest",
+    max_poll_interval_ms: int = 300_000,
+) -> AIOKafkaConsumer:
+    """At-least-once consumer: offsets are committed by our code only after the effect is durable."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset=auto_offset_reset,
+        isolation_level="read_committed",
+        max_poll_interval_ms=max_poll_interval_ms,
+        session_timeout_ms=15_000,
+        heartbeat_interval_ms=3_000,
+        request_timeout_ms=max(settings.kafka_request_timeout_ms, 20_000),
+        metadata_max_age_ms=30_000,
+    )
+
+
+async def send(producer: AIOKafkaProducer, topic: str, record: Record, partition: int | None = None) -> Any:
+    """Send and wait for the broker's acknowledgement; broker trouble becomes `BrokerUnavailable`."""
+    try:
+        return await producer.send_and_wait(
+            topic, value=record.value, key=record.key, headers=record.headers, partition=partition
+        )
+    except KafkaError as e:
+        raise BrokerUnavailable(f"Kafka did not acknowledge a record on {topic}: {e}") from e
+
+
+async def publish_event(
+    producer: AIOKafkaProducer, topic: str, event: JobEvent, partition: int | None = None
+) -> Any:
+    return await send(producer, topic, encode_event(event), partition)
+
+
+async def publish_heartbeat(producer: AIOKafkaProducer, topic: str, beat: WorkerHeartbeat) -> Any:
+    return await send(producer, topic, encode_heartbeat(beat))
+
+
+async def dead_letter(
+    producer: AIOKafkaProducer, msg: ConsumerRecord[Any, Any], reason: str, consumer: str
+) -> None:
+    """Put a poison record on the DLQ with its reason, so the consumer can move past it losing nothing."""
+    letter = DeadLetter(
+        original_headers=tuple(msg.headers or ()),
+        reason=reason,
+        source_topic=msg.topic,
+        source_partition=msg.partition,
+        source_offset=msg.offset,
+        consumer=consumer,
+    )
+    log.warning(
+        "dead-lettered topic=%s partition=%s offset=%s reason=%s",
+        msg.topic,
+        msg.partition,
+        msg.offset,
+        reason,
+    )
+    record = Record(key=msg.key or b"", value=msg.value or b"", headers=letter.headers())
+    await send(producer, DLQ, record)

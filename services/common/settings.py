@@ -1,0 +1,64 @@
+"""The settings base every service extends. Only settings classes read the environment."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRETS = frozenset({"reelstream", "reelstream-secret", "changethis"})
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class CommonSettings(BaseSettings):
+    """Connection settings shared by all services; each service subclasses it with its own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="REELSTREAM_", env_file=None, extra="ignore", frozen=True)
+
+    environment: Environment = Environment.DEVELOPMENT
+    log_level: str = "INFO"
+    service_name: str = "reelstream"
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_request_timeout_ms: int = Field(default=15_000, ge=1000)
+
+    database_url: SecretStr = SecretStr(
+        "postgresql+asyncpg://reelstream:reelstream@127.0.0.1:5432/reelstream"
+    )
+    database_pool_size: int = Field(default=5, ge=1)
+
+    s3_endpoint: str = "http://127.0.0.1:9000"
+    s3_public_endpoint: str | None = Field(
+        default=None, description="Endpoint written into presigned URLs when clients reach S3 elsewhere."
+    )
+    s3_region: str = "us-east-1"
+    s3_access_key: SecretStr = SecretStr("reelstream")
+    s3_secret_key: SecretStr = SecretStr("reelstream-secret")
+    s3_bucket: str = "reelstream-videos"
+
+    gpu_slots: int = Field(default=2, ge=1, le=64, description="Partitions of jobs.dispatch = GPU slots.")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _no_dev_secrets_in_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION:
+            url = self.database_url.get_secret_value()
+            weak = [
+                name
+                for name, value in (
+                    ("s3_access_key", self.s3_access_key.get_secret_value()),
+                    ("s3_secret_key", self.s3_secret_key.get_secret_value()),
+                )
+                if value in DEV_SECRETS
+            ]
+            if ":reelstream@" in url:
+                weak.append("database_url")
+            if weak:
+                raise ValueError(f"development secrets in production: set {', '.join(weak)}")
+        return self
