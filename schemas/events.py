@@ -202,6 +202,9 @@ class WorkerHeartbeat(BaseModel):
     attempt: int | None = None
     model: str | None = None
     seconds_per_step: float | None = Field(default=None, ge=0)
+    dispatch_position: int | None = Field(
+        default=None, ge=0, description="Next offset the slot will read on its jobs.dispatch partition."
+    )
 
 
 def event_type_of(payload: dict[str, Any]) -> str:
