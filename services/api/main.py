@@ -91,3 +91,7 @@ def run() -> None:
         access_log=False,
     )
     del started
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,239 @@
+"""The worker process of one GPU slot: load the model once, then run what the scheduler dispatches.
+
+It reads only its own partition of jobs.dispatch, by manual assignment, so a long generation never
+trips a consumer-group timeout; it reads every partition of jobs.control to see cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import torch
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from schemas.envelope import MalformedMessage, decode_event
+from schemas.events import EventType, JobCancelled, JobDispatched, JobEvent, SlotState, WorkerHeartbeat
+from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH, JOBS_EVENTS, WORKERS_HEARTBEAT
+from services.common.errors import RetryableError
+from services.common.kafka import dead_letter, make_consumer, make_producer, publish_event, publish_heartbeat
+from services.common.logging import configure
+from services.common.runtime import run_until_signalled, serve_metrics
+from services.common.storage import Storage
+from services.worker.engine import GenerationError, Generator, build_generator
+from services.worker.runner import JobRunner
+from services.worker.settings import WorkerSettings
+
+log = logging.getLogger("reelstream.worker")
+GROUP = "reelstream-worker"
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, producer: AIOKafkaProducer, runner: JobRunner) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.runner = runner
+        self.boot_id = uuid.uuid4()
+        self.position: int | None = None
+        self.stopping = False
+        self.cancelled: dict[uuid.UUID, datetime] = {}
+
+    # ---- heartbeats ------------------------------------------------------------------------------
+    def heartbeat(self) -> WorkerHeartbeat:
+        current = self.runner.current
+        state = SlotState.STOPPING if self.stopping else SlotState.BUSY if current else SlotState.IDLE
+        return WorkerHeartbeat(
+            producer=self.runner.producer,
+            slot=self.settings.slot_id,
+            worker_id=self.settings.hostname or "local",
+            boot_id=self.boot_id,
+            state=state,
+            job_id=current.dispatch.job_id if current else None,
+            attempt=current.dispatch.attempt if current else None,
+            model=self.settings.model,
+            seconds_per_step=self.runner.seconds_per_step,
+            dispatch_position=self.position,
+        )
+
+    async def beat(self) -> None:
+        try:
+            async with asyncio.timeout(5):
+                await publish_heartbeat(self.producer, WORKERS_HEARTBEAT, self.heartbeat())
+        except (RetryableError, TimeoutError) as e:
+            log.warning("heartbeat not sent: %s", e)
+
+    async def heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.beat()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.heartbeat_seconds):
+                    await stop.wait()
+
+    # ---- cancels ---------------------------------------------------------------------------------
+    def on_control(self, event: JobEvent) -> None:
+        if event.type is EventType.CANCEL_REQUESTED:
+            self.cancelled[event.job_id] = datetime.now(UTC)
+            if self.runner.cancel(event.job_id):
+                log.info("cancelling running job=%s", event.job_id)
+        horizon = datetime.now(UTC) - timedelta(seconds=self.settings.control_lookback_seconds)
+        if len(self.cancelled) > 10_000:
+            self.cancelled = {k: v for k, v in self.cancelled.items() if v > horizon}
+
+    async def control_loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for msg in records:
+                    try:
+                        self.on_control(decode_event(msg.value))
+                    except MalformedMessage as e:
+                        log.warning("unreadable control record offset=%s: %s", msg.offset, e)
+
+    # ---- dispatches ------------------------------------------------------------------------------
+    async def handle(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, msg: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        """Commit first, then run: a crash mid-job is recovered by the scheduler as a new attempt."""
+        try:
+            event = decode_event(msg.value)
+            if not isinstance(event, JobDispatched) or event.slot != self.settings.slot_id:
+                raise MalformedMessage(
+                    f"expected job.dispatched for slot {self.settings.slot_id}, got {event.type}"
+                )
+        except MalformedMessage as e:
+            await dead_letter(self.producer, msg, str(e), GROUP)
+            await self.commit(consumer, tp, msg.offset + 1)
+            return
+        await self.commit(consumer, tp, msg.offset + 1)
+        if event.job_id in self.cancelled:
+            cancelled = JobCancelled(
+                job_id=event.job_id, producer=self.runner.producer, attempt=event.attempt
+            )
+            await publish_event(self.producer, JOBS_EVENTS, cancelled)
+            return
+        await self.beat()  # tell the scheduler at once that this slot holds the job
+        outcome = await self.runner.run(event)
+        log.info("job=%s attempt=%d %s", event.job_id, event.attempt, outcome)
+        await self.beat()
+
+    async def commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        await consumer.commit({tp: offset})
+        self.position = offset
+
+    async def dispatch_loop(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, stop: asyncio.Event
+    ) -> None:
+        self.position = await consumer.position(tp)
+        while not stop.is_set():
+            batch = await consumer.getmany(tp, timeout_ms=500, max_records=1)
+            for msg in batch.get(tp, []):
+                if stop.is_set():
+                    return  # not committed: it stays for this slot's next process
+                await self.handle(consumer, tp, msg)
+
+
+async def start_control(settings: WorkerSettings) -> AIOKafkaConsumer:
+    """Every partition of jobs.control, from `control_lookback_seconds` ago, so no recent cancel is missed."""
+    consumer = make_consumer(
+        settings, group_id=None, client_id=f"reelstream-worker-{settings.slot_id}-control"
+    )
+    await consumer.start()
+    await consumer.topics()
+    partitions = [
+        TopicPartition(JOBS_CONTROL, p) for p in sorted(consumer.partitions_for_topic(JOBS_CONTROL) or ())
+    ]
+    consumer.assign(partitions)
+    since = int((datetime.now(UTC) - timedelta(seconds=settings.control_lookback_seconds)).timestamp() * 1000)
+    offsets = await consumer.offsets_for_times(dict.fromkeys(partitions, since))
+    for tp, found in offsets.items():
+        if found is None:
+            await consumer.seek_to_end(tp)
+        else:
+            consumer.seek(tp, found.offset)
+    return consumer
+
+
+async def start_dispatch(settings: WorkerSettings) -> tuple[AIOKafkaConsumer, TopicPartition]:
+    consumer = make_consumer(
+        settings,
+        group_id=GROUP,
+        client_id=f"reelstream-worker-{settings.slot_id}",
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    tp = TopicPartition(JOBS_DISPATCH, settings.slot_id)
+    consumer.assign([tp])
+    return consumer, tp
+
+
+def load_generator(settings: WorkerSettings) -> Generator:
+    """Load the model before touching Kafka: a worker without its model must not look alive."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    generator = build_generator(settings.model, settings.engine())
+    generator.load()
+    return generator
+
+
+async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
+    generator = await asyncio.to_thread(load_generator, settings)
+    producer = make_producer(settings, f"reelstream-worker-{settings.slot_id}")
+    await producer.start()
+    control = await start_control(settings)
+    dispatch, tp = await start_dispatch(settings)
+
+    async def publish(event: JobEvent) -> object:
+        return await publish_event(producer, JOBS_EVENTS, event)
+
+    runner = JobRunner(
+        slot=settings.slot_id,
+        generator=generator,
+        store=Storage(settings),
+        publish=publish,
+        scratch_dir=settings.scratch_dir,
+        checkpoint_every=settings.checkpoint_every,
+        progress_interval=settings.progress_interval_seconds,
+        upload_attempts=settings.upload_attempts,
+    )
+    worker = Worker(settings, producer, runner)
+    log.info("slot %d ready with model %s", settings.slot_id, settings.model)
+    tasks = [
+        asyncio.create_task(worker.heartbeat_loop(stop), name="heartbeat"),
+        asyncio.create_task(worker.control_loop(control, stop), name="control"),
+    ]
+    drain = asyncio.create_task(_drain_on_stop(worker, stop), name="drain")
+    try:
+        await worker.dispatch_loop(dispatch, tp, stop)
+    finally:
+        stop.set()
+        worker.stopping = True
+        await asyncio.gather(*tasks, drain, return_exceptions=True)
+        await worker.beat()
+        await dispatch.stop()
+        await control.stop()
+        await producer.stop()
+
+
+async def _drain_on_stop(worker: Worker, stop: asyncio.Event) -> None:
+    await stop.wait()
+    worker.stopping = True
+    worker.runner.drain()
+
+
+def run() -> None:
+    settings = WorkerSettings()
+    configure(f"worker-{settings.slot_id}", settings.log_level)
+    serve_metrics(settings.metrics_port)
+    try:
+        run_until_signalled(lambda stop: serve(settings, stop))
+    except GenerationError as e:
+        log.error("worker cannot start: %s", e.message)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,346 @@
+"""The job state machine of one slot: run a dispatched job, report it, store its artifacts.
+
+Generation runs on a worker thread; callbacks from that thread reach the event loop only through
+`call_soon_threadsafe`/`run_coroutine_threadsafe`. Progress is throttled and droppable; terminal events are
+retried until Kafka has them. Infrastructure trouble (S3, Kafka) is kept apart from model errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from schemas.events import (
+    ErrorCode,
+    JobCancelled,
+    JobCheckpointed,
+    JobDispatched,
+    JobError,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobStarted,
+    JobSucceeded,
+    VideoResult,
+)
+from schemas.jobs import Phase
+from services.common.errors import ReelstreamError, RetryableError
+from services.common.runtime import retry
+from services.common.storage import checkpoint_key, checkpoint_prefix, poster_key, video_key
+from services.worker.engine.generator import (
+    Cancelled,
+    GeneratedVideo,
+    GenerationError,
+    Generator,
+    ResumeState,
+    StepInfo,
+)
+from services.worker.engine.video import encode_mp4, poster_jpeg
+
+log = logging.getLogger("reelstream.worker")
+
+PHASE_WEIGHT = {  # share of the progress bar each phase ends at
+    Phase.LOADING: 0.0,
+    Phase.ENCODING_PROMPT: 0.02,
+    Phase.DENOISING: 0.05,
+    Phase.DECODING: 0.90,
+    Phase.ENCODING_VIDEO: 0.95,
+    Phase.UPLOADING: 0.98,
+}
+
+
+class Abandoned(Exception):
+    """The worker is shutting down: stop without a terminal event so the scheduler runs it elsewhere."""
+
+
+class RunState(StrEnum):
+    IDLE = "idle"
+    RUNNING = "running"
+    FINISHING = "finishing"
+
+
+class ArtifactStore(Protocol):
+    async def put_file(self, key: str, path: str, content_type: str) -> None: ...
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+    async def get_bytes(self, key: str) -> bytes: ...
+    async def delete_prefix(self, prefix: str) -> int: ...
+
+
+Publish = Callable[[JobEvent], Awaitable[object]]
+
+
+@dataclass
+class CurrentJob:
+    """The job the slot holds; `cancel` and `drain` are read from the generation thread."""
+
+    dispatch: JobDispatched
+    cancel: threading.Event = field(default_factory=threading.Event)
+    drain: threading.Event = field(default_factory=threading.Event)
+    # itertools.count is safe to share between the loop and the generation thread.
+    sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    seconds_per_step: float | None = None
+    last_checkpoint_step: int = -1
+    pump: ProgressPump | None = None
+
+
+class ProgressPump:
+    """Publishes the newest progress at most every `interval` seconds; older unsent updates are dropped."""
+
+    def __init__(self, publish: Publish, interval: float) -> None:
+        self._publish = publish
+        self._interval = interval
+        self._latest: JobProgress | None = None
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._pump(), name="progress-pump")
+
+    def offer(self, event: JobProgress) -> None:
+        """Called on the event loop (use `call_soon_threadsafe` from other threads)."""
+        self._latest = event
+        self._wake.set()
+
+    async def _send_latest(self) -> None:
+        event, self._latest = self._latest, None
+        self._wake.clear()
+        if event is not None:
+            try:
+                await self._publish(event)
+            except RetryableError as e:
+                log.warning("dropped a progress update: %s", e)
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            await self._send_latest()
+            await asyncio.sleep(self._interval)
+
+    async def close(self) -> None:
+        """Stop the pump and send what is still pending, so progress never follows the terminal event."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._send_latest()
+
+
+class JobRunner:
+    """Runs one dispatched job at a time on a loaded generator and reports every step of it."""
+
+    def __init__(
+        self,
+        *,
+        slot: int,
+        generator: Generator,
+        store: ArtifactStore,
+        publish: Publish,
+        scratch_dir: Path,
+        checkpoint_every: int = 0,
+        progress_interval: float = 0.25,
+        upload_attempts: int = 6,
+    ) -> None:
+        self.slot = slot
+        self.producer = f"worker-{slot}"
+        self.generator = generator
+        self.store = store
+        self.publish = publish
+        self.scratch_dir = scratch_dir
+        self.checkpoint_every = checkpoint_every if generator.supports_resume else 0
+        self.progress_interval = progress_interval
+        self.upload_attempts = upload_attempts
+        self.state = RunState.IDLE
+        self.current: CurrentJob | None = None
+
+    # ---- control from the event loop ------------------------------------------------------------
+    def cancel(self, job_id: uuid.UUID) -> bool:
+        if self.current is not None and self.current.dispatch.job_id == job_id:
+            self.current.cancel.set()
+            return True
+        return False
+
+    def drain(self) -> None:
+        """Shutting down: stop the running job at its next checkpoint (or step) without ending it."""
+        if self.current is not None:
+            self.current.drain.set()
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self.current.seconds_per_step if self.current else None
+
+    # ---- one job ---------------------------------------------------------------------------------
+    async def run(self, dispatch: JobDispatched) -> str:
+        """Run a job to its terminal event; returns the outcome ("succeeded", "abandoned", ...)."""
+        if self.state is not RunState.IDLE:
+            raise RuntimeError(f"slot {self.slot} is {self.state}; one job at a time")
+        job = CurrentJob(dispatch)
+        self.current, self.state = job, RunState.RUNNING
+        outcome = "abandoned"
+        try:
+            await self._emit(job, JobStarted, slot=self.slot, worker_id=self.producer)
+            outcome = await self._attempt(job)
+        finally:
+            if outcome != "abandoned":
+                await self._delete_checkpoints(job)
+            self.current, self.state = None, RunState.IDLE
+        return outcome
+
+    async def _attempt(self, job: CurrentJob) -> str:
+        d = job.dispatch
+        try:
+            video = await self._generate(job, await self._load_resume(d))
+            self.state = RunState.FINISHING
+            result = await self._store_artifacts(job, video)
+            await self._terminal(
+                job, JobSucceeded, result=result, generation_seconds=video.generation_seconds
+            )
+            return "succeeded"
+        except Abandoned:
+            log.info("abandoned job=%s attempt=%d at shutdown", d.job_id, d.attempt)
+            return "abandoned"
+        except Cancelled:
+            at = job.last_checkpoint_step if job.last_checkpoint_step >= 0 else None
+            await self._terminal(job, JobCancelled, reason="requested by client", at_step=at)
+            return "cancelled"
+        except GenerationError as e:
+            await self._fail(job, e.code, e.message, e.retryable)
+        except RetryableError as e:
+            await self._fail(job, ErrorCode.STORAGE_UNAVAILABLE, str(e), True)
+        except Exception as e:
+            log.exception("job=%s failed unexpectedly", d.job_id)
+            await self._fail(job, ErrorCode.INTERNAL, f"{e.__class__.__name__}: {e}", False)
+        return "failed"
+
+    # ---- events ------------------------------------------------------------------------------------
+    async def _emit(self, job: CurrentJob, kind: type[JobEvent], attempts: int = 6, **fields: object) -> None:
+        d = job.dispatch
+        event = kind(
+            job_id=d.job_id, producer=self.producer, attempt=d.attempt, sequence=next(job.sequence), **fields
+        )
+        await retry(f"publish {event.type}", lambda: self.publish(event), attempts=attempts)
+
+    async def _terminal(self, job: CurrentJob, kind: type[JobEvent], **fields: object) -> None:
+        """Terminal events are retried for minutes: losing one would leave the job open forever."""
+        if job.pump is not None:
+            await job.pump.close()
+        await self._emit(job, kind, attempts=40, **fields)
+
+    async def _fail(self, job: CurrentJob, code: ErrorCode, message: str, retryable: bool) -> None:
+        log.warning("job=%s failed code=%s: %s", job.dispatch.job_id, code, message)
+        await self._terminal(job, JobFailed, error=JobError(code=code, message=message, retryable=retryable))
+
+    def _progress(
+        self, job: CurrentJob, phase: Phase, value: float, step: StepInfo | None = None
+    ) -> JobProgress:
+        d = job.dispatch
+        return JobProgress(
+            job_id=d.job_id,
+            producer=self.producer,
+            attempt=d.attempt,
+            sequence=next(job.sequence),
+            phase=phase,
+            progress=min(max(value, 0.0), 1.0),
+            step=step.step if step else None,
+            total_steps=step.total_steps if step else None,
+            seconds_per_step=job.seconds_per_step,
+        )
+
+    # ---- generation on the worker thread -------------------------------------------------------------
+    async def _generate(self, job: CurrentJob, resume: ResumeState | None) -> GeneratedVideo:
+        loop = asyncio.get_running_loop()
+        pump = job.pump = ProgressPump(self.publish, self.progress_interval)
+
+        def on_phase(phase: Phase) -> None:
+            loop.call_soon_threadsafe(pump.offer, self._progress(job, phase, PHASE_WEIGHT.get(phase, 0.0)))
+
+        def on_step(info: StepInfo) -> None:
+            job.seconds_per_step = info.seconds_per_step
+            if job.cancel.is_set():
+                raise Cancelled(f"cancelled at step {info.step}")
+            if job.drain.is_set() and self.checkpoint_every == 0:
+                raise Abandoned(f"shutting down at step {info.step}")
+            value = PHASE_WEIGHT[Phase.DENOISING] + 0.85 * info.step / info.total_steps
+            loop.call_soon_threadsafe(pump.offer, self._progress(job, Phase.DENOISING, value, info))
+
+        def on_checkpoint(state: ResumeState) -> None:
+            future = asyncio.run_coroutine_threadsafe(self._save_checkpoint(job, state), loop)
+            try:
+                future.result(timeout=120)
+                job.last_checkpoint_step = state.step
+            except (RetryableError, TimeoutError) as e:
+                log.warning(
+                    "checkpoint of job=%s at step %d not saved: %s", job.dispatch.job_id, state.step, e
+                )
+            if job.drain.is_set():
+                raise Abandoned(f"shutting down after the checkpoint at step {state.step}")
+
+        return await asyncio.to_thread(
+            self.generator.generate,
+            job.dispatch.request,
+            on_phase=on_phase,
+            on_step=on_step,
+            resume=resume,
+            checkpoint_every=self.checkpoint_every,
+            on_checkpoint=on_checkpoint if self.checkpoint_every else None,
+        )
+
+    # ---- storage -----------------------------------------------------------------------------------------
+    async def _load_resume(self, d: JobDispatched) -> ResumeState | None:
+        if d.resume_checkpoint is None:
+            return None
+        try:
+            data = await retry("read checkpoint", lambda: self.store.get_bytes(str(d.resume_checkpoint)))
+            state = await asyncio.to_thread(ResumeState.from_bytes, data)
+        except (ReelstreamError, ValueError) as e:
+            log.warning("job=%s starts over: checkpoint %s unusable: %s", d.job_id, d.resume_checkpoint, e)
+            return None
+        log.info("job=%s attempt=%d resumes at step %d", d.job_id, d.attempt, state.step)
+        return state
+
+    async def _save_checkpoint(self, job: CurrentJob, state: ResumeState) -> None:
+        d = job.dispatch
+        key = checkpoint_key(d.job_id, d.attempt, state.step)
+        data = await asyncio.to_thread(state.to_bytes)
+        await retry("save checkpoint", lambda: self.store.put_bytes(key, data, "application/octet-stream"))
+        await self._emit(
+            job, JobCheckpointed, step=state.step, total_steps=state.total_steps, checkpoint_key=key
+        )
+
+    async def _store_artifacts(self, job: CurrentJob, video: GeneratedVideo) -> VideoResult:
+        d, pump = job.dispatch, job.pump
+        assert pump is not None
+        pump.offer(self._progress(job, Phase.ENCODING_VIDEO, PHASE_WEIGHT[Phase.ENCODING_VIDEO]))
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        path = self.scratch_dir / f"{d.job_id}-attempt-{d.attempt}.mp4"
+        try:
+            await asyncio.to_thread(encode_mp4, video.frames, video.fps, path)
+            poster = await asyncio.to_thread(poster_jpeg, video.frames)
+            pump.offer(self._progress(job, Phase.UPLOADING, PHASE_WEIGHT[Phase.UPLOADING]))
+            vkey, pkey = video_key(d.job_id, d.attempt), poster_key(d.job_id, d.attempt)
+            n = self.upload_attempts
+            await retry("upload video", lambda: self.store.put_file(vkey, str(path), "video/mp4"), attempts=n)
+            await retry("upload poster", lambda: self.store.put_bytes(pkey, poster, "image/jpeg"), attempts=n)
+            frames, height, width = video.frames.shape[0], video.frames.shape[1], video.frames.shape[2]
+            return VideoResult(
+                video_key=vkey,
+                poster_key=pkey,
+                size_bytes=path.stat().st_size,
+                width=width - width % 2,
+                height=height - height % 2,
+                fps=video.fps,
+                frames=frames,
+                duration_seconds=frames / video.fps,
+            )
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _delete_checkpoints(self, job: CurrentJob) -> None:
+        try:
+            await self.store.delete_prefix(checkpoint_prefix(job.dispatch.job_id))
+        except RetryableError as e:
+            log.warning("checkpoints of job=%s not deleted: %s", job.dispatch.job_id, e)

@@ -1,0 +1,74 @@
+"""Settings of a worker: its slot, its model and how the engine runs it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Self
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+
+from schemas.catalog import CATALOG, DEFAULT_MODEL
+from services.common.settings import CommonSettings
+from services.worker.engine.generator import CompileMode, DType, EngineSettings, Offload
+
+
+class WorkerSettings(CommonSettings):
+    service_name: str = "worker"
+    slot: int | None = Field(default=None, ge=0, description="GPU slot = partition of jobs.dispatch.")
+    hostname: str = Field(default="", validation_alias=AliasChoices("HOSTNAME", "REELSTREAM_HOSTNAME"))
+    model: str = DEFAULT_MODEL
+    model_dir: Path | None = None
+    hf_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("HF_TOKEN", "REELSTREAM_HF_TOKEN")
+    )
+    device: str = "auto"
+    dtype: DType = DType.AUTO
+    offload: Offload = Offload.NONE
+    vae_tiling: bool = True
+    compile: CompileMode = CompileMode.NONE
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch (CPU runs).")
+    tiny_cache_dir: Path | None = None
+    simulate: bool = False
+    simulated_seconds_per_step: float = Field(default=0.5, ge=0)
+    checkpoint_every: int = Field(
+        default=8, ge=0, description="Denoising steps between checkpoints; 0 = off."
+    )
+    scratch_dir: Path = Path("/tmp/reelstream-worker")  # noqa: S108 - a per-pod scratch volume in production
+    heartbeat_seconds: float = Field(default=1.0, gt=0)
+    progress_interval_seconds: float = Field(default=0.25, ge=0)
+    control_lookback_seconds: int = Field(default=3600, ge=0)
+    upload_attempts: int = Field(default=6, ge=1)
+
+    @model_validator(mode="after")
+    def _slot_and_model(self) -> Self:
+        if self.model not in CATALOG:
+            raise ValueError(f"model {self.model!r} is not in the catalog: {', '.join(CATALOG)}")
+        if self.slot is None:
+            match = re.search(r"-(\d+)$", self.hostname)
+            if match is None:
+                raise ValueError("set REELSTREAM_SLOT, or run in a StatefulSet pod named <name>-<ordinal>")
+            object.__setattr__(self, "slot", int(match.group(1)))
+        if self.slot is not None and self.slot >= self.gpu_slots:
+            raise ValueError(f"slot {self.slot} is outside REELSTREAM_GPU_SLOTS={self.gpu_slots}")
+        return self
+
+    @property
+    def slot_id(self) -> int:
+        assert self.slot is not None
+        return self.slot
+
+    def engine(self) -> EngineSettings:
+        extra = {"tiny_cache_dir": self.tiny_cache_dir} if self.tiny_cache_dir else {}
+        return EngineSettings(
+            device=self.device,
+            dtype=self.dtype,
+            model_dir=self.model_dir,
+            hf_token=self.hf_token,
+            offload=self.offload,
+            vae_tiling=self.vae_tiling,
+            compile=self.compile,
+            simulate=self.simulate,
+            simulated_seconds_per_step=self.simulated_seconds_per_step,
+            **extra,
+        )

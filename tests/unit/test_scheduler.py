@@ -1,0 +1,279 @@
+"""The scheduler's rules, on its pure state with an explicit clock: lanes, slots, cancels, recovery."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.events import (
+    JobCancelled,
+    JobCancelRequested,
+    JobCheckpointed,
+    JobDispatched,
+    JobRequested,
+    JobSucceeded,
+    SlotState,
+    VideoResult,
+    WorkerHeartbeat,
+)
+from schemas.jobs import JobRequest, Priority, resolve
+from services.scheduler.plan import plan
+from services.scheduler.state import Dispatch, Finish, Retry, SchedulerState
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+BOOT = uuid.uuid4()
+
+
+def make_state(slots: int = 2, reserved: int = 0, max_attempts: int = 3) -> SchedulerState:
+    return SchedulerState(
+        slots_total=slots,
+        dead_after=timedelta(seconds=10),
+        lost_grace=timedelta(seconds=3),
+        max_attempts=max_attempts,
+        reserved_interactive=reserved,
+        epoch=T0,
+    )
+
+
+def request(priority: Priority = Priority.INTERACTIVE, model: str = "tiny-mochi") -> JobRequested:
+    resolved = resolve(JobRequest(prompt="a cat", model=model, priority=priority, seed=1))
+    return JobRequested(job_id=uuid.uuid4(), producer="api", request=resolved, request_hash="h")
+
+
+def beat(
+    slot: int,
+    at: datetime,
+    *,
+    job: tuple[uuid.UUID, int] | None = None,
+    position: int = 0,
+    state: SlotState = SlotState.IDLE,
+    boot: uuid.UUID = BOOT,
+    model: str = "tiny-mochi",
+) -> WorkerHeartbeat:
+    return WorkerHeartbeat(
+        producer=f"worker-{slot}",
+        slot=slot,
+        worker_id="w",
+        boot_id=boot,
+        state=state,
+        occurred_at=at,
+        job_id=job[0] if job else None,
+        attempt=job[1] if job else None,
+        model=model,
+        dispatch_position=position,
+    )
+
+
+def submit(
+    state: SchedulerState, priority: Priority = Priority.INTERACTIVE, at: datetime = T0
+) -> JobRequested:
+    event = request(priority)
+    event = event.model_copy(update={"occurred_at": at})
+    state.on_event(event)
+    return event
+
+
+def carry_out(state: SchedulerState, decisions: list[object], offset: int = 0) -> None:
+    """Apply decisions the way the Kafka loop does after the broker acknowledged them."""
+    for d in decisions:
+        if isinstance(d, Dispatch):
+            state.on_dispatch(
+                JobDispatched(
+                    job_id=d.job_id,
+                    producer="scheduler",
+                    attempt=d.attempt,
+                    slot=d.slot,
+                    request=d.request,
+                    resume_checkpoint=d.resume_checkpoint,
+                ),
+                offset,
+            )
+        elif isinstance(d, Retry):
+            state._retry(state.jobs[d.job_id], d.next_attempt)
+        elif isinstance(d, Finish):
+            state._finish(state.jobs[d.job_id])
+
+
+def succeed(state: SchedulerState, job_id: uuid.UUID, attempt: int) -> None:
+    result = VideoResult(
+        video_key="k",
+        poster_key=None,
+        size_bytes=1,
+        width=96,
+        height=64,
+        fps=30,
+        frames=7,
+        duration_seconds=0.2,
+    )
+    state.on_event(
+        JobSucceeded(job_id=job_id, producer="w", attempt=attempt, result=result, generation_seconds=1)
+    )
+
+
+def test_no_slot_no_dispatch_then_fifo_per_idle_slot() -> None:
+    state = make_state()
+    first, second, third = (submit(state, at=T0 + timedelta(seconds=i)) for i in range(3))
+    assert plan(state, T0) == []
+    state.on_heartbeat(beat(0, T0))
+    state.on_heartbeat(beat(1, T0))
+    decisions = plan(state, T0)
+    assert [(d.job_id, d.slot, d.attempt) for d in decisions if isinstance(d, Dispatch)] == [
+        (first.job_id, 0, 1),
+        (second.job_id, 1, 1),
+    ]
+    carry_out(state, decisions)
+    assert plan(state, T0) == []  # both slots busy: the third waits
+    succeed(state, first.job_id, 1)
+    [d] = plan(state, T0)
+    assert isinstance(d, Dispatch) and d.job_id == third.job_id and d.slot == 0
+
+
+def test_interactive_lane_goes_before_older_batch_jobs() -> None:
+    state = make_state(slots=1)
+    batch = submit(state, Priority.BATCH, T0)
+    interactive = submit(state, Priority.INTERACTIVE, T0 + timedelta(seconds=5))
+    state.on_heartbeat(beat(0, T0))
+    [d] = plan(state, T0)
+    assert isinstance(d, Dispatch) and d.job_id == interactive.job_id
+    carry_out(state, [d])
+    succeed(state, interactive.job_id, 1)
+    [d] = plan(state, T0)
+    assert isinstance(d, Dispatch) and d.job_id == batch.job_id
+
+
+def test_reserved_slots_stay_free_of_batch_work() -> None:
+    state = make_state(slots=3, reserved=1)
+    for _ in range(3):
+        submit(state, Priority.BATCH)
+    for slot in range(3):
+        state.on_heartbeat(beat(slot, T0))
+    decisions = plan(state, T0)
+    assert [d.slot for d in decisions if isinstance(d, Dispatch)] == [0, 1]
+    carry_out(state, decisions)
+    late = submit(state, Priority.INTERACTIVE)
+    [d] = plan(state, T0)
+    assert isinstance(d, Dispatch) and d.job_id == late.job_id and d.slot == 2
+
+
+def test_slot_only_runs_jobs_of_its_model() -> None:
+    state = make_state(slots=1)
+    other = request(model="mochi-1-preview")
+    state.on_event(other)
+    state.on_heartbeat(beat(0, T0, model="tiny-mochi"))
+    assert plan(state, T0) == []
+
+
+def test_cancelled_queued_job_is_finished_and_never_dispatched() -> None:
+    state = make_state(slots=1)
+    job = submit(state)
+    state.on_event(JobCancelRequested(job_id=job.job_id, producer="api"))
+    state.on_heartbeat(beat(0, T0))
+    decisions = plan(state, T0)
+    assert decisions == [Finish(job.job_id, 0, cancelled=True, reason="requested by client")]
+    carry_out(state, decisions)
+    assert plan(state, T0) == []
+
+
+def test_duplicate_requested_is_ignored_and_done_jobs_stay_done() -> None:
+    state = make_state(slots=1)
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0))
+    succeed(state, job.job_id, 1)
+    state.on_event(job)  # the same job.requested read again
+    assert plan(state, T0) == []
+
+
+def test_silent_slot_job_is_retried_from_its_checkpoint_on_another_slot() -> None:
+    state = make_state()
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0), offset=5)
+    state.on_event(
+        JobCheckpointed(
+            job_id=job.job_id, producer="w", attempt=1, step=2, total_steps=4, checkpoint_key="ckpt"
+        )
+    )
+    state.on_heartbeat(beat(1, T0 + timedelta(seconds=11)))
+    [retry] = plan(state, T0 + timedelta(seconds=11))
+    assert isinstance(retry, Retry) and retry.next_attempt == 2 and "silent" in retry.reason
+    carry_out(state, [retry])
+    [d] = plan(state, T0 + timedelta(seconds=11))
+    assert isinstance(d, Dispatch) and (d.slot, d.attempt, d.resume_checkpoint) == (1, 2, "ckpt")
+
+
+def test_restarted_worker_that_dropped_the_job_is_noticed_after_the_grace() -> None:
+    state = make_state(slots=1)
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0), offset=7)
+    state.on_heartbeat(beat(0, T0 + timedelta(seconds=1), position=7))  # not read yet: fine
+    assert plan(state, T0 + timedelta(seconds=5)) == []
+    restarted = uuid.uuid4()
+    state.on_heartbeat(beat(0, T0 + timedelta(seconds=6), position=8, boot=restarted))
+    assert plan(state, T0 + timedelta(seconds=6)) == []  # within the grace: a terminal may be on its way
+    state.on_heartbeat(beat(0, T0 + timedelta(seconds=9), position=8, boot=restarted))
+    [retry] = plan(state, T0 + timedelta(seconds=9))
+    assert isinstance(retry, Retry) and retry.job_id == job.job_id
+
+
+def test_slot_reporting_its_job_is_left_alone() -> None:
+    state = make_state(slots=1)
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0), offset=3)
+    for s in range(1, 30):
+        state.on_heartbeat(
+            beat(0, T0 + timedelta(seconds=s), job=(job.job_id, 1), position=4, state=SlotState.BUSY)
+        )
+        assert plan(state, T0 + timedelta(seconds=s)) == []
+
+
+def test_attempts_are_bounded() -> None:
+    state = make_state(slots=1, max_attempts=1)
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0))
+    [d] = plan(state, T0 + timedelta(seconds=30))
+    assert isinstance(d, Finish) and not d.cancelled and d.job_id == job.job_id
+
+
+def test_stale_terminal_event_does_not_free_the_new_attempt() -> None:
+    state = make_state()
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0))
+    state.on_heartbeat(beat(1, T0 + timedelta(seconds=11)))
+    carry_out(state, plan(state, T0 + timedelta(seconds=11)))  # retry
+    carry_out(state, plan(state, T0 + timedelta(seconds=11)))  # attempt 2 on slot 1
+    state.on_event(JobCancelled(job_id=job.job_id, producer="w", attempt=1))
+    assert state.assignments.get(1) == job.job_id
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(list(range(6))))
+def test_rebuild_in_any_order_gives_the_same_waiting_lanes(order: list[int]) -> None:
+    """Replaying topics after a restart interleaves them differently; the queue must not care."""
+    jobs = [request(Priority.BATCH if i % 2 else Priority.INTERACTIVE) for i in range(6)]
+    jobs = [j.model_copy(update={"occurred_at": T0 + timedelta(seconds=i)}) for i, j in enumerate(jobs)]
+    expected, shuffled = make_state(), make_state()
+    for j in jobs:
+        expected.on_event(j)
+    for i in order:
+        shuffled.on_event(jobs[i])
+    assert shuffled.lanes == expected.lanes
+
+
+@pytest.mark.parametrize("waiting", [0, 1, 5])
+def test_plan_never_dispatches_one_job_twice(waiting: int) -> None:
+    state = make_state(slots=4)
+    for _ in range(waiting):
+        submit(state)
+    for slot in range(4):
+        state.on_heartbeat(beat(slot, T0))
+    ids = [d.job_id for d in plan(state, T0) if isinstance(d, Dispatch)]
+    assert len(ids) == len(set(ids)) == min(waiting, 4)
