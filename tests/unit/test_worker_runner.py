@@ -1,0 +1,193 @@
+"""The worker's job state machine, with a simulated generator, an in-memory store and a recorded publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from schemas.events import ErrorCode, EventType, JobDispatched, JobEvent
+from schemas.jobs import JobRequest, resolve
+from services.common.errors import StorageUnavailable
+from services.common.storage import ObjectMissing, checkpoint_prefix, video_key
+from services.worker.engine import SimulatedGenerator
+from services.worker.runner import JobRunner
+
+
+class MemoryStore:
+    """An S3 stand-in: a dict of keys to bytes; `down` makes every call fail like an unreachable store."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StorageUnavailable("store is down")
+
+    async def put_file(self, key: str, path: str, content_type: str) -> None:
+        self._check()
+        self.objects[key] = Path(path).read_bytes()
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self._check()
+        self.objects[key] = data
+
+    async def get_bytes(self, key: str) -> bytes:
+        self._check()
+        if key not in self.objects:
+            raise ObjectMissing(key)
+        return self.objects[key]
+
+    async def delete_prefix(self, prefix: str) -> int:
+        self._check()
+        doomed = [k for k in self.objects if k.startswith(prefix)]
+        for key in doomed:
+            del self.objects[key]
+        return len(doomed)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[JobEvent] = []
+
+    async def __call__(self, event: JobEvent) -> object:
+        self.events.append(event)
+        return None
+
+    def types(self) -> list[EventType]:
+        return [e.type for e in self.events]
+
+
+def dispatch(attempt: int = 1, resume: str | None = None) -> JobDispatched:
+    request = resolve(JobRequest(prompt="a cat", model="tiny-mochi", quality="high", seed=3))
+    return JobDispatched(
+        job_id=uuid.uuid4(),
+        producer="scheduler",
+        attempt=attempt,
+        slot=0,
+        request=request,
+        resume_checkpoint=resume,
+    )
+
+
+def runner(
+    tmp_path: Path,
+    generator: SimulatedGenerator,
+    store: MemoryStore,
+    publish: Recorder,
+    checkpoint_every: int = 2,
+) -> JobRunner:
+    return JobRunner(
+        slot=0,
+        generator=generator,
+        store=store,
+        publish=publish,
+        scratch_dir=tmp_path,
+        checkpoint_every=checkpoint_every,
+        progress_interval=0,
+        upload_attempts=2,
+    )
+
+
+async def test_success_reports_in_order_stores_one_video_and_drops_checkpoints(tmp_path: Path) -> None:
+    store, publish = MemoryStore(), Recorder()
+    job = dispatch()
+    outcome = await runner(
+        tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0), store, publish
+    ).run(job)
+    assert outcome == "succeeded"
+    types = publish.types()
+    assert types[0] is EventType.STARTED and types[-1] is EventType.SUCCEEDED
+    assert EventType.CHECKPOINTED in types and EventType.PROGRESS in types
+    steps = [e.step for e in publish.events if e.type is EventType.PROGRESS and e.step is not None]
+    # Progress is droppable (only the newest is sent), so steps rise but need not all appear.
+    assert steps == sorted(steps) and 0 < steps[-1] <= job.request.num_inference_steps
+    phases = [e.phase for e in publish.events if e.type is EventType.PROGRESS]
+    assert phases[-1] == "uploading"
+    sequences = [e.sequence for e in publish.events]
+    assert sequences == sorted(sequences)
+    assert list(store.objects) == [video_key(job.job_id, 1), f"jobs/{job.job_id}/attempt-1/poster.jpg"]
+    assert store.objects[video_key(job.job_id, 1)][4:8] == b"ftyp"
+    assert not any(k.startswith(checkpoint_prefix(job.job_id)) for k in store.objects)
+
+
+async def test_cancel_stops_within_a_step_and_leaves_no_artifact(tmp_path: Path) -> None:
+    store, publish = MemoryStore(), Recorder()
+    started = threading.Event()
+    generator = SimulatedGenerator("tiny-mochi", seconds_per_step=0.05)
+    job = dispatch()
+    run = runner(tmp_path, generator, store, publish)
+    task = asyncio.create_task(run.run(job))
+    while not any(e.type is EventType.PROGRESS and e.step for e in publish.events):
+        await asyncio.sleep(0.01)
+    started.set()
+    assert run.cancel(job.job_id)
+    assert await task == "cancelled"
+    assert publish.types()[-1] is EventType.CANCELLED
+    assert store.objects == {}
+    steps = [e.step for e in publish.events if e.type is EventType.PROGRESS and e.step]
+    assert max(steps) < job.request.num_inference_steps
+
+
+async def test_model_error_fails_the_job_with_its_code(tmp_path: Path) -> None:
+    publish = Recorder()
+    generator = SimulatedGenerator(
+        "tiny-mochi", seconds_per_step=0, fail_at_step=1, fail_code=ErrorCode.OUT_OF_MEMORY
+    )
+    outcome = await runner(tmp_path, generator, MemoryStore(), publish).run(dispatch())
+    assert outcome == "failed"
+    failed = publish.events[-1]
+    assert failed.type is EventType.FAILED and failed.error.code is ErrorCode.OUT_OF_MEMORY
+
+
+async def test_store_down_is_retried_then_fails_as_storage_unavailable(tmp_path: Path) -> None:
+    store, publish = MemoryStore(), Recorder()
+    store.down = True
+    outcome = await runner(
+        tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0), store, publish, checkpoint_every=0
+    ).run(dispatch())
+    assert outcome == "failed"
+    failed = publish.events[-1]
+    assert failed.error.code is ErrorCode.STORAGE_UNAVAILABLE and failed.error.retryable
+
+
+async def test_drain_hands_the_job_back_at_a_checkpoint_without_a_terminal_event(tmp_path: Path) -> None:
+    store, publish = MemoryStore(), Recorder()
+    job = dispatch()
+    run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0.05), store, publish)
+    task = asyncio.create_task(run.run(job))
+    while not publish.events:
+        await asyncio.sleep(0.01)
+    run.drain()
+    assert await task == "abandoned"
+    assert publish.types()[-1] is EventType.CHECKPOINTED
+    assert any(k.startswith(checkpoint_prefix(job.job_id)) for k in store.objects)
+
+
+async def test_resume_continues_from_the_checkpoint_step(tmp_path: Path) -> None:
+    store, publish = MemoryStore(), Recorder()
+    first = dispatch()
+    run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0.05), store, publish)
+    task = asyncio.create_task(run.run(first))
+    while not publish.events:
+        await asyncio.sleep(0.01)
+    run.drain()
+    await task
+    checkpoint = [e for e in publish.events if e.type is EventType.CHECKPOINTED][-1]
+    second = first.model_copy(update={"attempt": 2, "resume_checkpoint": checkpoint.checkpoint_key})
+    publish.events.clear()
+    assert await run.run(second) == "succeeded"
+    steps = [e.step for e in publish.events if e.type is EventType.PROGRESS and e.step]
+    assert min(steps) > checkpoint.step
+    assert video_key(first.job_id, 2) in store.objects
+
+
+def test_one_job_at_a_time(tmp_path: Path) -> None:
+    run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0), MemoryStore(), Recorder())
+    run.state = run.state.RUNNING
+    with pytest.raises(RuntimeError, match="one job at a time"):
+        asyncio.run(run.run(dispatch()))
