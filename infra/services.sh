@@ -29,7 +29,13 @@ services() {
     for ((slot = 0; slot < SLOTS; slot++)); do echo "worker-$slot"; done
 }
 
-marker() { echo "$PY -m services.${1%%-*}.main $1"; }
+# The command line of a service, also the marker that finds its process (workers carry their name).
+marker() {
+    case "$1" in
+    worker-*) echo "$PY -m services.worker.main $1" ;;
+    *) echo "$PY -m services.$1.main" ;;
+    esac
+}
 
 start_one() {
     local name="$1" pid
@@ -63,7 +69,7 @@ wait_ready() {
     case "$name" in
     api) wait_until api "$pid" api_ready ;;
     scheduler) wait_until scheduler "$pid" logged_since_start scheduler "rebuilt state" ;;
-    projector) wait_until projector "$pid" logged_since_start projector "projecting" ;;
+    projector) wait_until projector "$pid" logged_since_start projector "assigned partitions" ;;
     worker-*) wait_until "$name" "$pid" logged_since_start "$name" "ready with model" ;;
     esac
     log "$name: ready"

@@ -48,11 +48,12 @@ async def stream_object(storage: Storage, key: str, range_header: str | None) ->
         raise
 
     async def body() -> AsyncIterator[bytes]:
+        stream = obj["Body"]
         try:
-            async with obj["Body"] as stream:
-                while chunk := await stream.read(CHUNK):
-                    yield chunk
+            async for chunk in stream.iter_chunks(CHUNK):
+                yield chunk
         finally:
+            stream.close()
             await client_cm.__aexit__(None, None, None)
 
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(obj["ContentLength"])}

@@ -58,7 +58,7 @@ class JobNotifier:
                     await asyncio.sleep(self._reconnect)
                     # A cheap round trip notices a dead connection; waiters fall back to polling meanwhile.
                     await conn.execute("SELECT 1", timeout=5)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
                 log.warning("notify listener lost its connection: %s", e)
             finally:
                 with contextlib.suppress(Exception):

@@ -10,7 +10,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from schemas.dlq import DeadLetter
@@ -103,3 +104,25 @@ async def dead_letter(
     )
     record = Record(key=msg.key or b"", value=msg.value or b"", headers=letter.headers())
     await send(producer, DLQ, record)
+
+
+async def partitions_of(settings: CommonSettings, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, for consumers that assign partitions themselves. Missing topic: error."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"reelstream-{settings.service_name}-admin",
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    found: list[TopicPartition] = []
+    for topic in described:
+        if topic["error_code"] != 0 or not topic["partitions"]:
+            raise BrokerUnavailable(
+                f"topic {topic['topic']} is missing (error {topic['error_code']}): run `make up`"
+            )
+        found += sorted(TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"])
+    return found

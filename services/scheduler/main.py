@@ -15,7 +15,7 @@ from schemas.envelope import MalformedMessage, decode_event, decode_heartbeat
 from schemas.events import ErrorCode, JobCancelled, JobDispatched, JobError, JobFailed, JobRetrying
 from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH, JOBS_EVENTS, JOBS_REQUESTED, WORKERS_HEARTBEAT
 from services.common.errors import RetryableError
-from services.common.kafka import dead_letter, make_consumer, make_producer, publish_event
+from services.common.kafka import dead_letter, make_consumer, make_producer, partitions_of, publish_event
 from services.common.logging import configure
 from services.common.runtime import retry, run_until_signalled, serve_metrics
 from services.scheduler.plan import is_alive, plan
@@ -168,15 +168,9 @@ class Scheduler:
         SLOTS_BUSY.set(len(self.state.assignments))
 
 
-async def assign_all(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+async def assign_all(settings: SchedulerSettings, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
     """Read every partition of our topics ourselves: the scheduler is one active instance, not a group."""
-    await consumer.topics()  # fetches metadata for all topics
-    partitions = []
-    for topic in TOPICS:
-        found = consumer.partitions_for_topic(topic)
-        if not found:
-            raise RuntimeError(f"topic {topic} does not exist; create the topics first (make up)")
-        partitions += [TopicPartition(topic, p) for p in sorted(found)]
+    partitions = await partitions_of(settings, TOPICS)
     consumer.assign(partitions)
     await consumer.seek_to_beginning(*partitions)
     return partitions
@@ -206,7 +200,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     await consumer.start()
     try:
         scheduler = Scheduler(settings, producer, consumer)
-        await rebuild(scheduler, await assign_all(consumer), stop)
+        await rebuild(scheduler, await assign_all(settings, consumer), stop)
         scheduler.live = True
         await loop(scheduler, stop)
     finally:

@@ -20,7 +20,14 @@ from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobCancelled, JobDispatched, JobEvent, SlotState, WorkerHeartbeat
 from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH, JOBS_EVENTS, WORKERS_HEARTBEAT
 from services.common.errors import RetryableError
-from services.common.kafka import dead_letter, make_consumer, make_producer, publish_event, publish_heartbeat
+from services.common.kafka import (
+    dead_letter,
+    make_consumer,
+    make_producer,
+    partitions_of,
+    publish_event,
+    publish_heartbeat,
+)
 from services.common.logging import configure
 from services.common.runtime import run_until_signalled, serve_metrics
 from services.common.storage import Storage
@@ -142,10 +149,7 @@ async def start_control(settings: WorkerSettings) -> AIOKafkaConsumer:
         settings, group_id=None, client_id=f"reelstream-worker-{settings.slot_id}-control"
     )
     await consumer.start()
-    await consumer.topics()
-    partitions = [
-        TopicPartition(JOBS_CONTROL, p) for p in sorted(consumer.partitions_for_topic(JOBS_CONTROL) or ())
-    ]
+    partitions = await partitions_of(settings, [JOBS_CONTROL])
     consumer.assign(partitions)
     since = int((datetime.now(UTC) - timedelta(seconds=settings.control_lookback_seconds)).timestamp() * 1000)
     offsets = await consumer.offsets_for_times(dict.fromkeys(partitions, since))
