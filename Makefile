@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # uv from PATH, else the module pip installed (a fresh pyenv may not have its shim yet).
 UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: help setup up down status logs clean lint test
+.PHONY: help setup up down status logs clean lint test run services stop demo replay bench
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -19,7 +19,8 @@ setup: ## install everything: system packages, uv, the Python env, the Kafka and
 up: ## start Postgres, Kafka and S3, create topics and bucket, run migrations (idempotent)
 	bash infra/stack.sh up
 
-down: ## stop every part of the local stack
+down: ## stop the services and every part of the local stack
+	bash infra/services.sh stop
 	bash infra/stack.sh down
 
 status: ## one line per part of the local stack
@@ -36,8 +37,25 @@ clean: ## stop the stack and delete its data and logs (.run/); downloads in .cac
 lint: ## ruff, ruff format and mypy
 	$(UV) run ruff check . && $(UV) run ruff format --check . && $(UV) run mypy schemas services
 
-test: ## the test suite (integration tests need `make up` first)
-	$(UV) run pytest tests
+test: up ## the whole test suite: unit, integration and e2e (brings the stack up first)
+	$(UV) run --no-sync pytest tests
 
 # --- services ---------------------------------------------------------------------------------------
-# (run, bench and the other service targets go here)
+
+run: setup up services demo ## from nothing: install, start everything, generate one video into out/
+
+services: ## start api, scheduler, projector and the workers (tiny-mochi on the CPU)
+	bash infra/services.sh start
+
+stop: ## stop the services (the stack stays up)
+	bash infra/services.sh stop
+
+demo: ## submit one prompt, follow its progress, save the MP4 into out/
+	$(UV) run --no-sync python infra/demo.py
+
+replay: ## rebuild the read model from offset 0 into schema `replay` and compare it with the live one
+	$(UV) run --no-sync reelstream-projector replay --schema replay
+	$(UV) run --no-sync reelstream-projector compare --schema replay
+
+bench: up ## the benchmarks of bench/ (numbers printed, see docs/benchmarks.md)
+	bash bench/run.sh
