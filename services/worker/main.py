@@ -183,8 +183,10 @@ def load_generator(settings: WorkerSettings) -> Generator:
     return generator
 
 
-async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
-    generator = await asyncio.to_thread(load_generator, settings)
+async def serve(settings: WorkerSettings, stop: asyncio.Event, generator: Generator | None = None) -> None:
+    """Run this slot until `stop`. `generator` replaces the catalog's (benchmarks inject a simulated one)."""
+    if generator is None:
+        generator = await asyncio.to_thread(load_generator, settings)
     producer = make_producer(settings, f"reelstream-worker-{settings.slot_id}")
     await producer.start()
     control = await start_control(settings)

@@ -6,6 +6,7 @@ starts them with infra/services.sh on the stack from `make up` and stops them at
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +30,14 @@ def _healthy() -> bool:
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[str]:
+    # One user of the running services at a time: benchmarks and chaos tests take the same lock.
+    (ROOT / ".run").mkdir(exist_ok=True)
+    with open(ROOT / ".run" / "services.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _services()
+
+
+def _services() -> Iterator[str]:
     if _healthy():
         yield API
         return

@@ -1,0 +1,1 @@
+"""The projector: folds `jobs.requested` and `jobs.events` into the Postgres read model, and rebuilds it."""

@@ -1,0 +1,229 @@
+"""The projector's Kafka side: manual assignment of every partition of both topics, positions taken from
+`consumer_offsets`, and one Postgres transaction per `getmany` batch.
+
+No consumer group: the offsets live in Postgres with the rows they produced (committing them to Kafka as
+well would be a second store that can disagree). Poison records go to the DLQ before the transaction that
+moves past them commits, so none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Gauge, Histogram
+
+from schemas.envelope import MalformedMessage, decode_event
+from schemas.events import EventType, JobEvent
+from services.common.errors import BrokerUnavailable, RetryableError
+from services.common.kafka import dead_letter, make_consumer, make_producer
+from services.projector.settings import ProjectorSettings
+from services.projector.store import BatchResult, Incoming, Store, unfit
+
+log = logging.getLogger(__name__)
+
+EVENTS_STORED = Counter(
+    "reelstream_projector_events_stored_total", "Job events written to job_events.", ["applied"]
+)
+DEAD_LETTERED = Counter(
+    "reelstream_projector_dead_lettered_total", "Records that were not valid events, by topic.", ["topic"]
+)
+BATCH_SECONDS = Histogram("reelstream_projector_batch_seconds", "Time to apply one consumed batch.")
+LAG = Gauge("reelstream_projector_lag_records", "Records between the position and the last known end.")
+
+Batch = Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+
+
+def decode(msg: ConsumerRecord[Any, Any], settings: ProjectorSettings) -> JobEvent | str:
+    """The event in `msg`, or why it belongs on the DLQ."""
+    try:
+        event = decode_event(msg.value)
+    except MalformedMessage as e:
+        return str(e)
+    is_request = event.type is EventType.REQUESTED
+    if msg.topic == settings.requested_topic and not is_request:
+        return f"{event.type.value} does not belong on {msg.topic}: only job.requested does"
+    if msg.topic == settings.events_topic and is_request:
+        # Its seq would collide with the request's seq 0; the api publishes requests to jobs.requested.
+        return f"job.requested does not belong on {msg.topic}: it goes to {settings.requested_topic}"
+    return unfit(event) or event
+
+
+async def discover(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of those `topics` that exist (a missing topic is picked up by a later refresh)."""
+    wanted = set(topics)
+    try:
+        # Describing all topics, not the wanted ones by name, so that the broker never auto-creates them.
+        described = await admin.describe_topics()
+    except KafkaError as e:
+        raise BrokerUnavailable(f"cannot read topic metadata: {e}") from e
+    return sorted(
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["topic"] in wanted and t["error_code"] == 0
+        for p in t["partitions"]
+    )
+
+
+@dataclass(slots=True)
+class Clients:
+    consumer: AIOKafkaConsumer
+    admin: AIOKafkaAdminClient
+    producer: AIOKafkaProducer | None
+
+
+@asynccontextmanager
+async def open_clients(settings: ProjectorSettings, *, dead_letters: bool) -> AsyncIterator[Clients]:
+    """Started Kafka clients, stopped on exit; the producer (for the DLQ) only when `dead_letters`."""
+    client_id = f"{settings.consumer_name}-{settings.service_name}"
+    async with AsyncExitStack() as stack:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=f"{client_id}-admin",
+            request_timeout_ms=settings.kafka_request_timeout_ms,
+        )
+        consumer = make_consumer(settings, group_id=None, client_id=client_id)
+        producer = make_producer(settings, client_id=f"{client_id}-dlq") if dead_letters else None
+        try:
+            for client in (admin, consumer, producer):
+                if client is not None:
+                    # Registered before start: a client whose start failed half-way still has connections.
+                    stack.push_async_callback(client.close if client is admin else client.stop)
+                    await client.start()
+        except KafkaError as e:
+            raise BrokerUnavailable(f"cannot connect to Kafka at {settings.kafka_bootstrap}: {e}") from e
+        yield Clients(consumer, admin, producer)
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, waking early when `stop` is set."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+class Projection:
+    """Consumes both topics into one `Store`: the live projector, or a replay bounded by end offsets."""
+
+    def __init__(
+        self, settings: ProjectorSettings, store: Store, clients: Clients, *, notify: bool = True
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._clients = clients
+        self._notify = notify
+        self.assigned: list[TopicPartition] = []
+        self.positions: dict[TopicPartition, int] = {}
+
+    @property
+    def topics(self) -> tuple[str, str]:
+        return (self.settings.requested_topic, self.settings.events_topic)
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        return self._clients.consumer
+
+    async def assign(self) -> bool:
+        """Assign every partition of both topics; True when the assignment changed."""
+        found = await discover(self._clients.admin, self.topics)
+        if found == self.assigned:
+            return False
+        self._clients.consumer.assign(found)
+        self.assigned = found
+        await self.seek_to_stored()
+        log.info("assigned partitions=%s", ",".join(f"{tp.topic}:{tp.partition}" for tp in found))
+        return True
+
+    async def seek_to_stored(self) -> None:
+        """Put every partition at its next offset in `consumer_offsets`, or at the beginning."""
+        stored = await self.store.load_offsets(self.settings.consumer_name)
+        consumer = self._clients.consumer
+        fresh = []
+        for tp in self.assigned:
+            if (tp.topic, tp.partition) in stored:
+                consumer.seek(tp, stored[(tp.topic, tp.partition)])
+            else:
+                fresh.append(tp)
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        self.positions = {tp: await consumer.position(tp) for tp in self.assigned}
+
+    async def poll(self) -> Batch:
+        """One `getmany`; broker trouble becomes `BrokerUnavailable`."""
+        try:
+            batch: Batch = await self._clients.consumer.getmany(
+                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.batch_max_records
+            )
+        except KafkaError as e:
+            raise BrokerUnavailable(f"fetch failed: {e}") from e
+        return batch
+
+    async def process(self, batch: Batch) -> BatchResult:
+        """Dead-letter the poison records, then apply the batch and its offsets in one transaction."""
+        started = time.perf_counter()
+        incoming: list[Incoming] = []
+        for tp, messages in batch.items():
+            for msg in messages:
+                decoded = decode(msg, self.settings)
+                if isinstance(decoded, str):
+                    await self._park(msg, decoded)
+                    incoming.append(Incoming(msg.topic, msg.partition, msg.offset, None))
+                else:
+                    incoming.append(Incoming(msg.topic, msg.partition, msg.offset, decoded))
+            if messages:
+                self.positions[tp] = messages[-1].offset + 1
+        result = await self.store.apply_batch(self.settings.consumer_name, incoming, notify=self._notify)
+        self._observe(result, time.perf_counter() - started)
+        return result
+
+    async def _park(self, msg: ConsumerRecord[Any, Any], reason: str) -> None:
+        DEAD_LETTERED.labels(topic=msg.topic).inc()
+        producer = self._clients.producer
+        if producer is None:
+            # A replay re-reads records the live projector dead-lettered already; parking them again
+            # would only duplicate the DLQ.
+            log.warning("skipping invalid record topic=%s offset=%s reason=%s", msg.topic, msg.offset, reason)
+            return
+        await dead_letter(producer, msg, reason, self.settings.consumer_name)
+
+    def _observe(self, result: BatchResult, seconds: float) -> None:
+        BATCH_SECONDS.observe(seconds)
+        EVENTS_STORED.labels(applied="true").inc(result.applied)
+        EVENTS_STORED.labels(applied="false").inc(result.stored - result.applied)
+        consumer = self._clients.consumer
+        ends = [(consumer.highwater(tp), self.positions.get(tp, 0)) for tp in self.assigned]
+        LAG.set(sum(end - position for end, position in ends if end is not None))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The live loop: until `stop`, poll, apply, and pick up new partitions now and then."""
+        backoff = 0.2
+        next_refresh = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= next_refresh:
+                    await self.assign()
+                    next_refresh = time.monotonic() + self.settings.assignment_refresh_seconds
+                if not self.assigned:
+                    await wait_or_stop(stop, self.settings.poll_timeout_ms / 1000)
+                    continue
+                batch = await self.poll()
+                if batch:
+                    await self.process(batch)
+                backoff = 0.2
+            except RetryableError as e:
+                log.warning("projection paused error=%s retry_in=%.1fs", e, backoff)
+                await wait_or_stop(stop, backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_seconds)
+                # The consumer moved past the failed batch; go back to what Postgres has.
+                next_refresh = 0.0
+                self.assigned = []

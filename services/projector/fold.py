@@ -1,0 +1,296 @@
+"""The projection rules as pure functions: which events are stored, with which seq, whether they count,
+and the fold of a job's counted events into the `jobs` row.
+
+Nothing here touches Postgres or Kafka, so every rule is unit-testable and the live projector and a
+replay cannot disagree: `store.py` loads a job's stored rows, calls `admit` for each new event, and writes
+`fold(...)` of the result.
+
+Why the result does not depend on how the two topics interleave: `job.requested` always gets seq 0 and is
+always applied; the seq and the applied flag of a `jobs.events` event depend only on the `jobs.events`
+rows before it (its partition order), never on whether the request has been seen.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Final
+
+from schemas.events import (
+    TERMINAL_TYPES,
+    EventType,
+    JobCancelled,
+    JobCheckpointed,
+    JobDispatched,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobRequested,
+    JobRetrying,
+    JobStarted,
+    JobSucceeded,
+)
+from schemas.jobs import JobStatus, Phase
+
+REQUESTED_SEQ: Final = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One `job_events` row: the event, its per-job seq, and whether the fold counts it."""
+
+    seq: int
+    applied: bool
+    event: JobEvent
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What a job's stored rows say about admitting the next event (independent of their order)."""
+
+    event_ids: frozenset[uuid.UUID] = frozenset()
+    has_requested: bool = False
+    events_count: int = 0
+    attempt: int = 0
+    terminal: bool = False
+
+
+EMPTY_HISTORY: Final = History()
+
+
+def asserted_attempt(event: JobEvent) -> int | None:
+    """The attempt a dispatch or retry moves the job to; None for events that do not move it."""
+    if isinstance(event, JobDispatched):
+        return event.attempt
+    if isinstance(event, JobRetrying):
+        return event.next_attempt
+    return None
+
+
+def record(history: History, stored: StoredEvent) -> History:
+    """`history` after `stored` was written."""
+    event = stored.event
+    moved_to = asserted_attempt(event) if stored.applied else None
+    is_requested = event.type is EventType.REQUESTED
+    return replace(
+        history,
+        event_ids=history.event_ids | {event.event_id},
+        has_requested=history.has_requested or is_requested,
+        events_count=history.events_count + (0 if is_requested else 1),
+        attempt=max(history.attempt, moved_to) if moved_to is not None else history.attempt,
+        terminal=history.terminal or (stored.applied and event.type in TERMINAL_TYPES),
+    )
+
+
+def history_of(rows: Iterable[StoredEvent]) -> History:
+    """Summarise a job's stored rows."""
+    history = EMPTY_HISTORY
+    for row in rows:
+        history = record(history, row)
+    return history
+
+
+def is_applied(history: History, event: JobEvent) -> bool:
+    """Whether `event`, stored after `history`, counts for the job (fencing of stale attempts).
+
+    A request always counts. Nothing else counts after a counted terminal event. A dispatch counts when it
+    does not go back to an earlier attempt; a retry only when it moves past the current attempt, because
+    re-entering the queue for an attempt that was already dispatched would undo that dispatch. Any other
+    event counts unless it comes from an attempt older than the current one.
+    """
+    if event.type is EventType.REQUESTED:
+        return True
+    if history.terminal:
+        return False
+    if isinstance(event, JobDispatched):
+        return event.attempt >= history.attempt
+    if isinstance(event, JobRetrying):
+        return event.next_attempt > history.attempt
+    return event.attempt >= history.attempt
+
+
+def admit(history: History, event: JobEvent) -> tuple[StoredEvent | None, History]:
+    """The row to store for `event` (None: store nothing) and the history after it.
+
+    A known event id is a redelivery and is skipped. Only the first `job.requested` of a job is kept; a
+    `jobs.events` event gets the next seq after the job's `jobs.events` rows so far.
+    """
+    if event.event_id in history.event_ids:
+        return None, history
+    if event.type is EventType.REQUESTED:
+        if history.has_requested:
+            return None, history
+        stored = StoredEvent(REQUESTED_SEQ, True, event)
+    else:
+        stored = StoredEvent(history.events_count + 1, is_applied(history, event), event)
+    return stored, record(history, stored)
+
+
+def admit_all(history: History, events: Iterable[JobEvent]) -> tuple[list[StoredEvent], History]:
+    """Admit events of one job in order; returns the new rows and the final history."""
+    rows: list[StoredEvent] = []
+    for event in events:
+        stored, history = admit(history, event)
+        if stored is not None:
+            rows.append(stored)
+    return rows, history
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A `jobs` row; field names are the column names."""
+
+    id: uuid.UUID
+    tenant: str
+    status: JobStatus
+    phase: Phase
+    progress: float
+    step: int | None
+    total_steps: int | None
+    seconds_per_step: float | None
+    priority: str
+    model: str
+    request: dict[str, Any]
+    idempotency_key: str | None
+    request_hash: str
+    attempt: int
+    slot: int | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    checkpoint_key: str | None
+    created_at: datetime
+    dispatched_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    last_seq: int
+
+
+def requested_view(event: JobRequested) -> JobView:
+    """The row a job starts with: queued, nothing done yet."""
+    return JobView(
+        id=event.job_id,
+        tenant=event.tenant,
+        status=JobStatus.QUEUED,
+        phase=Phase.QUEUED,
+        progress=0.0,
+        step=None,
+        total_steps=None,
+        seconds_per_step=None,
+        priority=event.request.priority.value,
+        model=event.request.model,
+        request=event.request.model_dump(mode="json"),
+        idempotency_key=event.idempotency_key,
+        request_hash=event.request_hash,
+        attempt=0,
+        slot=None,
+        result=None,
+        error=None,
+        checkpoint_key=None,
+        created_at=event.occurred_at,
+        dispatched_at=None,
+        started_at=None,
+        finished_at=None,
+        updated_at=event.occurred_at,
+        last_seq=REQUESTED_SEQ,
+    )
+
+
+def _apply_running(view: JobView, event: JobEvent) -> JobView:
+    """Events that move a job between queued and running, or report on its work."""
+    if isinstance(event, JobDispatched):
+        return replace(view, attempt=event.attempt, slot=event.slot, dispatched_at=event.occurred_at)
+    if isinstance(event, JobRetrying):
+        return replace(
+            view, status=JobStatus.QUEUED, phase=Phase.QUEUED, dispatched_at=None, step=None, total_steps=None
+        )
+    if isinstance(event, JobStarted):
+        started_at = view.started_at if view.started_at is not None else event.occurred_at
+        return replace(
+            view, status=JobStatus.RUNNING, started_at=started_at, slot=event.slot, phase=Phase.LOADING
+        )
+    if isinstance(event, JobProgress):
+        return replace(
+            view,
+            phase=event.phase,
+            progress=event.progress,
+            step=event.step,
+            total_steps=event.total_steps,
+            seconds_per_step=event.seconds_per_step,
+        )
+    if isinstance(event, JobCheckpointed):
+        return replace(view, checkpoint_key=event.checkpoint_key)
+    return view
+
+
+def _apply_terminal(view: JobView, event: JobEvent) -> JobView:
+    """The three ends of a job."""
+    if isinstance(event, JobSucceeded):
+        result = event.result.model_dump(mode="json")
+        return replace(
+            view, status=JobStatus.SUCCEEDED, progress=1.0, result=result, finished_at=event.occurred_at
+        )
+    if isinstance(event, JobFailed):
+        error = event.error.model_dump(mode="json")
+        return replace(view, status=JobStatus.FAILED, error=error, finished_at=event.occurred_at)
+    if isinstance(event, JobCancelled):
+        return replace(view, status=JobStatus.CANCELLED, finished_at=event.occurred_at)
+    return view
+
+
+def apply(view: JobView, seq: int, event: JobEvent) -> JobView:
+    """`view` after one counted event. A terminal job never changes again, not even its updated_at."""
+    if view.status.is_terminal():
+        return view
+    # job.cancel_requested changes no column but still counts as activity: updated_at and last_seq move.
+    terminal = event.type in TERMINAL_TYPES
+    changed = _apply_terminal(view, event) if terminal else _apply_running(view, event)
+    return replace(
+        changed, updated_at=max(view.updated_at, event.occurred_at), last_seq=max(view.last_seq, seq)
+    )
+
+
+def fold(rows: Iterable[StoredEvent]) -> JobView | None:
+    """The `jobs` row of one job from its stored rows; None while its `job.requested` is not among them."""
+    counted = sorted((row for row in rows if row.applied), key=lambda row: row.seq)
+    if not counted or not isinstance(counted[0].event, JobRequested):
+        return None
+    view = requested_view(counted[0].event)
+    for row in counted[1:]:
+        view = apply(view, row.seq, row.event)
+    return view
+
+
+@dataclass(frozen=True, slots=True)
+class JobChange:
+    """What one batch does to one job: the rows to insert and its recomputed row (None: not requested yet)."""
+
+    job_id: uuid.UUID
+    rows: tuple[StoredEvent, ...]
+    view: JobView | None
+
+    @property
+    def requested(self) -> bool:
+        """Whether this change stores the job's request, i.e. creates its `jobs` row."""
+        return any(row.event.type is EventType.REQUESTED for row in self.rows)
+
+
+def plan(existing: Mapping[uuid.UUID, Sequence[StoredEvent]], events: Iterable[JobEvent]) -> list[JobChange]:
+    """The changes a batch of events makes, given the stored rows of the jobs it touches.
+
+    `events` keeps each partition's order; each job is folded once, from its old and new rows together.
+    Jobs whose events were all duplicates are left out.
+    """
+    by_job: defaultdict[uuid.UUID, list[JobEvent]] = defaultdict(list)
+    for event in events:
+        by_job[event.job_id].append(event)
+    changes = []
+    for job_id, job_events in by_job.items():
+        old = existing.get(job_id, ())
+        rows, _ = admit_all(history_of(old), job_events)
+        if rows:
+            changes.append(JobChange(job_id, tuple(rows), fold([*old, *rows])))
+    return changes

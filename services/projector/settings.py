@@ -1,0 +1,31 @@
+"""Settings of the projector service."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from schemas.topics import JOBS_EVENTS, JOBS_REQUESTED
+from services.common.settings import CommonSettings
+
+
+class ProjectorSettings(CommonSettings):
+    """The topics are settings so that tests (and a staging copy) can project topics of their own."""
+
+    service_name: str = "projector"
+    consumer_name: str = Field(
+        default="reelstream-projector",
+        description="Key of this projection's rows in consumer_offsets (no Kafka consumer group is used).",
+    )
+    requested_topic: str = JOBS_REQUESTED
+    events_topic: str = JOBS_EVENTS
+    batch_max_records: int = Field(default=500, ge=1, le=100_000)
+    poll_timeout_ms: int = Field(default=500, ge=10, le=60_000)
+    assignment_refresh_seconds: float = Field(
+        default=30.0, gt=0, description="How often partitions added to the topics are picked up."
+    )
+    retry_max_seconds: float = Field(
+        default=10.0, gt=0, description="Longest back-off after Kafka or Postgres was unavailable."
+    )
+    replay_stall_seconds: float = Field(
+        default=120.0, gt=0, description="A replay that reads nothing for this long gives up."
+    )

@@ -1,0 +1,294 @@
+"""The SQL side of the projection: one transaction per Kafka batch writes the event rows, the recomputed
+`jobs` rows, the NOTIFYs and the consumer offsets, so the offsets are exactly-once with the rows.
+
+The same code writes the live read model (`public`) and a replay (another schema): statements are built on
+the mapped tables and the schema is chosen with SQLAlchemy's `schema_translate_map`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import asyncpg
+from sqlalchemy import BigInteger, RowMapping, func, literal, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schemas.envelope import upcast
+from schemas.events import JOB_EVENT_ADAPTER, JobEvent, JobRequested
+from services.common.errors import DatabaseUnavailable
+from services.common.readmodel import NOTIFY_CHANNEL, Base, ConsumerOffset, Job, JobEventRow
+from services.projector.fold import JobView, StoredEvent, plan
+
+log = logging.getLogger(__name__)
+
+JOBS = Base.metadata.tables[Job.__tablename__]
+EVENTS = Base.metadata.tables[JobEventRow.__tablename__]
+OFFSETS = Base.metadata.tables[ConsumerOffset.__tablename__]
+# Set from the first job.requested and never changed afterwards (first request wins).
+_IMMUTABLE_JOB_COLUMNS = frozenset(
+    {"id", "tenant", "priority", "model", "request", "idempotency_key", "request_hash", "created_at"}
+)
+_MAX_INT4 = 2**31 - 1
+_NOTIFY = text("SELECT pg_notify(:channel, id) FROM unnest(CAST(:ids AS text[])) AS id")
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One consumed record in partition order; `event` is None for a record that was dead-lettered."""
+
+    topic: str
+    partition: int
+    offset: int
+    event: JobEvent | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one batch changed."""
+
+    stored: int = 0
+    applied: int = 0
+    skipped: int = 0
+    jobs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """All rows of one schema's `jobs` and `job_events`, as column dicts keyed by id."""
+
+    jobs: dict[uuid.UUID, dict[str, Any]]
+    events: dict[uuid.UUID, dict[str, Any]]
+
+
+def _quoted(schema: str) -> str:
+    return '"' + schema.replace('"', '""') + '"'
+
+
+def unfit(event: JobEvent) -> str | None:
+    """Why `event` does not fit the read model's columns, or None.
+
+    Such an event would fail its batch's transaction on every retry and stall the projection, so the
+    consumer dead-letters it instead.
+    """
+    if isinstance(event, JobRequested):
+        texts = {
+            "tenant": event.tenant,
+            "idempotency_key": event.idempotency_key,
+            "request_hash": event.request_hash,
+            "model": event.request.model,
+        }
+        for name, value in texts.items():
+            limit = getattr(JOBS.c[name].type, "length", None)
+            if value is not None and limit is not None and len(value) > limit:
+                return f"{name} is longer than the {limit} characters the read model stores"
+    for name in ("attempt", "slot", "step", "total_steps"):
+        number = getattr(event, name, None)
+        if isinstance(number, int) and number > _MAX_INT4:
+            return f"{name} {number} is larger than the read model stores"
+    return None
+
+
+def _lock_key(consumer: str, schema: str | None) -> int:
+    """A stable signed 64-bit advisory lock id for one projection (consumer name and target schema)."""
+    digest = hashlib.sha256(f"{schema or 'public'}\x00{consumer}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _event_row(job_id: uuid.UUID, stored: StoredEvent) -> dict[str, Any]:
+    event = stored.event
+    return {
+        "event_id": event.event_id,
+        "job_id": job_id,
+        "seq": stored.seq,
+        "type": event.type.value,
+        "attempt": event.attempt,
+        "applied": stored.applied,
+        "occurred_at": event.occurred_at,
+        "payload": event.model_dump(mode="json"),
+    }
+
+
+def _stored_event(row: RowMapping) -> StoredEvent:
+    # Stored payloads keep the version they were written with; upcast them like records off the wire.
+    event = JOB_EVENT_ADAPTER.validate_python(upcast(dict(row["payload"])))
+    return StoredEvent(seq=row["seq"], applied=row["applied"], event=event)
+
+
+def _job_row(view: JobView) -> dict[str, Any]:
+    row = asdict(view)
+    row["status"] = view.status.value
+    row["phase"] = view.phase.value
+    return row
+
+
+class Store:
+    """The read model in one schema (None: the default search path, i.e. `public`)."""
+
+    def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
+        self.schema = schema
+        self._engine = engine.execution_options(schema_translate_map={None: schema}) if schema else engine
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction; losing Postgres becomes `DatabaseUnavailable` (retryable)."""
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except (
+            OperationalError,
+            InterfaceError,
+            asyncpg.PostgresConnectionError,
+            OSError,
+            TimeoutError,
+        ) as e:
+            raise DatabaseUnavailable(f"read model transaction failed: {e}") from e
+
+    async def create_schema(self) -> None:
+        """Drop and recreate this store's schema with empty tables (for a replay; never `public`)."""
+        if not self.schema:
+            raise ValueError("refusing to recreate the default schema")
+        async with self._transaction() as conn:
+            await conn.execute(text(f"DROP SCHEMA IF EXISTS {_quoted(self.schema)} CASCADE"))
+            await conn.execute(text(f"CREATE SCHEMA {_quoted(self.schema)}"))
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def load_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
+        """Next offset to read per (topic, partition) for `consumer`."""
+        async with self._transaction() as conn:
+            return await self._offsets(conn, consumer)
+
+    async def _offsets(self, conn: AsyncConnection, consumer: str) -> dict[tuple[str, int], int]:
+        result = await conn.execute(
+            select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+                OFFSETS.c.consumer == consumer
+            )
+        )
+        return {(topic, partition): offset for topic, partition, offset in result.all()}
+
+    async def apply_batch(self, consumer: str, batch: Sequence[Incoming], *, notify: bool) -> BatchResult:
+        """Apply one consumed batch in one transaction, and advance `consumer`'s offsets past it.
+
+        Records below the stored offsets were applied already (by an earlier run, or by a second instance
+        with the same consumer name: the advisory lock serialises them) and are skipped, so a redelivered
+        batch changes nothing.
+        """
+        async with self._transaction() as conn:
+            key = literal(_lock_key(consumer, self.schema), BigInteger)
+            await conn.execute(select(func.pg_advisory_xact_lock(key)))
+            done = await self._offsets(conn, consumer)
+            fresh = [r for r in batch if r.offset >= done.get((r.topic, r.partition), 0)]
+            result = await self._apply_events(conn, [r.event for r in fresh if r.event is not None], notify)
+            await self._advance(conn, consumer, fresh)
+        return replace(result, skipped=result.skipped + len(batch) - len(fresh))
+
+    async def _apply_events(self, conn: AsyncConnection, events: list[JobEvent], notify: bool) -> BatchResult:
+        if not events:
+            return BatchResult()
+        existing = await self._load_rows(conn, list({event.job_id for event in events}))
+        changes = plan(existing, events)
+        new_rows = [_event_row(change.job_id, row) for change in changes for row in change.rows]
+        if new_rows:
+            # With the event id named as the conflict target, a clash on (job_id, seq) raises instead of
+            # silently dropping an event.
+            await conn.execute(insert(EVENTS).on_conflict_do_nothing(index_elements=["event_id"]), new_rows)
+        for change in changes:
+            if change.view is not None:
+                await self._upsert_job(conn, change.view, change.requested)
+        if notify and changes:
+            ids = sorted(str(change.job_id) for change in changes)
+            await conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "ids": ids})
+        return BatchResult(
+            stored=len(new_rows),
+            applied=sum(row["applied"] for row in new_rows),
+            skipped=len(events) - len(new_rows),
+            jobs=sum(change.view is not None for change in changes),
+        )
+
+    async def _load_rows(
+        self, conn: AsyncConnection, job_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, list[StoredEvent]]:
+        result = await conn.execute(
+            select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.payload).where(
+                EVENTS.c.job_id.in_(job_ids)
+            )
+        )
+        rows: defaultdict[uuid.UUID, list[StoredEvent]] = defaultdict(list)
+        for row in result.mappings():
+            rows[row["job_id"]].append(_stored_event(row))
+        return rows
+
+    async def _upsert_job(self, conn: AsyncConnection, view: JobView, is_new: bool) -> None:
+        if is_new and view.idempotency_key is not None:
+            view = await self._free_idempotency_key(conn, view)
+        row = _job_row(view)
+        statement = insert(JOBS).values(row)
+        mutable = {name: statement.excluded[name] for name in row if name not in _IMMUTABLE_JOB_COLUMNS}
+        await conn.execute(statement.on_conflict_do_update(index_elements=["id"], set_=mutable))
+
+    async def _free_idempotency_key(self, conn: AsyncConnection, view: JobView) -> JobView:
+        """Drop the key of a job whose (tenant, key) another job holds already.
+
+        The api derives keyed job ids from the key, so this needs a misbehaving producer; without it the
+        unique index would fail the batch on every retry and stall the whole projection.
+        """
+        holder = await conn.scalar(
+            select(JOBS.c.id).where(
+                JOBS.c.tenant == view.tenant,
+                JOBS.c.idempotency_key == view.idempotency_key,
+                JOBS.c.id != view.id,
+            )
+        )
+        if holder is None:
+            return view
+        log.warning("idempotency key taken job=%s holder=%s tenant=%s", view.id, holder, view.tenant)
+        return replace(view, idempotency_key=None)
+
+    async def _advance(self, conn: AsyncConnection, consumer: str, fresh: Iterable[Incoming]) -> None:
+        nexts: dict[tuple[str, int], int] = {}
+        for r in fresh:
+            nexts[(r.topic, r.partition)] = max(nexts.get((r.topic, r.partition), 0), r.offset + 1)
+        if not nexts:
+            return
+        statement = insert(OFFSETS).values(
+            [
+                {"consumer": consumer, "topic": t, "partition": p, "next_offset": o}
+                for (t, p), o in nexts.items()
+            ]
+        )
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["consumer", "topic", "partition"],
+                set_={"next_offset": statement.excluded.next_offset},
+            )
+        )
+
+    async def drop_schema(self) -> None:
+        """Drop this store's schema and everything in it (never `public`)."""
+        if not self.schema:
+            raise ValueError("refusing to drop the default schema")
+        async with self._transaction() as conn:
+            await conn.execute(text(f"DROP SCHEMA IF EXISTS {_quoted(self.schema)} CASCADE"))
+
+    async def schema_exists(self) -> bool:
+        async with self._transaction() as conn:
+            found = await conn.scalar(
+                text("SELECT count(*) FROM information_schema.schemata WHERE schema_name = :name"),
+                {"name": self.schema or "public"},
+            )
+        return bool(found)
+
+    async def snapshot(self) -> Snapshot:
+        """Every `jobs` and `job_events` row, keyed by id (for `compare`)."""
+        async with self._transaction() as conn:
+            jobs = {row["id"]: dict(row) for row in (await conn.execute(select(JOBS))).mappings()}
+            events = {row["event_id"]: dict(row) for row in (await conn.execute(select(EVENTS))).mappings()}
+        return Snapshot(jobs=jobs, events=events)

@@ -1,0 +1,91 @@
+"""The alembic migrations on a scratch database: up, down, up again, and no drift from the models."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from services.common.readmodel import Base
+from services.common.settings import CommonSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+REPO = Path(__file__).resolve().parents[2]
+TABLES = {"jobs", "job_events", "consumer_offsets"}
+
+
+def _dsn(url: str) -> str:
+    """The asyncpg DSN of a SQLAlchemy URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+async def scratch_url(settings: CommonSettings) -> AsyncIterator[str]:
+    """The URL of a fresh, empty database, dropped after the test."""
+    url = make_url(settings.database_url.get_secret_value())
+    name = f"reelstream_migtest_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(_dsn(url.render_as_string(hide_password=False)), timeout=10)
+    except (OSError, asyncpg.PostgresError) as e:
+        pytest.fail(f"postgres is not reachable ({e!r}); start the stack with `make up`")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def alembic(url: str, *args: str) -> None:
+    """Run the alembic CLI the way `make up` does, against `url`."""
+    env = {**os.environ, "REELSTREAM_DATABASE_URL": url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "alembic", *args, cwd=REPO, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, f"alembic {' '.join(args)} failed:\n{output.decode()}"
+
+
+def _state(connection: Connection) -> tuple[set[str], list[Any]]:
+    tables = set(inspect(connection).get_table_names())
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return tables, compare_metadata(context, Base.metadata)
+
+
+async def inspect_database(url: str) -> tuple[set[str], list[Any]]:
+    """The tables of the database and alembic's differences between it and the models."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_state)
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_downgrade_upgrade_without_drift(scratch_url: str) -> None:
+    await alembic(scratch_url, "upgrade", "head")
+    tables, _ = await inspect_database(scratch_url)
+    assert tables >= TABLES
+
+    await alembic(scratch_url, "downgrade", "base")
+    tables, _ = await inspect_database(scratch_url)
+    assert not tables & TABLES
+
+    await alembic(scratch_url, "upgrade", "head")
+    tables, drift = await inspect_database(scratch_url)
+    assert tables >= TABLES
+    assert drift == [], f"the migrations and services/common/readmodel.py disagree: {drift}"

@@ -1,0 +1,428 @@
+"""The projector against the real Kafka and Postgres: live projection, DLQ, restarts, replay and compare.
+
+Each test projects its own uuid-named topics into its own Postgres schema under its own consumer name, so
+it neither sees nor disturbs the live read model in `public`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+from sqlalchemy import delete
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from schemas.dlq import DeadLetter
+from schemas.envelope import Record
+from schemas.events import (
+    JobCheckpointed,
+    JobDispatched,
+    JobEvent,
+    JobProgress,
+    JobRequested,
+    JobRetrying,
+    JobStarted,
+    JobSucceeded,
+    VideoResult,
+)
+from schemas.jobs import JobStatus, Phase
+from schemas.samples import resolved_request
+from schemas.topics import DLQ
+from services.common.db import make_engine
+from services.common.kafka import make_producer, publish_event, send
+from services.common.readmodel import NOTIFY_CHANNEL
+from services.common.settings import CommonSettings
+from services.projector.consumer import Projection, open_clients
+from services.projector.fold import EMPTY_HISTORY, admit_all, fold
+from services.projector.replay import compare, replay
+from services.projector.settings import ProjectorSettings
+from services.projector.store import OFFSETS, Store
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+TopicFactory = Callable[..., Awaitable[str]]
+Ends = dict[tuple[str, int], int]
+JOB = uuid.UUID("3f0d8c1e-2a4b-4c6d-8e9f-0a1b2c3d4e5f")
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+E = TypeVar("E", bound=JobEvent)
+
+
+def ev(kind: type[E], seconds: float, attempt: int = 1, **fields: Any) -> E:
+    """An event of JOB at T0 + `seconds`."""
+    at = T0 + timedelta(seconds=seconds)
+    return kind(job_id=JOB, occurred_at=at, producer="test", attempt=attempt, **fields)
+
+
+def requested() -> JobRequested:
+    return ev(JobRequested, 0, 0, request=resolved_request(), tenant="t", request_hash="0" * 64)
+
+
+def dispatched(attempt: int, seconds: float, slot: int = 1) -> JobDispatched:
+    return ev(JobDispatched, seconds, attempt, slot=slot, request=resolved_request())
+
+
+def started(attempt: int, seconds: float, slot: int = 1) -> JobStarted:
+    return ev(JobStarted, seconds, attempt, slot=slot, worker_id=f"worker-{slot}")
+
+
+def progress(attempt: int, seconds: float, step: int, total: int = 4) -> JobProgress:
+    return ev(
+        JobProgress,
+        seconds,
+        attempt,
+        phase=Phase.DENOISING,
+        progress=step / total,
+        step=step,
+        total_steps=total,
+    )
+
+
+def succeeded(attempt: int, seconds: float) -> JobSucceeded:
+    result = VideoResult(
+        video_key="v.mp4", poster_key=None, size_bytes=1, width=848, height=480, fps=30, frames=163,
+        duration_seconds=5.433,
+    )  # fmt: skip
+    return ev(JobSucceeded, seconds, attempt, result=result, generation_seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+async def engine(settings: CommonSettings) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(settings)
+    try:
+        async with engine.connect():
+            pass
+    except (OSError, asyncpg.PostgresError) as e:
+        pytest.fail(f"postgres is not reachable ({e!r}); start the stack with `make up`")
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def new_store(engine: AsyncEngine) -> AsyncIterator[Callable[[str], Awaitable[Store]]]:
+    """Creates uuid-named schemas with empty read-model tables, dropped after the test."""
+    stores: list[Store] = []
+
+    async def create(kind: str) -> Store:
+        store = Store(engine, f"test_projector_{kind}_{uuid.uuid4().hex[:12]}")
+        await store.create_schema()
+        stores.append(store)
+        return store
+
+    yield create
+    for store in stores:
+        await store.drop_schema()
+
+
+@pytest.fixture
+async def topics(new_topic: TopicFactory) -> ProjectorSettings:
+    """Settings projecting fresh topics (2 and 3 partitions) under a fresh consumer name."""
+    return ProjectorSettings(
+        requested_topic=await new_topic(2),
+        events_topic=await new_topic(3),
+        consumer_name=f"test-projector-{uuid.uuid4().hex[:8]}",
+        poll_timeout_ms=100,
+        batch_max_records=4,  # several batches per test
+        assignment_refresh_seconds=0.5,
+    )
+
+
+@pytest.fixture
+async def producer(settings: CommonSettings) -> AsyncIterator[AIOKafkaProducer]:
+    producer = make_producer(settings, client_id="test-projector-producer")
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+async def produce(producer: AIOKafkaProducer, topic: str, events: Sequence[JobEvent], ends: Ends) -> None:
+    for event in events:
+        meta = await publish_event(producer, topic, event)
+        ends[(topic, meta.partition)] = max(ends.get((topic, meta.partition), 0), meta.offset + 1)
+
+
+async def produce_raw(producer: AIOKafkaProducer, topic: str, value: bytes, ends: Ends) -> None:
+    meta = await send(producer, topic, Record(key=str(JOB).encode(), value=value, headers=[]))
+    ends[(topic, meta.partition)] = max(ends.get((topic, meta.partition), 0), meta.offset + 1)
+
+
+@asynccontextmanager
+async def projector(settings: ProjectorSettings, store: Store) -> AsyncIterator[asyncio.Task[None]]:
+    """The live loop in a task, stopped (and awaited) on exit."""
+    stop = asyncio.Event()
+    async with open_clients(settings, dead_letters=True) as clients:
+        task = asyncio.create_task(Projection(settings, store, clients).run(stop))
+        try:
+            yield task
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=15)
+
+
+async def wait_consumed(store: Store, settings: ProjectorSettings, ends: Ends, timeout: float = 45) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        offsets = await store.load_offsets(settings.consumer_name)
+        if all(offsets.get(tp, 0) >= end for tp, end in ends.items()):
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"projector did not reach {ends} in {timeout:.0f}s; it is at {offsets}")
+        await asyncio.sleep(0.1)
+
+
+async def dlq_end_offsets(settings: CommonSettings, admin: AIOKafkaAdminClient) -> dict[TopicPartition, int]:
+    """Where the DLQ ends now: the test reads only what is parked after this."""
+    described = {t["topic"]: t for t in await admin.describe_topics()}
+    assert DLQ in described, f"{DLQ} is missing; `make up` creates it"
+    tps = [TopicPartition(DLQ, p["partition"]) for p in described[DLQ]["partitions"]]
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+async def dead_letters_from(
+    settings: CommonSettings, start: dict[TopicPartition, int], sources: set[str], expected: int
+) -> list[DeadLetter]:
+    """The DLQ records parked after `start` whose source is one of `sources`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: list[DeadLetter] = []
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        deadline = time.monotonic() + 20
+        while len(found) < expected and time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                letters = (DeadLetter.from_headers(m.headers) for m in msgs)
+                found += [letter for letter in letters if letter.source_topic in sources]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def listen(database_url: str, received: list[str]) -> asyncpg.Connection:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    await conn.add_listener(NOTIFY_CHANNEL, lambda *args: received.append(args[-1]))
+    return conn
+
+
+def lifecycle_with_noise() -> tuple[list[JobEvent], JobRequested]:
+    """jobs.events of one job with a redelivery and a stale-attempt event, and its request."""
+    started_1, progress_2 = started(1, 2), progress(2, 7, 2)
+    done = succeeded(2, 9)
+    events: list[JobEvent] = [
+        dispatched(1, 1),
+        started_1,
+        ev(JobRetrying, 3, 1, reason="slot lost", next_attempt=2),
+        dispatched(2, 4, slot=4),
+        started(2, 5, slot=4),
+        progress(1, 6, 3),  # stale: attempt 1 after attempt 2 was dispatched
+        progress_2,
+        started_1,  # redelivered
+        ev(JobCheckpointed, 8, 2, step=2, total_steps=4, checkpoint_key="ck/1"),
+        done,
+        done,  # redelivered
+    ]
+    return events, requested()
+
+
+EXPECTED_ROWS = [
+    (0, "job.requested", True),
+    (1, "job.dispatched", True),
+    (2, "job.started", True),
+    (3, "job.retrying", True),
+    (4, "job.dispatched", True),
+    (5, "job.started", True),
+    (6, "job.progress", False),  # the stale attempt
+    (7, "job.progress", True),
+    (8, "job.checkpointed", True),
+    (9, "job.succeeded", True),
+]
+
+
+async def produce_scenario(
+    producer: AIOKafkaProducer, settings: ProjectorSettings
+) -> tuple[list[JobEvent], JobRequested, Ends]:
+    """The noisy lifecycle, most of it before the request, plus two records for the DLQ."""
+    events, request = lifecycle_with_noise()
+    ends: Ends = {}
+    await produce(producer, settings.events_topic, events[:6], ends)
+    await produce_raw(producer, settings.events_topic, b"\xff this is not json", ends)
+    await produce(producer, settings.requested_topic, [request], ends)
+    await produce(producer, settings.requested_topic, [progress(2, 1, 1)], ends)  # wrong topic for it
+    await produce(producer, settings.events_topic, events[6:], ends)
+    return events, request, ends
+
+
+def assert_job_row(job: dict[str, Any], events: list[JobEvent], request: JobRequested) -> None:
+    assert (job["status"], job["attempt"], job["slot"], job["progress"]) == ("succeeded", 2, 4, 1.0)
+    assert job["result"] == events[-1].model_dump(mode="json")["result"]
+    assert job["checkpoint_key"] == "ck/1"
+    assert (job["created_at"], job["finished_at"]) == (request.occurred_at, events[-1].occurred_at)
+    assert (job["updated_at"], job["last_seq"]) == (events[-1].occurred_at, 9)
+
+
+async def assert_replay_equals(
+    settings: ProjectorSettings, engine: AsyncEngine, live: Store, replayed: Store, records: int
+) -> None:
+    summary = await replay(settings, engine, replayed.schema or "", asyncio.Event())
+    assert (summary.records, summary.stored) == (records, len(EXPECTED_ROWS))
+    report = await compare(engine, replayed.schema or "", live_schema=live.schema)
+    assert report.differences == []
+    assert (report.jobs_compared, report.events_compared) == (1, len(EXPECTED_ROWS))
+
+
+async def test_projects_a_job_and_replays_to_the_same_rows(
+    topics: ProjectorSettings,
+    producer: AIOKafkaProducer,
+    new_store: Callable[[str], Awaitable[Store]],
+    engine: AsyncEngine,
+    database_url: str,
+    kafka_admin: AIOKafkaAdminClient,
+) -> None:
+    settings, live = topics, await new_store("live")
+    dlq_start = await dlq_end_offsets(settings, kafka_admin)
+    events, request, ends = await produce_scenario(producer, settings)
+    notified: list[str] = []
+    listener = await listen(database_url, notified)
+    try:
+        async with projector(settings, live):
+            await wait_consumed(live, settings, ends)
+        await asyncio.sleep(0.2)  # NOTIFYs travel after the commit
+    finally:
+        await listener.close()
+
+    snapshot = await live.snapshot()
+    assert_job_row(snapshot.jobs[JOB], events, request)
+    rows = sorted(snapshot.events.values(), key=lambda row: row["seq"])
+    assert [(row["seq"], row["type"], row["applied"]) for row in rows] == EXPECTED_ROWS
+    assert str(JOB) in notified
+    assert await live.load_offsets(settings.consumer_name) == ends
+    sources = {settings.events_topic, settings.requested_topic}
+    letters = await dead_letters_from(settings, dlq_start, sources, 2)
+    assert sorted(letter.source_topic for letter in letters) == sorted(sources)
+    assert all(letter.reason and letter.consumer == settings.consumer_name for letter in letters)
+
+    await assert_replay_equals(settings, engine, live, await new_store("replay"), sum(ends.values()))
+
+
+async def kill_after_first_commit(settings: ProjectorSettings, store: Store) -> None:
+    """Run the loop and cancel it (no clean stop) once it has committed a batch, maybe mid-transaction."""
+    async with open_clients(settings, dead_letters=True) as clients:
+        task = asyncio.create_task(Projection(settings, store, clients).run(asyncio.Event()))
+        while not await store.load_offsets(settings.consumer_name):
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_restarts_and_redelivery_change_nothing(
+    topics: ProjectorSettings,
+    producer: AIOKafkaProducer,
+    new_store: Callable[[str], Awaitable[Store]],
+    engine: AsyncEngine,
+) -> None:
+    settings, live = topics, await new_store("restart")
+    request = requested()
+    events: list[JobEvent] = [dispatched(1, 1), started(1, 2)]
+    events += [progress(1, 3 + step, step, total=40) for step in range(1, 41)]
+    events.append(succeeded(1, 50))
+    ends: Ends = {}
+    await produce(producer, settings.requested_topic, [request], ends)
+    await produce(producer, settings.events_topic, events, ends)
+
+    await kill_after_first_commit(settings, live)
+    partial = await live.snapshot()
+    assert 0 < len(partial.events) < len(events) + 1
+
+    async with projector(settings, live):
+        await wait_consumed(live, settings, ends)
+    first = await live.snapshot()
+    expected_rows, expected_job = _pure([request, *events])
+    assert sorted((row["seq"], row["event_id"]) for row in first.events.values()) == expected_rows
+    assert first.jobs[JOB] == expected_job
+    assert expected_job["status"] == JobStatus.SUCCEEDED.value
+
+    # Offsets lost: everything is read again, and nothing changes.
+    async with engine.begin() as conn:
+        await conn.execute(
+            delete(OFFSETS).where(OFFSETS.c.consumer == settings.consumer_name),
+            execution_options={"schema_translate_map": {None: live.schema}},
+        )
+    async with projector(settings, live):
+        await wait_consumed(live, settings, ends)
+    assert await live.snapshot() == first
+
+
+def _pure(events: Sequence[JobEvent]) -> tuple[list[tuple[int, uuid.UUID]], dict[str, Any]]:
+    """What the pure rules say the rows must be: (seq, event id) pairs and the jobs row."""
+    rows, _ = admit_all(EMPTY_HISTORY, events)
+    view = fold(rows)
+    assert view is not None
+    job = {**asdict(view), "status": view.status.value, "phase": view.phase.value}
+    return sorted((row.seq, row.event.event_id) for row in rows), job
+
+
+async def test_picks_up_partitions_added_while_running(
+    topics: ProjectorSettings,
+    producer: AIOKafkaProducer,
+    new_store: Callable[[str], Awaitable[Store]],
+    kafka_admin: AIOKafkaAdminClient,
+) -> None:
+    settings, live = topics, await new_store("grow")
+    ends: Ends = {}
+    await produce(producer, settings.requested_topic, [requested()], ends)
+    async with projector(settings, live):
+        await wait_consumed(live, settings, ends)
+        await kafka_admin.create_partitions({settings.events_topic: NewPartitions(total_count=4)})
+        added = dispatched(1, 1)
+        meta = await publish_to_partition(settings, settings.events_topic, 3, added)
+        ends[(settings.events_topic, meta.partition)] = meta.offset + 1
+        await wait_consumed(live, settings, ends)
+    job = (await live.snapshot()).jobs[JOB]
+    assert (job["attempt"], job["dispatched_at"]) == (1, added.occurred_at)
+
+
+async def publish_to_partition(settings: CommonSettings, topic: str, partition: int, event: JobEvent) -> Any:
+    """Publish to a partition that was just added (a fresh producer, once its metadata shows it)."""
+    deadline = time.monotonic() + 20
+    while True:
+        producer = make_producer(settings, client_id="test-projector-grow")
+        await producer.start()
+        try:
+            if partition in await producer.partitions_for(topic):
+                return await publish_event(producer, topic, event, partition=partition)
+        finally:
+            await producer.stop()
+        if time.monotonic() > deadline:
+            pytest.fail(f"partition {partition} of {topic} never appeared")
+        await asyncio.sleep(0.3)
+
+
+async def test_waits_out_an_unreachable_database(
+    topics: ProjectorSettings, producer: AIOKafkaProducer
+) -> None:
+    settings = topics.model_copy(update={"retry_max_seconds": 0.5})
+    await produce(producer, settings.requested_topic, [requested()], {})
+    url = make_url(settings.database_url.get_secret_value()).set(port=1)
+    unreachable = create_async_engine(url, connect_args={"timeout": 2})
+    try:
+        async with projector(settings, Store(unreachable)) as task:
+            await asyncio.sleep(2)
+            assert not task.done(), "the loop must keep retrying, not crash"
+    finally:
+        await unreachable.dispose()
