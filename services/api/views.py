@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.events import JobError, VideoResult
 from schemas.jobs import JobStatus, Phase, ResolvedRequest
+from services.api.eta import Eta
 from services.common.readmodel import Job
 
 
@@ -23,6 +24,14 @@ class ResultOut(BaseModel):
     duration_seconds: float
 
 
+class EtaOut(BaseModel):
+    """Seconds until the job starts and until it ends, from the step times workers measured."""
+
+    wait_seconds: float
+    run_seconds: float
+    total_seconds: float
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -33,6 +42,7 @@ class JobOut(BaseModel):
     step: int | None
     total_steps: int | None
     queue_position: int | None
+    eta: EtaOut | None = None
     attempt: int
     created_at: datetime
     dispatched_at: datetime | None
@@ -65,8 +75,15 @@ def _result(raw: dict[str, Any] | None) -> ResultOut | None:
     return ResultOut(**video.model_dump(exclude={"video_key", "poster_key"}))
 
 
-def job_out(job: Job, base: str, position: int | None) -> JobOut:
+def job_out(job: Job, base: str, position: int | None, eta: Eta | None = None) -> JobOut:
     status = JobStatus(job.status)
+    eta_out = None
+    if eta is not None:
+        eta_out = EtaOut(
+            wait_seconds=round(eta.wait_seconds, 2),
+            run_seconds=round(eta.run_seconds, 2),
+            total_seconds=round(eta.wait_seconds + eta.run_seconds, 2),
+        )
     return JobOut(
         id=job.id,
         status=status,
@@ -75,6 +92,7 @@ def job_out(job: Job, base: str, position: int | None) -> JobOut:
         step=job.step,
         total_steps=job.total_steps,
         queue_position=position,
+        eta=eta_out,
         attempt=job.attempt,
         created_at=job.created_at,
         dispatched_at=job.dispatched_at,

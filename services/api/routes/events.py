@@ -15,6 +15,7 @@ from schemas.events import TERMINAL_TYPES
 from services.api import metrics
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import ApiError
+from services.api.eta import Eta, estimate
 from services.api.notify import wait_event
 from services.api.queries import events_after, get_job, queue_position
 from services.api.routes.jobs import load_job
@@ -34,14 +35,21 @@ def frame(row: JobEventRow) -> str:
     return f"id: {row.seq}\nevent: {row.type}\ndata: {data}\n\n"
 
 
-def queue_frame(position: int) -> str:
-    return f"event: job.queue_position\ndata: {json.dumps({'queue_position': position})}\n\n"
+def queue_frame(position: int, eta: Eta | None) -> str:
+    data: dict[str, object] = {"queue_position": position}
+    if eta is not None:
+        data["eta"] = {"wait_seconds": round(eta.wait_seconds, 2), "run_seconds": round(eta.run_seconds, 2)}
+    return f"event: job.queue_position\ndata: {json.dumps(data)}\n\n"
 
 
-async def _position(state: AppState, job_id: uuid.UUID) -> int | None:
+async def _position(state: AppState, job_id: uuid.UUID) -> tuple[int | None, Eta | None]:
     async with state.sessions() as session:
         job = await get_job(session, job_id)
-        return None if job is None else await queue_position(session, job)
+        if job is None:
+            return None, None
+        position = await queue_position(session, job)
+        eta = await estimate(session, job, state.settings.gpu_slots) if position is not None else None
+        return position, eta
 
 
 async def _rows(state: AppState, job_id: uuid.UUID, after: int) -> list[JobEventRow]:
@@ -63,9 +71,9 @@ async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncI
                     after, last_sent = row.seq, time.monotonic()
                     if row.type in TERMINAL:
                         return
-                position = await _position(state, job_id)
+                position, eta = await _position(state, job_id)
                 if position is not None and position != last_position:
-                    yield queue_frame(position)
+                    yield queue_frame(position, eta)
                     last_position, last_sent = position, time.monotonic()
                 notified = await wait_event(changed, state.settings.sse_poll_seconds)
                 if not notified and time.monotonic() - last_sent >= state.settings.sse_keepalive_seconds:

@@ -18,6 +18,7 @@ from services.api import metrics
 from services.api.content import stream_object
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import Conflict, IdempotencyMismatch, JobNotFound
+from services.api.eta import estimate
 from services.api.ids import created_at_of, keyed_job_id, new_job_id
 from services.api.notify import wait_event
 from services.api.queries import find_by_idempotency_key, get_job, list_jobs, queue_position
@@ -48,7 +49,8 @@ async def wait_projected(
 
 
 async def _view(state: AppState, session: SessionDep, job: Job) -> JobOut:
-    return job_out(job, state.settings.public_base_url, await queue_position(session, job))
+    eta = await estimate(session, job, state.settings.gpu_slots)
+    return job_out(job, state.settings.public_base_url, await queue_position(session, job), eta)
 
 
 @router.post(
