@@ -17,6 +17,7 @@ import json
 import statistics
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -128,8 +129,7 @@ async def main(argv: list[str] | None = None) -> None:
         rows.append(summary("requested -> succeeded per job", totals))
         rows.append(summary("job.progress produced -> SSE client", delays))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        Path(args.json).write_text(json.dumps(rows, indent=2))  # noqa: ASYNC240 - once, at the end
 
 
 if __name__ == "__main__":

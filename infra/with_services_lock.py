@@ -20,7 +20,7 @@ def main() -> int:
     LOCK.parent.mkdir(exist_ok=True)
     with LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return subprocess.run(sys.argv[1:], check=False).returncode
+        return subprocess.run(sys.argv[1:], check=False).returncode  # noqa: S603 - the caller's own command
 
 
 if __name__ == "__main__":
