@@ -17,4 +17,6 @@ def configure(service: str, level: str = "INFO") -> logging.Logger:
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "botocore", "aiobotocore", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # diffusers warns on every prompt longer than the text encoder keeps; the job still runs.
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
     return logging.getLogger(f"reelstream.{service}")

@@ -30,8 +30,8 @@ from services.worker.engine.resume import check_resume, schedule_hook, scheduler
 log = logging.getLogger(__name__)
 
 PipelineLoader = Callable[[], Any]
-"""Builds a ready pipeline; the default loads catalog weights. The GPU benchmark passes one that builds
-full-size random weights; tests pass one that builds a pipeline of another family."""
+"""Builds a ready pipeline in place of loading catalog weights: the GPU benchmark passes one that builds
+full-size random weights on the GPU."""
 
 
 class DiffusersGenerator:
@@ -70,21 +70,23 @@ class DiffusersGenerator:
             return
         self.device = memory.resolve_device(self.settings)
         self.dtype = memory.resolve_dtype(self.settings, self.device)
-        if self._loader is not None:
-            pipe = self._loader()
-        else:
-            folder = loading.locate(self.source, self.settings)
-            pipe = loading.load_pipeline(self.source, folder, self.settings, self.dtype)
+        pipe: Any = None
         try:
+            pipe = self._loader() if self._loader is not None else self._from_disk()
             memory.place(pipe, self.settings, self.device)
         except torch.OutOfMemoryError as e:
-            del pipe
+            pipe = None  # this frame outlives the raise (it is in the traceback): drop the weights now
             _drop_frames(e)
             memory.free_memory(self.device)
             msg = f"{self.model_name} does not fit on {self.device} with offload {self.settings.offload}: {e}"
             raise GenerationError(ErrorCode.OUT_OF_MEMORY, msg) from e
         memory.compile_blocks(pipe, self.settings)
+        pipe.set_progress_bar_config(disable=True)  # progress goes out through on_step instead
         self._pipe = pipe
+
+    def _from_disk(self) -> Any:
+        folder = loading.locate(self.source, self.settings)
+        return loading.load_pipeline(self.source, folder, self.settings, self.dtype)
 
     def generate(
         self,

@@ -86,16 +86,20 @@ def locate(source: ModelSource, settings: EngineSettings) -> Path:
 
 
 def _from_hf_cache(repo_id: str, settings: EngineSettings) -> tuple[Path | None, str]:
-    from huggingface_hub import constants, snapshot_download  # noqa: PLC0415 - only when loading
+    import diffusers  # noqa: PLC0415 - heavy import, only when loading
+    from huggingface_hub import constants  # noqa: PLC0415 - only when loading
 
     cache = settings.hf_cache_dir or Path(constants.HF_HUB_CACHE)
     token = settings.hf_token.get_secret_value() if settings.hf_token is not None else None
     try:
-        folder = snapshot_download(
+        # diffusers' own resolver: it fetches (when allowed) only the files the pipeline needs, and only
+        # the asked-for variant, where a plain snapshot would take every variant in the repository.
+        folder = diffusers.DiffusionPipeline.download(
             repo_id,
             cache_dir=cache,
             token=token,
             local_files_only=not settings.allow_download,
+            variant=settings.variant,
         )
     except Exception as e:  # the hub raises several unrelated types for "not here", "offline", "no access"
         return None, f"the Hugging Face cache {cache} (repo {repo_id}: {type(e).__name__})"
@@ -130,6 +134,5 @@ def load_pipeline(source: ModelSource, folder: Path, settings: EngineSettings, d
     except (OSError, ValueError, KeyError) as e:
         msg = f"weights for model {source.name} in {folder} could not be loaded: {e}"
         raise GenerationError(ErrorCode.MODEL_UNAVAILABLE, msg) from e
-    pipe.set_progress_bar_config(disable=True)
     log.info("loaded %s (%s) from %s as %s", source.name, source.pipeline_class, folder, dtype)
     return pipe
