@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # uv from PATH, else the module pip installed (a fresh pyenv may not have its shim yet).
 UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: help setup up down status logs clean lint test run services stop demo replay bench
+.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,8 +34,11 @@ clean: ## stop the stack and delete its data and logs (.run/); downloads in .cac
 
 # --- checks -----------------------------------------------------------------------------------------
 
-lint: ## ruff, ruff format and mypy
-	$(UV) run ruff check . && $(UV) run ruff format --check . && $(UV) run mypy schemas services
+lint: lint-deploy ## ruff, ruff format, mypy --strict, and the deployment checks
+	$(UV) run --no-sync ruff check . && $(UV) run --no-sync ruff format --check . && $(UV) run --no-sync mypy schemas services
+
+lint-deploy: ## build every k8s overlay, validate it offline, scan manifests and Dockerfiles, check compose
+	bash infra/validate-deploy.sh
 
 test: up ## the whole test suite: unit, integration and e2e (brings the stack up first)
 	$(UV) run --no-sync pytest tests

