@@ -34,7 +34,9 @@ def follow(client: httpx.Client, job_id: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--prompt", default="A paper boat drifting down a rainy street, cinematic")
     parser.add_argument("--model", default="tiny-mochi")
     parser.add_argument("--out", type=Path, default=Path("out"))
@@ -48,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"submit failed: {response.status_code} {response.text}", file=sys.stderr)
             return 1
         job = response.json()
-        print(f"job {job['id']} accepted ({job['request']['width']}x{job['request']['height']}, "
-              f"{job['request']['num_frames']} frames, {job['request']['num_inference_steps']} steps)")
+        print(
+            f"job {job['id']} accepted ({job['request']['width']}x{job['request']['height']}, "
+            f"{job['request']['num_frames']} frames, {job['request']['num_inference_steps']} steps)"
+        )
         if follow(client, job["id"]) != "job.succeeded":
             print(json.dumps(client.get(f"/v1/jobs/{job['id']}").json(), indent=2), file=sys.stderr)
             return 1
@@ -62,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             frames = sum(1 for _ in container.decode(stream))
-            print(f"saved {path} ({len(video.content)} bytes, {stream.codec_context.name}, "
-                  f"{stream.width}x{stream.height}, {frames} frames at {stream.average_rate} fps) "
-                  f"in {time.monotonic() - started:.1f} s")
-    print(f"the api stays up at {args.api} (web page at /, API docs at /docs); 'make stop' stops the services")
+            print(
+                f"saved {path} ({len(video.content)} bytes, {stream.codec_context.name}, "
+                f"{stream.width}x{stream.height}, {frames} frames at {stream.average_rate} fps) "
+                f"in {time.monotonic() - started:.1f} s"
+            )
+    print(
+        f"the api stays up at {args.api} (web page at /, API docs at /docs); 'make stop' stops the services"
+    )
     return 0
 
 
