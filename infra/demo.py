@@ -1,6 +1,6 @@
 """Submit one prompt to the running api, follow its progress over SSE, and save the MP4 locally.
 
-    python infra/demo.py [--prompt TEXT] [--out DIR] [--api URL]
+python infra/demo.py [--prompt TEXT] [--out DIR] [--api URL]
 """
 
 from __future__ import annotations
