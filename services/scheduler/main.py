@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Gauge
@@ -31,9 +31,18 @@ SLOTS_ALIVE = Gauge("reelstream_scheduler_slots_alive", "Slots with a recent hea
 SLOTS_BUSY = Gauge("reelstream_scheduler_slots_busy", "Slots holding a job")
 
 
-def event_id(job_id: uuid.UUID, what: str) -> uuid.UUID:
-    """Deterministic ids: a decision re-published after a crash is recognised as the same event."""
-    return uuid.uuid5(job_id, what)
+SchedulerEvent = JobDispatched | JobRetrying | JobCancelled | JobFailed
+E = TypeVar("E", JobDispatched, JobRetrying, JobCancelled, JobFailed)
+
+
+def decision_event(
+    kind: type[E], job_id: uuid.UUID, attempt: int, *, id_attempt: int | None = None, **fields: Any
+) -> E:
+    """An event the scheduler decided. Its id is derived from the job, the type and the attempt, so
+    re-publishing it after a crash is recognised downstream as the same event."""
+    name = str(kind.model_fields["type"].default).removeprefix("job.")
+    event_id = uuid.uuid5(job_id, f"{name}/{attempt if id_attempt is None else id_attempt}")
+    return kind(event_id=event_id, job_id=job_id, producer=PRODUCER, attempt=attempt, **fields)
 
 
 class Scheduler:
@@ -76,11 +85,11 @@ class Scheduler:
             await self._dispatch(decision)
         elif isinstance(decision, Retry):
             job = self.state.jobs[decision.job_id]
-            retrying = JobRetrying(
-                event_id=event_id(decision.job_id, f"retrying/{decision.next_attempt}"),
-                job_id=decision.job_id,
-                producer=PRODUCER,
-                attempt=job.attempt,
+            retrying = decision_event(
+                JobRetrying,
+                decision.job_id,
+                job.attempt,
+                id_attempt=decision.next_attempt,
                 reason=decision.reason,
                 next_attempt=decision.next_attempt,
             )
@@ -97,11 +106,10 @@ class Scheduler:
         DECISIONS.labels(type(decision).__name__.lower()).inc()
 
     async def _dispatch(self, d: Dispatch) -> None:
-        event = JobDispatched(
-            event_id=event_id(d.job_id, f"dispatched/{d.attempt}"),
-            job_id=d.job_id,
-            producer=PRODUCER,
-            attempt=d.attempt,
+        event = decision_event(
+            JobDispatched,
+            d.job_id,
+            d.attempt,
             slot=d.slot,
             request=d.request,
             resume_checkpoint=d.resume_checkpoint,
@@ -115,22 +123,12 @@ class Scheduler:
 
     async def _finish(self, d: Finish) -> None:
         if d.cancelled:
-            ended: JobCancelled | JobFailed = JobCancelled(
-                event_id=event_id(d.job_id, f"cancelled/{d.attempt}"),
-                job_id=d.job_id,
-                producer=PRODUCER,
-                attempt=d.attempt,
-                reason=d.reason,
+            ended: JobCancelled | JobFailed = decision_event(
+                JobCancelled, d.job_id, d.attempt, reason=d.reason
             )
         else:
             error = JobError(code=ErrorCode.ATTEMPTS_EXHAUSTED, message=d.reason, retryable=False)
-            ended = JobFailed(
-                event_id=event_id(d.job_id, f"failed/{d.attempt}"),
-                job_id=d.job_id,
-                producer=PRODUCER,
-                attempt=d.attempt,
-                error=error,
-            )
+            ended = decision_event(JobFailed, d.job_id, d.attempt, error=error)
         await self._publish(JOBS_EVENTS, ended)
         self.state.on_event(ended)
         log.info("finished job=%s as %s: %s", d.job_id, ended.type, d.reason)
@@ -138,7 +136,7 @@ class Scheduler:
     async def _publish(
         self,
         topic: str,
-        event: JobDispatched | JobRetrying | JobCancelled | JobFailed,
+        event: SchedulerEvent,
         partition: int | None = None,
     ) -> Any:
         return await retry(
@@ -149,13 +147,13 @@ class Scheduler:
         """After a restart: dispatch records whose job.dispatched never reached jobs.events get it now."""
         for job in list(self.state.jobs.values()):
             if job.slot is not None and job.dispatch_offset is not None and not job.announced and job.request:
-                event = JobDispatched(
-                    event_id=event_id(job.job_id, f"dispatched/{job.attempt}"),
-                    job_id=job.job_id,
-                    producer=PRODUCER,
-                    attempt=job.attempt,
+                event = decision_event(
+                    JobDispatched,
+                    job.job_id,
+                    job.attempt,
                     slot=job.slot,
                     request=job.request,
+                    resume_checkpoint=job.checkpoint_key if job.attempt > 1 else None,
                 )
                 await self._publish(JOBS_EVENTS, event)
                 self.state.on_event(event)

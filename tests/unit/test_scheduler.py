@@ -21,6 +21,7 @@ from schemas.events import (
     WorkerHeartbeat,
 )
 from schemas.jobs import JobRequest, Priority, resolve
+from services.scheduler.main import decision_event
 from services.scheduler.plan import plan
 from services.scheduler.state import Dispatch, Finish, Retry, SchedulerState
 
@@ -277,3 +278,11 @@ def test_plan_never_dispatches_one_job_twice(waiting: int) -> None:
         state.on_heartbeat(beat(slot, T0))
     ids = [d.job_id for d in plan(state, T0) if isinstance(d, Dispatch)]
     assert len(ids) == len(set(ids)) == min(waiting, 4)
+
+
+def test_decision_events_have_ids_that_survive_a_restart() -> None:
+    job = request()
+    first = decision_event(JobDispatched, job.job_id, 2, slot=0, request=job.request)
+    again = decision_event(JobDispatched, job.job_id, 2, slot=1, request=job.request)
+    assert first.event_id == again.event_id == uuid.uuid5(job.job_id, "dispatched/2")
+    assert decision_event(JobCancelled, job.job_id, 2).event_id != first.event_id
