@@ -15,7 +15,7 @@ from prometheus_client import make_asgi_app
 from services.api import errors, metrics
 from services.api.deps import AppState
 from services.api.notify import JobNotifier
-from services.api.publisher import JobPublisher, make_broker
+from services.api.publisher import JobPublisher
 from services.api.routes import events, health, jobs
 from services.api.settings import ApiSettings, get_settings
 from services.common.db import make_engine, make_sessions
@@ -29,24 +29,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings)
-        broker = make_broker(settings)
-        await broker.connect()
+        publisher = JobPublisher(settings)
+        await publisher.connect()
         notifier = JobNotifier(settings.database_url.get_secret_value())
         await notifier.start()
-        timeout = settings.kafka_request_timeout_ms / 1000
         app.state.reelstream = AppState(
-            settings,
-            engine,
-            make_sessions(engine),
-            JobPublisher(broker, timeout),
-            Storage(settings),
-            notifier,
+            settings, engine, make_sessions(engine), publisher, Storage(settings), notifier
         )
         try:
             yield
         finally:
             await notifier.stop()
-            await broker.stop()
+            await publisher.stop()
             await engine.dispose()
 
     app = FastAPI(

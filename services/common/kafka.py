@@ -6,13 +6,15 @@ so every producer and consumer of reelstream is built by these two functions.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber
 
 from schemas.dlq import DeadLetter
 from schemas.envelope import Record, encode_event, encode_heartbeat
@@ -24,7 +26,7 @@ from services.common.settings import CommonSettings
 log = logging.getLogger(__name__)
 
 
-def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
+def _aiokafka_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
     """Durable producer: a send is acknowledged only once every in-sync replica has it."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -35,6 +37,61 @@ def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
         request_timeout_ms=settings.kafka_request_timeout_ms,
         retry_backoff_ms=200,
     )
+
+
+class Producer:
+    """The acks=all idempotent producer every service uses, renewed when its sequence state breaks.
+
+    aiokafka 0.14 can fail a batch after it got a sequence number (a partition without a leader while a
+    broker restarts); every later send to that partition then fails with OutOfOrderSequenceNumber, for
+    ever. A fresh producer gets a new producer id and starts its sequences over, so on a timeout or that
+    error the failed send is reported (the caller retries) and the next one goes through a new producer.
+    """
+
+    def __init__(self, settings: CommonSettings, client_id: str) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._producer = _aiokafka_producer(settings, client_id)
+        self._renewing = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        producer = self._producer
+        try:
+            return await producer.send_and_wait(
+                topic, value=value, key=key, partition=partition, headers=headers
+            )
+        except (OutOfOrderSequenceNumber, KafkaTimeoutError):
+            await self._renew(producer)
+            raise
+
+    async def _renew(self, broken: AIOKafkaProducer) -> None:
+        async with self._renewing:
+            if self._producer is not broken:
+                return  # another send already renewed it
+            log.warning("renewing the Kafka producer %s after a failed send", self._client_id)
+            fresh = _aiokafka_producer(self._settings, self._client_id)
+            await fresh.start()
+            self._producer = fresh
+        with contextlib.suppress(KafkaError, TimeoutError, OSError):
+            async with asyncio.timeout(5):
+                await broken.stop()
+
+
+def make_producer(settings: CommonSettings, client_id: str) -> Producer:
+    return Producer(settings, client_id)
 
 
 def make_consumer(
@@ -65,7 +122,7 @@ def make_consumer(
     )
 
 
-async def send(producer: AIOKafkaProducer, topic: str, record: Record, partition: int | None = None) -> Any:
+async def send(producer: Producer, topic: str, record: Record, partition: int | None = None) -> Any:
     """Send and wait for the broker's acknowledgement; broker trouble becomes `BrokerUnavailable`."""
     try:
         return await producer.send_and_wait(
@@ -75,19 +132,15 @@ async def send(producer: AIOKafkaProducer, topic: str, record: Record, partition
         raise BrokerUnavailable(f"Kafka did not acknowledge a record on {topic}: {e}") from e
 
 
-async def publish_event(
-    producer: AIOKafkaProducer, topic: str, event: JobEvent, partition: int | None = None
-) -> Any:
+async def publish_event(producer: Producer, topic: str, event: JobEvent, partition: int | None = None) -> Any:
     return await send(producer, topic, encode_event(event), partition)
 
 
-async def publish_heartbeat(producer: AIOKafkaProducer, topic: str, beat: WorkerHeartbeat) -> Any:
+async def publish_heartbeat(producer: Producer, topic: str, beat: WorkerHeartbeat) -> Any:
     return await send(producer, topic, encode_heartbeat(beat))
 
 
-async def dead_letter(
-    producer: AIOKafkaProducer, msg: ConsumerRecord[Any, Any], reason: str, consumer: str
-) -> None:
+async def dead_letter(producer: Producer, msg: ConsumerRecord[Any, Any], reason: str, consumer: str) -> None:
     """Put a poison record on the DLQ with its reason, so the consumer can move past it losing nothing."""
     letter = DeadLetter(
         original_headers=tuple(msg.headers or ()),

@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
 from services.common.errors import BrokerUnavailable, RetryableError
-from services.common.kafka import dead_letter, make_consumer, make_producer
+from services.common.kafka import Producer, dead_letter, make_consumer, make_producer
 from services.projector.settings import ProjectorSettings
 from services.projector.store import BatchResult, Incoming, Store, unfit
 
@@ -77,7 +77,7 @@ async def discover(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[To
 class Clients:
     consumer: AIOKafkaConsumer
     admin: AIOKafkaAdminClient
-    producer: AIOKafkaProducer | None
+    producer: Producer | None
 
 
 @asynccontextmanager

@@ -8,19 +8,26 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from schemas.envelope import MalformedMessage, decode_event, decode_heartbeat
 from schemas.events import ErrorCode, JobCancelled, JobDispatched, JobError, JobFailed, JobRetrying
 from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH, JOBS_EVENTS, JOBS_REQUESTED, WORKERS_HEARTBEAT
 from services.common.errors import RetryableError
-from services.common.kafka import dead_letter, make_consumer, make_producer, partitions_of, publish_event
+from services.common.kafka import (
+    Producer,
+    dead_letter,
+    make_consumer,
+    make_producer,
+    partitions_of,
+    publish_event,
+)
 from services.common.logging import configure
 from services.common.runtime import retry, run_until_signalled, serve_metrics
 from services.scheduler.plan import is_alive, plan
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.state import Decision, Dispatch, Finish, Retry, SchedulerState
+from services.scheduler.state import Decision, Dispatch, Finish, Retry, SchedulerState, Stage
 
 log = logging.getLogger("reelstream.scheduler")
 TOPICS = (JOBS_REQUESTED, JOBS_EVENTS, JOBS_CONTROL, JOBS_DISPATCH, WORKERS_HEARTBEAT)
@@ -46,9 +53,7 @@ def decision_event(
 
 
 class Scheduler:
-    def __init__(
-        self, settings: SchedulerSettings, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer
-    ) -> None:
+    def __init__(self, settings: SchedulerSettings, producer: Producer, consumer: AIOKafkaConsumer) -> None:
         self.settings = settings
         self.producer = producer
         self.consumer = consumer
@@ -114,11 +119,12 @@ class Scheduler:
             request=d.request,
             resume_checkpoint=d.resume_checkpoint,
         )
-        # The jobs.dispatch record is the assignment itself; jobs.events only announces it.
-        meta = await self._publish(JOBS_DISPATCH, event, partition=d.slot)
-        self.state.on_dispatch(event, meta.offset)
+        # Announce first, then hand the record to the slot: consumers of jobs.events then never see a
+        # job.started before its job.dispatched. A crash in between is repaired by `repair_records`.
         await self._publish(JOBS_EVENTS, event)
         self.state.on_event(event)
+        meta = await self._publish(JOBS_DISPATCH, event, partition=d.slot)
+        self.state.on_dispatch(event, meta.offset)
         log.info("dispatched job=%s slot=%d attempt=%d", d.job_id, d.slot, d.attempt)
 
     async def _finish(self, d: Finish) -> None:
@@ -143,20 +149,13 @@ class Scheduler:
             f"publish {event.type}", lambda: publish_event(self.producer, topic, event, partition)
         )
 
-    async def announce_missing(self) -> None:
-        """After a restart: dispatch records whose job.dispatched never reached jobs.events get it now."""
+    async def repair_records(self) -> None:
+        """Assignments announced on jobs.events whose record never reached jobs.dispatch get it now."""
         for job in list(self.state.jobs.values()):
-            if job.slot is not None and job.dispatch_offset is not None and not job.announced and job.request:
-                event = decision_event(
-                    JobDispatched,
-                    job.job_id,
-                    job.attempt,
-                    slot=job.slot,
-                    request=job.request,
-                    resume_checkpoint=job.checkpoint_key if job.attempt > 1 else None,
-                )
-                await self._publish(JOBS_EVENTS, event)
-                self.state.on_event(event)
+            if job.stage is Stage.ASSIGNED and job.dispatch_offset is None and job.dispatch is not None:
+                meta = await self._publish(JOBS_DISPATCH, job.dispatch, partition=job.dispatch.slot)
+                self.state.on_dispatch(job.dispatch, meta.offset)
+                log.warning("re-sent the dispatch record of job=%s attempt=%d", job.job_id, job.attempt)
 
     def observe(self) -> None:
         now = datetime.now(UTC)
@@ -211,13 +210,15 @@ async def loop(scheduler: Scheduler, stop: asyncio.Event) -> None:
     tick_ms = int(scheduler.settings.tick_seconds * 1000)
     while not stop.is_set():
         batch = await scheduler.consumer.getmany(timeout_ms=tick_ms, max_records=2000)
+        if batch:
+            scheduler.state.on_input(datetime.now(UTC))
         for records in batch.values():
             for msg in records:
                 await scheduler.apply(msg)
         try:
             for decision in plan(scheduler.state, datetime.now(UTC)):
                 await scheduler.execute(decision)
-            await scheduler.announce_missing()
+            await scheduler.repair_records()
         except RetryableError as e:
             log.error("could not carry out a decision, will plan again: %s", e)
             await asyncio.sleep(1)

@@ -23,14 +23,22 @@ def is_alive(state: SchedulerState, slot: Slot, now: datetime) -> bool:
     return now - slot.seen_at <= state.dead_after and slot.state is not SlotState.STOPPING
 
 
+def _silent(state: SchedulerState, seen_at: datetime, now: datetime) -> bool:
+    """Silent for longer than `dead_after`, counted only while the scheduler itself could read Kafka."""
+    if state.last_input is not None and now - state.last_input > state.dead_after / 2:
+        return False  # we are the ones not hearing anything: judge nobody
+    since = max(seen_at, state.input_resumed_at) if state.input_resumed_at else seen_at
+    return now - since > state.dead_after
+
+
 def _lost_reason(state: SchedulerState, job: JobEntry, now: datetime) -> str | None:
     """Why the slot that holds `job` will never finish it, or None while it still may."""
     assert job.slot is not None
     slot = state.slots.get(job.slot)
     if slot is None:
-        never = now - (state.epoch or now) > state.dead_after
+        never = _silent(state, state.epoch or now, now)
         return f"slot {job.slot} never reported" if never else None
-    if now - slot.seen_at > state.dead_after:
+    if _silent(state, slot.seen_at, now):
         return f"slot {job.slot} silent for more than {state.dead_after.total_seconds():g} s"
     consumed = (
         slot.position is not None and job.dispatch_offset is not None and slot.position > job.dispatch_offset
@@ -38,11 +46,20 @@ def _lost_reason(state: SchedulerState, job: JobEntry, now: datetime) -> str | N
     if not consumed or slot.reported_job == (job.job_id, job.attempt):
         state.mismatch_since.pop(job.slot, None)
         return None
-    if slot.state is SlotState.STOPPING:
-        return f"slot {job.slot} stopped during the job"
+    if slot.state is not SlotState.STOPPING:
+        return _dropped_after_restart(state, job, slot, now)
+    return f"slot {job.slot} stopped during the job"
+
+
+def _dropped_after_restart(state: SchedulerState, job: JobEntry, slot: Slot, now: datetime) -> str | None:
+    assert job.slot is not None
+    # The same process that read the record reports it until the run ends, so only a new process
+    # (another boot id) can have dropped it; with no boot id known (after a restart), wait longer.
+    if job.boot_at_dispatch is not None and slot.boot_id == job.boot_at_dispatch:
+        return None
     since = state.mismatch_since.setdefault(job.slot, now)
     if now - since >= state.lost_grace:
-        return f"slot {job.slot} restarted or dropped the job"
+        return f"slot {job.slot} restarted and dropped the job"
     return None
 
 

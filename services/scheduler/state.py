@@ -45,7 +45,8 @@ class JobEntry:
     # Only waiting jobs sort; an entry known from a dispatch record alone never waits.
     slot: int | None = None
     dispatch_offset: int | None = None
-    announced: bool = False
+    dispatch: JobDispatched | None = None
+    boot_at_dispatch: uuid.UUID | None = None
     cancel_requested: bool = False
     checkpoint_key: str | None = None
 
@@ -112,6 +113,16 @@ class SchedulerState:
     mismatch_since: dict[int, datetime] = field(default_factory=dict)
     cancel_waiting: set[uuid.UUID] = field(default_factory=set)
     epoch: datetime | None = None
+    # When records last arrived, and when they started arriving again after a gap: a scheduler that
+    # could not read Kafka must not take the silence it saw for dead slots.
+    last_input: datetime | None = None
+    input_resumed_at: datetime | None = None
+
+    def on_input(self, now: datetime) -> None:
+        if self.last_input is None or now - self.last_input > self.dead_after / 2:
+            self.input_resumed_at = now
+        self.last_input = now
+
     lanes: dict[Priority, list[tuple[datetime, str]]] = field(
         default_factory=lambda: {lane: [] for lane in LANES}
     )
@@ -160,7 +171,7 @@ class SchedulerState:
         self._enqueue(job)
 
     def on_dispatch(self, record: JobDispatched, offset: int | None) -> None:
-        """A dispatch record: one we just made, or one replayed from jobs.dispatch after a restart."""
+        """An assignment: its announcement on jobs.events (offset None) or its record on jobs.dispatch."""
         job = self.entry(record.job_id)
         if job is None or record.attempt < job.attempt:
             return
@@ -168,10 +179,12 @@ class SchedulerState:
             job.request = record.request
         self._dequeue(job)
         self.cancel_waiting.discard(job.job_id)
-        if record.attempt > job.attempt:
+        if record.attempt > job.attempt or job.stage is not Stage.ASSIGNED:
             self._release(job)
-            job.announced = False
-        job.stage, job.attempt, job.slot = Stage.ASSIGNED, record.attempt, record.slot
+            job.dispatch_offset = None
+            slot = self.slots.get(record.slot)
+            job.boot_at_dispatch = slot.boot_id if slot is not None else None
+        job.stage, job.attempt, job.slot, job.dispatch = Stage.ASSIGNED, record.attempt, record.slot, record
         if offset is not None:
             job.dispatch_offset = offset
         self.assignments[record.slot] = job.job_id
@@ -185,8 +198,8 @@ class SchedulerState:
         job = self.entry(event.job_id)
         if job is None:
             return
-        if isinstance(event, JobDispatched) and event.attempt == job.attempt:
-            job.announced = True
+        if isinstance(event, JobDispatched):
+            self.on_dispatch(event, None)  # the announcement comes first; the record follows it
         elif isinstance(event, JobRetrying):
             self._retry(job, event.next_attempt)
         elif event.type is EventType.CANCEL_REQUESTED:

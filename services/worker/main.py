@@ -14,13 +14,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import torch
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobCancelled, JobDispatched, JobEvent, SlotState, WorkerHeartbeat
 from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH, JOBS_EVENTS, WORKERS_HEARTBEAT
 from services.common.errors import RetryableError
 from services.common.kafka import (
+    Producer,
     dead_letter,
     make_consumer,
     make_producer,
@@ -40,7 +41,7 @@ GROUP = "reelstream-worker"
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, producer: AIOKafkaProducer, runner: JobRunner) -> None:
+    def __init__(self, settings: WorkerSettings, producer: Producer, runner: JobRunner) -> None:
         self.settings = settings
         self.producer = producer
         self.runner = runner
@@ -48,19 +49,22 @@ class Worker:
         self.position: int | None = None
         self.stopping = False
         self.cancelled: dict[uuid.UUID, datetime] = {}
+        # The dispatch this slot holds from the moment it commits it until its run returns, so no
+        # heartbeat in between says "read past the record, holding nothing".
+        self.claimed: JobDispatched | None = None
 
     # ---- heartbeats ------------------------------------------------------------------------------
     def heartbeat(self) -> WorkerHeartbeat:
-        current = self.runner.current
-        state = SlotState.STOPPING if self.stopping else SlotState.BUSY if current else SlotState.IDLE
+        held = self.runner.current.dispatch if self.runner.current else self.claimed
+        state = SlotState.STOPPING if self.stopping else SlotState.BUSY if held else SlotState.IDLE
         return WorkerHeartbeat(
             producer=self.runner.producer,
             slot=self.settings.slot_id,
             worker_id=self.settings.hostname or "local",
             boot_id=self.boot_id,
             state=state,
-            job_id=current.dispatch.job_id if current else None,
-            attempt=current.dispatch.attempt if current else None,
+            job_id=held.job_id if held else None,
+            attempt=held.attempt if held else None,
             model=self.settings.model,
             seconds_per_step=self.runner.seconds_per_step,
             dispatch_position=self.position,
@@ -115,16 +119,20 @@ class Worker:
             await dead_letter(self.producer, msg, str(e), GROUP)
             await self.commit(consumer, tp, msg.offset + 1)
             return
-        await self.commit(consumer, tp, msg.offset + 1)
-        if event.job_id in self.cancelled:
-            cancelled = JobCancelled(
-                job_id=event.job_id, producer=self.runner.producer, attempt=event.attempt
-            )
-            await publish_event(self.producer, JOBS_EVENTS, cancelled)
-            return
-        await self.beat()  # tell the scheduler at once that this slot holds the job
-        outcome = await self.runner.run(event)
-        log.info("job=%s attempt=%d %s", event.job_id, event.attempt, outcome)
+        self.claimed = event
+        try:
+            await self.commit(consumer, tp, msg.offset + 1)
+            if event.job_id in self.cancelled:
+                cancelled = JobCancelled(
+                    job_id=event.job_id, producer=self.runner.producer, attempt=event.attempt
+                )
+                await publish_event(self.producer, JOBS_EVENTS, cancelled)
+                return
+            await self.beat()  # tell the scheduler at once that this slot holds the job
+            outcome = await self.runner.run(event)
+            log.info("job=%s attempt=%d %s", event.job_id, event.attempt, outcome)
+        finally:
+            self.claimed = None
         await self.beat()
 
     async def commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:

@@ -286,3 +286,43 @@ def test_decision_events_have_ids_that_survive_a_restart() -> None:
     again = decision_event(JobDispatched, job.job_id, 2, slot=1, request=job.request)
     assert first.event_id == again.event_id == uuid.uuid5(job.job_id, "dispatched/2")
     assert decision_event(JobCancelled, job.job_id, 2).event_id != first.event_id
+
+
+def test_same_process_reporting_no_job_is_not_taken_for_a_restart() -> None:
+    """A heartbeat between reading a record and starting it must not look like a dropped job."""
+    state = make_state(slots=1)
+    submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0), offset=7)
+    for s in range(1, 9):
+        state.on_heartbeat(beat(0, T0 + timedelta(seconds=s), position=8))  # same boot, no job reported
+        assert plan(state, T0 + timedelta(seconds=s)) == []
+
+
+def test_a_scheduler_that_hears_nothing_judges_no_slot_dead() -> None:
+    """A broker outage silences every slot at once; that is not the slots' fault."""
+    state = make_state(slots=2)
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    state.on_heartbeat(beat(1, T0))
+    state.on_input(T0)
+    carry_out(state, plan(state, T0))
+    assert plan(state, T0 + timedelta(seconds=30)) == []  # no input for 30 s: blind, not dead
+    for s in range(31, 43):  # Kafka is back: every slot gets a fresh window, slot 1 beats again
+        state.on_input(T0 + timedelta(seconds=s))
+        state.on_heartbeat(beat(1, T0 + timedelta(seconds=s)))
+        if s < 41:
+            assert plan(state, T0 + timedelta(seconds=s)) == []
+    [retry] = plan(state, T0 + timedelta(seconds=42))
+    assert isinstance(retry, Retry) and retry.job_id == job.job_id
+
+
+def test_an_announced_dispatch_without_its_record_is_known_as_assigned() -> None:
+    state = make_state(slots=1)
+    job = submit(state)
+    announced = JobDispatched(job_id=job.job_id, producer="scheduler", attempt=1, slot=0, request=job.request)
+    state.on_event(announced)
+    entry = state.jobs[job.job_id]
+    assert entry.stage.value == "assigned" and entry.dispatch_offset is None and entry.dispatch == announced
+    state.on_dispatch(announced, 4)
+    assert state.jobs[job.job_id].dispatch_offset == 4
