@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
@@ -13,6 +14,8 @@ from schemas.events import JobEvent
 from schemas.topics import JOBS_CONTROL, JOBS_REQUESTED
 from services.api.settings import ApiSettings
 from services.common.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def make_broker(settings: ApiSettings) -> KafkaBroker:
@@ -67,7 +70,11 @@ class JobPublisher:
             if self._broker is not broken:
                 return
             fresh = make_broker(self._settings)
-            await fresh.connect()
+            try:
+                await fresh.connect()
+            except Exception as e:
+                log.warning("Kafka still unreachable, keeping the old connection: %s", e)
+                return
             self._broker = fresh
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
