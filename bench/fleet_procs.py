@@ -1,0 +1,235 @@
+"""The fleet benchmark's processes: the scheduler, the slots, api/projector and the naive workers.
+
+Each runs as its own process with its log in .run/bench-fleet/logs/<name>.log. Only processes started
+here are ever signalled, by their own pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+PY = sys.executable
+TICKS = os.sysconf("SC_CLK_TCK")
+GROUPS = {"fleet-": "fleet", "naive-": "naive", "scheduler": "scheduler", "api": "api+projector"}
+GROUPS["projector"] = "api+projector"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def children_of(ppid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == ppid:
+                found.append(int(entry.name))
+    return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / TICKS
+
+
+class Procs:
+    def __init__(self, root: Path, run_dir: Path) -> None:
+        self.root = root
+        self.logs = run_dir / "logs"
+        self.state_dir = run_dir / "naive"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.specs: dict[str, tuple[list[str], dict[str, str], str | None]] = {}
+        self.offsets: dict[str, int] = {}
+        self._files: list[IO[bytes]] = []
+
+    @staticmethod
+    def run_script(argv: list[str], cwd: Path, env: dict[str, str]) -> int:
+        return subprocess.run(argv, cwd=cwd, env=env, check=False).returncode
+
+    # ---- starting -------------------------------------------------------------------------------
+    def start(self, name: str, argv: list[str], env: dict[str, str], ready: str | None) -> None:
+        """Start `argv`; it is ready once its log shows `ready` (None: no marker to wait for)."""
+        self.specs[name] = (argv, env, ready)
+        path = self.logs / f"{name}.log"
+        self.offsets[name] = path.stat().st_size if path.exists() else 0
+        log = open(path, "ab")  # noqa: SIM115 - stays open for the process's lifetime
+        self._files.append(log)
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **env}
+        self.procs[name] = subprocess.Popen(
+            argv, cwd=self.root, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def restart(self, name: str) -> None:
+        argv, env, ready = self.specs[name]
+        self.start(name, argv, env, ready)
+
+    def start_scheduler(self, args: argparse.Namespace) -> None:
+        env = {
+            "REELSTREAM_GPU_SLOTS": str(args.slots),
+            "REELSTREAM_TICK_SECONDS": str(args.tick),
+            "REELSTREAM_DEAD_AFTER_SECONDS": str(args.dead_after),
+            "REELSTREAM_LOST_GRACE_SECONDS": str(args.lost_grace),
+            "REELSTREAM_RESERVED_INTERACTIVE_SLOTS": "0",
+        }
+        self.start("scheduler", [PY, "-m", "services.scheduler.main"], env, "rebuilt state")
+
+    def _slot_argv(self, script: str, args: argparse.Namespace) -> list[str]:
+        what_if = ["--reuse-s3-client"] if args.reuse_s3_client else []
+        return [
+            PY,
+            f"bench/{script}",
+            *what_if,
+            "--slots",
+            str(args.slots),
+            "--scale",
+            str(args.scale),
+            "--checkpoint-every",
+            str(args.checkpoint_every),
+            "--progress-interval",
+            str(args.progress_interval),
+        ]
+
+    def start_workers(self, args: argparse.Namespace) -> None:
+        for slot in range(args.slots):
+            argv = [*self._slot_argv("fleet_worker.py", args), "--slot", str(slot)]
+            self.start(f"fleet-{slot}", argv, {"REELSTREAM_GPU_SLOTS": str(args.slots)}, "ready with model")
+
+    def start_api_and_projector(self, args: argparse.Namespace) -> None:
+        env = {"REELSTREAM_GPU_SLOTS": str(args.slots)}
+        self.start("api", [PY, "-m", "services.api.main"], env, "Application startup complete")
+        self.start("projector", [PY, "-m", "services.projector.main"], env, "assigned partitions")
+
+    def start_naive(self, args: argparse.Namespace, tag: str) -> None:
+        for index in range(args.slots):
+            (self.state_dir / f"naive-{index}.json").unlink(missing_ok=True)
+            argv = [
+                *self._slot_argv("naive_worker.py", args),
+                "--index",
+                str(index),
+                "--topic",
+                f"bench.naive.requested.{tag}",
+                "--events-topic",
+                f"bench.naive.events.{tag}",
+                "--group",
+                f"bench-naive-{tag}",
+                "--state-dir",
+                str(self.state_dir),
+            ]
+            self.start(f"naive-{index}", argv, {}, None)
+
+    # ---- waiting --------------------------------------------------------------------------------
+    def _logged(self, name: str, text: str) -> bool:
+        with open(self.logs / f"{name}.log", "rb") as f:
+            f.seek(self.offsets[name])
+            return text.encode() in f.read()
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {n for n, (_, _, ready) in self.specs.items() if ready is not None}
+        while pending:
+            for name in list(pending):
+                if self.procs[name].poll() is not None:
+                    raise RuntimeError(f"{name} exited; see {self.logs / name}.log")
+                if self._logged(name, self.specs[name][2] or ""):
+                    pending.discard(name)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {timeout:.0f} s: {', '.join(sorted(pending))}")
+            time.sleep(0.5)
+
+    def wait_group_settled(self, slots: int, timeout: float = 180) -> None:
+        """Until each naive worker owns exactly one partition of the requests topic."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            owned = []
+            for index in range(slots):
+                path = self.state_dir / f"naive-{index}.json"
+                owned.append(json.loads(path.read_text() or "[]") if path.exists() else [])
+            if all(len(p) == 1 for p in owned) and len({p[0] for p in owned}) == slots:
+                return
+            time.sleep(0.5)
+        raise RuntimeError("the naive consumer group did not settle")
+
+    # ---- stopping -------------------------------------------------------------------------------
+    def kill9(self, name: str) -> None:
+        proc = self.procs[name]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def _terminate(self, names: list[str], timeout: float = 30) -> None:
+        running = [self.procs[n] for n in names if self.procs[n].poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in running:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_matching(self, prefix: str) -> None:
+        self._terminate([n for n in self.procs if n.startswith(prefix)])
+
+    def stop_all(self) -> None:
+        # Workers first, while the scheduler still listens; api and projector last.
+        order = ("fleet-", "naive-", "scheduler", "api", "projector")
+        for prefix in order:
+            self.stop_matching(prefix)
+        for f in self._files:
+            f.close()
+
+    def _infra_pid(self, name: str) -> int | None:
+        try:
+            return int((self.root / ".run" / f"{name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def cpu_snapshot(self) -> dict[str, float]:
+        """CPU seconds so far by group: our processes, the stack's (read only), the whole machine."""
+        out: dict[str, float] = {"machine": machine_busy_seconds()}
+        for name, proc in self.procs.items():
+            group = next(g for prefix, g in GROUPS.items() if name.startswith(prefix))
+            out[group] = out.get(group, 0.0) + cpu_seconds(proc.pid)
+        for name in ("kafka", "s3", "postgres"):
+            if (pid := self._infra_pid(name)) is not None:
+                pids = [pid, *children_of(pid)] if name == "postgres" else [pid]
+                out[name] = sum(cpu_seconds(p) for p in pids)
+        return out
+
+    @staticmethod
+    def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """CPU seconds used between two snapshots; `other` is the rest of the machine (other users)."""
+        delta = {k: max(0.0, after.get(k, 0.0) - v) for k, v in before.items()}
+        delta["other"] = max(0.0, delta["machine"] - sum(v for k, v in delta.items() if k != "machine"))
+        return delta
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory of each live process, in MiB."""
+        out = {}
+        for name, proc in self.procs.items():
+            with open(f"/proc/{proc.pid}/status") as f:
+                line = next(ln for ln in f if ln.startswith("VmRSS:"))
+            out[name] = int(line.split()[1]) / 1024
+        return out

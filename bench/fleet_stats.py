@@ -1,0 +1,277 @@
+"""The fleet benchmark's workload and arithmetic: job kinds, seeded workloads, the ETA rule, the metrics.
+
+Pure Python (no Kafka, no torch), so the unit tests check every number the benchmark reports.
+Step times are Mochi's on one H100 (docs FACTS: 1.02 s per step at 31 frames, 7.76 s at 163 frames,
+CFG batch 2, 480x848) divided by `scale`, so a fleet of simulated slots runs on a laptop-sized machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# Measured seconds per denoising step on one H100 by frame count (480x848, eager diffusers, CFG).
+H100_STEP_SECONDS: Final = {31: 1.02, 163: 7.76}
+LANES: Final = ("interactive", "batch")
+
+
+def step_seconds(num_frames: int, scale: float) -> float:
+    """H100 seconds per step for `num_frames`, linear between the two measured sizes, divided by `scale`."""
+    (f0, s0), (f1, s1) = sorted(H100_STEP_SECONDS.items())
+    per_step = s0 + (num_frames - f0) * (s1 - s0) / (f1 - f0)
+    return max(per_step, 0.0) / scale
+
+
+@dataclass(frozen=True, slots=True)
+class JobKind:
+    """One class of job: Mochi at 848x480 with a frame count, a quality (steps) and a lane."""
+
+    name: str
+    num_frames: int
+    quality: str
+    steps: int
+    lane: str
+
+    def step_seconds(self, scale: float) -> float:
+        return step_seconds(self.num_frames, scale)
+
+    def work(self, scale: float) -> float:
+        """Pure GPU work of one job: denoising steps times the step time (no encode, no upload)."""
+        return self.steps * self.step_seconds(scale)
+
+
+# Mochi's catalog: quality low = 16 steps, high = 64 steps.
+SHORT: Final = JobKind("short", num_frames=31, quality="low", steps=16, lane="interactive")
+LONG: Final = JobKind("long", num_frames=163, quality="high", steps=64, lane="batch")
+KINDS: Final = {SHORT.name: SHORT, LONG.name: LONG}
+
+
+@dataclass(frozen=True, slots=True)
+class BenchJob:
+    """One job of a workload: its place in the submit order, its kind, and its arrival (s from start)."""
+
+    index: int
+    kind: JobKind
+    arrival: float = 0.0
+
+
+def _mix(n: int, long_share: float, rng: random.Random) -> list[JobKind]:
+    """Exactly round(n * long_share) long jobs, the rest short, in a seeded random order."""
+    longs = round(n * long_share)
+    kinds = [LONG] * longs + [SHORT] * (n - longs)
+    rng.shuffle(kinds)
+    return kinds
+
+
+def burst(n: int, long_share: float, seed: int) -> list[BenchJob]:
+    """`n` jobs that all arrive at once."""
+    return [BenchJob(i, kind) for i, kind in enumerate(_mix(n, long_share, random.Random(seed)))]
+
+
+def mean_work(long_share: float, scale: float) -> float:
+    return long_share * LONG.work(scale) + (1 - long_share) * SHORT.work(scale)
+
+
+def arrival_rate(load: float, slots: int, long_share: float, scale: float) -> float:
+    """Jobs per second that keep `slots` busy a `load` share of the time: load * slots / mean work."""
+    return load * slots / mean_work(long_share, scale)
+
+
+def poisson(
+    seconds: float, *, load: float, slots: int, long_share: float, scale: float, seed: int
+) -> list[BenchJob]:
+    """A Poisson stream lasting about `seconds`: exponential gaps at `arrival_rate`, the same mix."""
+    rate = arrival_rate(load, slots, long_share, scale)
+    rng = random.Random(seed)
+    kinds = _mix(max(1, round(rate * seconds)), long_share, rng)
+    jobs, t = [], 0.0
+    for i, kind in enumerate(kinds):
+        jobs.append(BenchJob(i, kind, t))
+        t += rng.expovariate(rate)
+    return jobs
+
+
+def total_work(jobs: Iterable[BenchJob], scale: float) -> float:
+    return sum(job.kind.work(scale) for job in jobs)
+
+
+def ideal_makespan(jobs: Sequence[BenchJob], slots: int, scale: float) -> float:
+    """A lower bound on the makespan: the work shared perfectly by the slots, or the latest
+    arrival plus its own work when arrivals, not work, decide (a stream). A burst gives work / slots."""
+    first = min(job.arrival for job in jobs)
+    latest = max(job.arrival - first + job.kind.work(scale) for job in jobs)
+    return max(total_work(jobs, scale) / slots, latest)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between ranks (numpy's default)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class QueueView:
+    """What the queue looks like to an observer of the events: waiting jobs by lane, running jobs' steps.
+
+    `eta_wait` is the scheduler-side estimate of a new job's wait: the remaining work of the running jobs
+    plus the work of every job that the scheduler would start before it (all waiting interactive jobs
+    first, then older jobs of its own lane), shared by the slots. Same rule as the api's ETA, with each
+    job's own step time.
+    """
+
+    slots: int
+    scale: float
+    waiting: dict[str, tuple[int, float]] = field(default_factory=dict)
+    running: dict[str, tuple[JobKind, int]] = field(default_factory=dict)
+
+    def eta_wait(self, kind: JobKind) -> float:
+        """Seconds until a job of `kind` submitted now starts, if every job ran exactly its work."""
+        rank = LANES.index(kind.lane)
+        ahead = sum(work for lane, work in self.waiting.values() if lane <= rank)
+        busy = sum((k.steps - step) * k.step_seconds(self.scale) for k, step in self.running.values())
+        return (ahead + busy) / self.slots
+
+    def submitted(self, key: str, kind: JobKind) -> None:
+        self.waiting[key] = (LANES.index(kind.lane), kind.work(self.scale))
+
+    def started(self, key: str, kind: JobKind) -> None:
+        """A job started (a retried one keeps the step it had reached)."""
+        self.waiting.pop(key, None)
+        self.running.setdefault(key, (kind, 0))
+
+    def progressed(self, key: str, step: int) -> None:
+        if key in self.running:
+            kind, _ = self.running[key]
+            self.running[key] = (kind, min(step, kind.steps))
+
+    def ended(self, key: str) -> None:
+        self.waiting.pop(key, None)
+        self.running.pop(key, None)
+
+
+@dataclass
+class Outcome:
+    """What happened to one job, in seconds on one clock (event timestamps, UTC epoch).
+
+    `dispatched` is the first `job.dispatched` (reelstream only); `uploading` the first progress event
+    of the upload phase, so started..uploading is the generation and uploading..ended the upload.
+    """
+
+    kind: JobKind
+    requested: float
+    eta_wait: float | None = None
+    api_eta_start: float | None = None
+    dispatched: float | None = None
+    started: float | None = None
+    uploading: float | None = None
+    ended: float | None = None
+    status: str | None = None
+    slot: int | None = None
+
+
+def _waits(outcomes: Iterable[Outcome], lane: str) -> list[float]:
+    return [o.started - o.requested for o in outcomes if o.kind.lane == lane and o.started is not None]
+
+
+def _eta_errors(outcomes: Iterable[Outcome]) -> tuple[list[float], list[float]]:
+    rule, api = [], []
+    for o in outcomes:
+        if o.started is None:
+            continue
+        if o.eta_wait is not None:
+            rule.append(o.started - o.requested - o.eta_wait)
+        if o.api_eta_start is not None:
+            api.append(o.started - o.api_eta_start)
+    return rule, api
+
+
+def _error_stats(errors: list[float]) -> dict[str, Any]:
+    absolute = [abs(e) for e in errors]
+    return {
+        "n": len(errors),
+        "abs_p50": percentile(absolute, 50),
+        "abs_p95": percentile(absolute, 95),
+        "bias": sum(errors) / len(errors) if errors else math.nan,
+    }
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95)}
+
+
+def overheads(outcomes: Iterable[Outcome], scale: float, lane: str) -> dict[str, Any]:
+    """Wall time of succeeded jobs beyond their pure work, whole and split into its parts."""
+    done = [o for o in outcomes if o.kind.lane == lane and o.status == "succeeded"]
+    total, dispatch, run, upload = [], [], [], []
+    for o in done:
+        if o.started is None or o.ended is None:
+            continue
+        total.append(o.ended - o.started - o.kind.work(scale))
+        if o.dispatched is not None:
+            dispatch.append(o.started - o.dispatched)
+        if o.uploading is not None:
+            run.append(o.uploading - o.started - o.kind.work(scale))
+            upload.append(o.ended - o.uploading)
+    return {
+        "total": _spread(total),
+        "dispatched_to_started": _spread(dispatch),
+        "started_to_upload_minus_work": _spread(run),
+        "upload_to_end": _spread(upload),
+    }
+
+
+def slot_gaps(outcomes: Iterable[Outcome]) -> list[float]:
+    """Idle time of a slot between the end of one job and the start of its next one."""
+    by_slot: dict[int, list[tuple[float, float]]] = {}
+    for o in outcomes:
+        if o.slot is not None and o.started is not None and o.ended is not None:
+            by_slot.setdefault(o.slot, []).append((o.started, o.ended))
+    gaps = []
+    for spans in by_slot.values():
+        spans.sort()
+        gaps += [nxt[0] - cur[1] for cur, nxt in itertools.pairwise(spans) if nxt[0] >= cur[1]]
+    return gaps
+
+
+def summarize(
+    outcomes: Sequence[Outcome], jobs: Sequence[BenchJob], slots: int, scale: float
+) -> dict[str, Any]:
+    """Makespan and utilisation against the ideal, waits per lane, ETA errors, per-job overhead."""
+    done = [o for o in outcomes if o.status == "succeeded" and o.ended is not None]
+    first = min(o.requested for o in outcomes)
+    makespan = max(o.ended for o in done if o.ended is not None) - first if done else math.nan
+    work = sum(o.kind.work(scale) for o in done)
+    ideal = ideal_makespan(jobs, slots, scale)
+    rule, api = _eta_errors(outcomes)
+    out: dict[str, Any] = {
+        "jobs": len(outcomes),
+        "succeeded": len(done),
+        "makespan_s": makespan,
+        "ideal_makespan_s": ideal,
+        "utilisation": work / (slots * makespan) if done else math.nan,
+        "ideal_over_makespan": ideal / makespan if done else math.nan,
+        "eta_rule": _error_stats(rule),
+        "eta_api": _error_stats(api),
+        "slot_gap": _spread(slot_gaps(outcomes)),
+    }
+    for lane in LANES:
+        out[f"wait_{lane}"] = _spread(_waits(outcomes, lane))
+        out[f"overhead_{lane}"] = overheads(outcomes, scale, lane)
+        rule, api = _eta_errors(o for o in outcomes if o.kind.lane == lane)
+        out[f"eta_rule_{lane}"], out[f"eta_api_{lane}"] = _error_stats(rule), _error_stats(api)
+    return out
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""One GPU slot of the simulated fleet: the real worker process with a generator that sleeps per step.
+
+Everything but the denoising is real: Kafka, heartbeats, checkpoints to S3, the MP4 encode and upload.
+The step time depends on the request, as on a GPU: Mochi's H100 step time for its frame count / scale.
+
+    python bench/fleet_worker.py --slot 3 --slots 8 --scale 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+from fleet_stats import step_seconds
+
+import services.worker.main as worker_main
+from schemas.jobs import ResolvedRequest
+from services.common.logging import configure
+from services.common.runtime import run_until_signalled
+from services.common.settings import CommonSettings
+from services.common.storage import Storage
+from services.worker.engine.generator import (
+    CheckpointCallback,
+    GeneratedVideo,
+    PhaseCallback,
+    ResumeState,
+    StepCallback,
+)
+from services.worker.engine.simulated import SimulatedGenerator
+from services.worker.main import serve
+from services.worker.settings import WorkerSettings
+
+
+class StepTimeGenerator(SimulatedGenerator):
+    """A `SimulatedGenerator` whose seconds per step follow the request's frame count."""
+
+    def __init__(self, model_name: str, scale: float) -> None:
+        super().__init__(model_name, seconds_per_step=step_seconds(31, scale))
+        self.scale = scale
+
+    def generate(
+        self,
+        request: ResolvedRequest,
+        *,
+        on_phase: PhaseCallback,
+        on_step: StepCallback,
+        resume: ResumeState | None = None,
+        checkpoint_every: int = 0,
+        on_checkpoint: CheckpointCallback | None = None,
+    ) -> GeneratedVideo:
+        self.seconds_per_step = step_seconds(request.num_frames, self.scale)
+        return super().generate(
+            request,
+            on_phase=on_phase,
+            on_step=on_step,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            on_checkpoint=on_checkpoint,
+        )
+
+
+class SharedClientStorage(Storage):
+    """What-if (--reuse-s3-client): one S3 client for the process instead of a new one per call.
+
+    `Storage` opens a client for every put/get/delete; creating one costs ~60 ms of CPU here, ten times
+    the request itself. This is the change the benchmark suggests for services/common/storage.py.
+    """
+
+    def __init__(self, settings: CommonSettings) -> None:
+        super().__init__(settings)
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+
+    def client(self, public: bool = False) -> AbstractAsyncContextManager[Any]:
+        return super().client(public) if public else self._shared()
+
+    @contextlib.asynccontextmanager
+    async def _shared(self) -> AsyncIterator[Any]:
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._stack.enter_async_context(super().client())
+        yield self._client
+
+
+def storage_class(args: argparse.Namespace) -> type[Storage]:
+    return SharedClientStorage if args.reuse_s3_client else Storage
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--slot", type=int, required=True)
+    p.add_argument("--slots", type=int, default=8)
+    p.add_argument("--scale", type=float, default=50.0)
+    p.add_argument("--model", default="mochi-1-preview")
+    p.add_argument("--checkpoint-every", type=int, default=8)
+    p.add_argument("--progress-interval", type=float, default=0.5)
+    p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))
+    p.add_argument("--reuse-s3-client", action="store_true", help="what-if: one S3 client per process")
+    return p.parse_args(argv)
+
+
+def settings_of(args: argparse.Namespace, name: str) -> WorkerSettings:
+    """The worker's own settings class; explicit values win over the environment."""
+    return WorkerSettings(
+        slot=args.slot,
+        gpu_slots=args.slots,
+        hostname=f"{name}-{args.slot}",
+        model=args.model,
+        simulate=True,
+        checkpoint_every=args.checkpoint_every,
+        progress_interval_seconds=args.progress_interval,
+        scratch_dir=args.scratch_dir / f"{name}-{args.slot}",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    settings = settings_of(args, "fleet")
+    configure(f"fleet-worker-{args.slot}", settings.log_level)
+    generator = StepTimeGenerator(args.model, args.scale)
+    generator.load()
+    # The worker builds its Storage itself; the what-if swaps the class it uses.
+    worker_main.Storage = storage_class(args)  # type: ignore[attr-defined]
+    run_until_signalled(lambda stop: serve(settings, stop, generator=generator))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The naive design, for comparison: workers in one consumer group read the requests directly.
+
+Each process takes one job at a time from its share of the partitions (Kafka's range assignment), runs
+it with the real `JobRunner` (same simulated steps, checkpoints, MP4 encode and S3 upload as a reelstream
+slot) and commits the offset after the job (at-least-once). No scheduler, no lanes, no recovery other
+than redelivery after a rebalance. Events go to a bench-only topic.
+
+    python bench/naive_worker.py --index 0 --topic T --events-topic E --group G --state-dir D
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from fleet_worker import StepTimeGenerator, settings_of, storage_class
+
+from schemas.envelope import MalformedMessage, decode_event
+from schemas.events import JobDispatched, JobEvent, JobRequested
+from services.common.kafka import make_consumer, make_producer, publish_event
+from services.common.logging import configure
+from services.common.runtime import run_until_signalled
+from services.worker.runner import JobRunner, Publish
+from services.worker.settings import WorkerSettings
+
+log = logging.getLogger("bench.naive")
+
+
+class Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Writes this member's partitions to a file, so the benchmark starts once the group is settled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.path.write_text("[]")
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.path.write_text(json.dumps(sorted(tp.partition for tp in assigned)))
+
+
+def make_runner(settings: WorkerSettings, args: argparse.Namespace, publish: Publish) -> JobRunner:
+    return JobRunner(
+        slot=settings.slot_id,
+        generator=StepTimeGenerator(args.model, args.scale),
+        store=storage_class(args)(settings),
+        publish=publish,
+        scratch_dir=settings.scratch_dir,
+        checkpoint_every=settings.checkpoint_every,
+        progress_interval=settings.progress_interval_seconds,
+    )
+
+
+async def consume(consumer: AIOKafkaConsumer, runner: JobRunner, stop: asyncio.Event) -> None:
+    """One job at a time; the offset is committed only after the job ended."""
+    while not stop.is_set():
+        batch = await consumer.getmany(timeout_ms=500, max_records=1)
+        for tp, records in batch.items():
+            for msg in records:
+                try:
+                    event = decode_event(msg.value)
+                except MalformedMessage as e:
+                    log.warning("skipped unreadable record offset=%s: %s", msg.offset, e)
+                    event = None
+                if isinstance(event, JobRequested):
+                    dispatch = JobDispatched(
+                        job_id=event.job_id,
+                        producer=runner.producer,
+                        attempt=1,
+                        slot=runner.slot,
+                        request=event.request,
+                    )
+                    if await runner.run(dispatch) == "abandoned":
+                        return  # shutting down: not committed, so the job is redelivered
+                await consumer.commit({tp: msg.offset + 1})
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    settings = settings_of(args, "naive")
+    producer = make_producer(settings, f"bench-naive-{args.index}")
+    consumer = make_consumer(settings, group_id=args.group, client_id=f"bench-naive-{args.index}")
+    await producer.start()
+    await consumer.start()
+
+    async def publish(event: JobEvent) -> object:
+        return await publish_event(producer, args.events_topic, event)
+
+    runner = make_runner(settings, args, publish)
+    consumer.subscribe([args.topic], listener=Assignment(args.state_dir / f"naive-{args.index}.json"))
+    drain = asyncio.create_task(_drain_on_stop(runner, stop))
+    try:
+        await consume(consumer, runner, stop)
+    finally:
+        drain.cancel()
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _drain_on_stop(runner: JobRunner, stop: asyncio.Event) -> None:
+    await stop.wait()
+    runner.drain()
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--slots", type=int, default=8)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--events-topic", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--scale", type=float, default=50.0)
+    p.add_argument("--model", default="mochi-1-preview")
+    p.add_argument("--checkpoint-every", type=int, default=8)
+    p.add_argument("--progress-interval", type=float, default=0.5)
+    p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))
+    p.add_argument("--reuse-s3-client", action="store_true", help="what-if: one S3 client per process")
+    args = p.parse_args(argv)
+    args.slot = args.index
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    configure(f"naive-worker-{args.index}")
+    run_until_signalled(lambda stop: serve(args, stop))
+
+
+if __name__ == "__main__":
+    main()
