@@ -180,10 +180,17 @@ async def ensure_topics(settings: TopicSettings, wait_timeout_s: float) -> None:
         await create_missing(admin, specs, existing, settings)
         await grow_partitions(admin, specs, existing, settings)
         await apply_configs(admin, specs, settings)
-        final = await existing_partitions(admin, [spec.name for spec in specs])
+        names = [spec.name for spec in specs]
+        # A new topic shows in the metadata only once its partitions have leaders: ask again for a while.
+        deadline = time.monotonic() + wait_timeout_s
+        while True:
+            final = await existing_partitions(admin, names)
+            missing = [name for name in names if name not in final]
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
     finally:
         await admin.close()
-    missing = [spec.name for spec in specs if spec.name not in final]
     if missing:
         raise TopicError(f"topics still missing after creation: {', '.join(missing)}")
     print("topics: " + ", ".join(f"{name}={count}" for name, count in sorted(final.items())))
