@@ -60,6 +60,10 @@ class Producer:
     async def stop(self) -> None:
         await self._producer.stop()
 
+    async def partitions_for(self, topic: str) -> set[int]:
+        partitions: set[int] = await self._producer.partitions_for(topic)
+        return partitions
+
     async def send_and_wait(
         self,
         topic: str,
