@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from fleet_stats import BenchJob, JobKind, Outcome, QueueView
 
@@ -30,13 +30,14 @@ from schemas.events import (
     JobStarted,
 )
 from schemas.jobs import JobRequest, Phase, resolve
-from schemas.topics import JOBS_CONTROL
+from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH
 from services.api.ids import new_job_id
-from services.common.kafka import make_consumer, partitions_of, publish_event
+from services.common.kafka import Producer, make_consumer, partitions_of, publish_event
 from services.common.settings import CommonSettings
 
 MODEL = "mochi-1-preview"
 PRODUCER = "bench-fleet"
+WORKER_GROUP = "reelstream-worker"  # the group whose offsets the slots keep (services/worker/main.py)
 
 
 def _admin(settings: CommonSettings) -> AIOKafkaAdminClient:
@@ -73,6 +74,19 @@ async def delete_topics(settings: CommonSettings, names: list[str]) -> None:
         await admin.delete_topics(names)
     finally:
         await admin.close()
+
+
+async def unread_dispatches(settings: CommonSettings, slots: int) -> dict[int, int]:
+    """Dispatch records per slot that the workers' group has not committed past yet."""
+    consumer = make_consumer(settings, group_id=WORKER_GROUP, client_id="bench-fleet-backlog")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(JOBS_DISPATCH, slot) for slot in range(slots)]
+        consumer.assign(partitions)
+        end = await consumer.end_offsets(partitions)
+        return {tp.partition: end[tp] - (await consumer.committed(tp) or end[tp]) for tp in partitions}
+    finally:
+        await consumer.stop()
 
 
 def requested_event(job: BenchJob, tags: dict[str, str]) -> JobRequested:
@@ -188,7 +202,7 @@ class Collector:
 class Submitter:
     """Submits a workload on its arrival times to one requests topic; optionally asks the api for ETAs."""
 
-    producer: AIOKafkaProducer
+    producer: Producer
     topic: str
     collector: Collector
     api: httpx.AsyncClient | None = None
@@ -235,7 +249,7 @@ async def api_eta_start(api: httpx.AsyncClient, job_id: uuid.UUID) -> float | No
     return now + float(eta["wait_seconds"])
 
 
-async def cancel(producer: AIOKafkaProducer, keys: list[uuid.UUID]) -> None:
+async def cancel(producer: Producer, keys: list[uuid.UUID]) -> None:
     """Ask reelstream to cancel jobs (what POST /v1/jobs/{id}/cancel publishes)."""
     for key in keys:
         await publish_event(producer, JOBS_CONTROL, JobCancelRequested(job_id=key, producer=PRODUCER))
