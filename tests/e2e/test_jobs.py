@@ -25,7 +25,9 @@ async def test_submit_follow_download_and_play(client: httpx.AsyncClient) -> Non
     assert types[0] == "job.requested" and types[-1] == "job.succeeded"
     assert types.index("job.dispatched") < types.index("job.started") < types.index("job.succeeded")
     steps = [e.data["step"] for e in events if e.event == "job.progress" and e.data.get("step")]
-    assert steps and steps == sorted(steps) and steps[-1] <= 4
+    # Progress is throttled and droppable, so a fast job may show few step numbers; they only rise.
+    assert steps == sorted(steps) and all(1 <= s <= 4 for s in steps)
+    assert any(e.event == "job.progress" for e in events)
 
     done = (await client.get(f"/v1/jobs/{job['id']}")).json()
     assert done["status"] == "succeeded" and done["progress"] == 1.0
