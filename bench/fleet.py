@@ -70,9 +70,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dead-after", type=float, default=5.0, help="scheduler: heartbeat silence = dead")
     p.add_argument("--lost-grace", type=float, default=3.0, help="scheduler: restarted-slot grace")
     p.add_argument("--tick", type=float, default=0.2, help="scheduler: longest wait between plans")
-    p.add_argument(
-        "--reuse-s3-client", action="store_true", help="what-if: workers keep one S3 client (not the code)"
-    )
     p.add_argument("--json", type=Path, default=ROOT / "out" / "fleet.json")
     args = p.parse_args(argv)
     args.phases = args.only or ["burst", "poisson", "kill"]

@@ -96,11 +96,9 @@ class Procs:
         self.start("scheduler", [PY, "-m", "services.scheduler.main"], env, "rebuilt state")
 
     def _slot_argv(self, script: str, args: argparse.Namespace) -> list[str]:
-        what_if = ["--reuse-s3-client"] if args.reuse_s3_client else []
         return [
             PY,
             f"bench/{script}",
-            *what_if,
             "--slots",
             str(args.slots),
             "--scale",

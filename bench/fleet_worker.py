@@ -9,21 +9,14 @@ The step time depends on the request, as on a GPU: Mochi's H100 step time for it
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from fleet_stats import step_seconds
 
-import services.worker.main as worker_main
 from schemas.jobs import ResolvedRequest
 from services.common.logging import configure
 from services.common.runtime import run_until_signalled
-from services.common.settings import CommonSettings
-from services.common.storage import Storage
 from services.worker.engine.generator import (
     CheckpointCallback,
     GeneratedVideo,
@@ -64,34 +57,6 @@ class StepTimeGenerator(SimulatedGenerator):
         )
 
 
-class SharedClientStorage(Storage):
-    """What-if (--reuse-s3-client): one S3 client for the process instead of a new one per call.
-
-    `Storage` opens a client for every put/get/delete; creating one costs ~60 ms of CPU here, ten times
-    the request itself. This is the change the benchmark suggests for services/common/storage.py.
-    """
-
-    def __init__(self, settings: CommonSettings) -> None:
-        super().__init__(settings)
-        self._stack = contextlib.AsyncExitStack()
-        self._client: Any = None
-        self._lock = asyncio.Lock()
-
-    def client(self, public: bool = False) -> AbstractAsyncContextManager[Any]:
-        return super().client(public) if public else self._shared()
-
-    @contextlib.asynccontextmanager
-    async def _shared(self) -> AsyncIterator[Any]:
-        async with self._lock:
-            if self._client is None:
-                self._client = await self._stack.enter_async_context(super().client())
-        yield self._client
-
-
-def storage_class(args: argparse.Namespace) -> type[Storage]:
-    return SharedClientStorage if args.reuse_s3_client else Storage
-
-
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slot", type=int, required=True)
@@ -101,7 +66,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=8)
     p.add_argument("--progress-interval", type=float, default=0.5)
     p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))
-    p.add_argument("--reuse-s3-client", action="store_true", help="what-if: one S3 client per process")
     return p.parse_args(argv)
 
 
@@ -125,8 +89,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure(f"fleet-worker-{args.slot}", settings.log_level)
     generator = StepTimeGenerator(args.model, args.scale)
     generator.load()
-    # The worker builds its Storage itself; the what-if swaps the class it uses.
-    worker_main.Storage = storage_class(args)  # type: ignore[attr-defined]
     run_until_signalled(lambda stop: serve(settings, stop, generator=generator))
 
 

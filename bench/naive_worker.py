@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from fleet_worker import StepTimeGenerator, settings_of, storage_class
+from fleet_worker import StepTimeGenerator, settings_of
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import JobDispatched, JobEvent, JobRequested
 from services.common.kafka import make_consumer, make_producer, publish_event
 from services.common.logging import configure
 from services.common.runtime import run_until_signalled
+from services.common.storage import Storage
 from services.worker.runner import JobRunner, Publish
 from services.worker.settings import WorkerSettings
 
@@ -48,7 +49,7 @@ def make_runner(settings: WorkerSettings, args: argparse.Namespace, publish: Pub
     return JobRunner(
         slot=settings.slot_id,
         generator=StepTimeGenerator(args.model, args.scale),
-        store=storage_class(args)(settings),
+        store=Storage(settings),
         publish=publish,
         scratch_dir=settings.scratch_dir,
         checkpoint_every=settings.checkpoint_every,
@@ -119,7 +120,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=8)
     p.add_argument("--progress-interval", type=float, default=0.5)
     p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))
-    p.add_argument("--reuse-s3-client", action="store_true", help="what-if: one S3 client per process")
     args = p.parse_args(argv)
     args.slot = args.index
     return args

@@ -33,12 +33,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         await publisher.connect()
         notifier = JobNotifier(settings.database_url.get_secret_value())
         await notifier.start()
-        app.state.reelstream = AppState(
-            settings, engine, make_sessions(engine), publisher, Storage(settings), notifier
-        )
+        storage = Storage(settings)
+        app.state.reelstream = AppState(settings, engine, make_sessions(engine), publisher, storage, notifier)
         try:
             yield
         finally:
+            await storage.close()
             await notifier.stop()
             await publisher.stop()
             await engine.dispose()

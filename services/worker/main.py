@@ -203,10 +203,11 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event, generator: Genera
     async def publish(event: JobEvent) -> object:
         return await publish_event(producer, JOBS_EVENTS, event)
 
+    storage = Storage(settings)
     runner = JobRunner(
         slot=settings.slot_id,
         generator=generator,
-        store=Storage(settings),
+        store=storage,
         publish=publish,
         scratch_dir=settings.scratch_dir,
         checkpoint_every=settings.checkpoint_every,
@@ -230,6 +231,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event, generator: Genera
         await dispatch.stop()
         await control.stop()
         await producer.stop()
+        await storage.close()
 
 
 async def _drain_on_stop(worker: Worker, stop: asyncio.Event) -> None:

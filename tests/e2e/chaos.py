@@ -362,9 +362,8 @@ async def _read_model(job_ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, Any], d
 
 
 async def _keys(prefix: str) -> list[str]:
-    storage = Storage(SETTINGS)
     keys: list[str] = []
-    async with storage.client() as s3:
+    async with Storage(SETTINGS) as storage, storage.client() as s3:
         paginator = s3.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=storage.bucket, Prefix=prefix):
             keys += [obj["Key"] for obj in page.get("Contents", [])]
