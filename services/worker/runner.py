@@ -8,6 +8,7 @@ retried until Kafka has them. Infrastructure trouble (S3, Kafka) is kept apart f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -90,6 +91,8 @@ class CurrentJob:
     seconds_per_step: float | None = None
     last_checkpoint_step: int = -1
     pump: ProgressPump | None = None
+    # The checkpoint being stored while denoising goes on; at most one is in flight.
+    saving: concurrent.futures.Future[int] | None = None
 
 
 class ProgressPump:
@@ -268,26 +271,41 @@ class JobRunner:
             loop.call_soon_threadsafe(pump.offer, self._progress(job, Phase.DENOISING, value, info))
 
         def on_checkpoint(state: ResumeState) -> None:
-            future = asyncio.run_coroutine_threadsafe(self._save_checkpoint(job, state), loop)
-            try:
-                future.result(timeout=120)
-                job.last_checkpoint_step = state.step
-            except (RetryableError, TimeoutError) as e:
-                log.warning(
-                    "checkpoint of job=%s at step %d not saved: %s", job.dispatch.job_id, state.step, e
-                )
+            # Denoising goes on while the checkpoint is stored; the thread waits only for the previous
+            # one (so they land in order), or for this one when shutting down, so that `Abandoned`
+            # always follows a durable checkpoint.
+            self._settle(job)
+            job.saving = asyncio.run_coroutine_threadsafe(self._save_checkpoint(job, state), loop)
             if job.drain.is_set():
+                self._settle(job)
                 raise Abandoned(f"shutting down after the checkpoint at step {state.step}")
 
-        return await asyncio.to_thread(
-            self.generator.generate,
-            job.dispatch.request,
-            on_phase=on_phase,
-            on_step=on_step,
-            resume=resume,
-            checkpoint_every=self.checkpoint_every,
-            on_checkpoint=on_checkpoint if self.checkpoint_every else None,
-        )
+        try:
+            return await asyncio.to_thread(
+                self.generator.generate,
+                job.dispatch.request,
+                on_phase=on_phase,
+                on_step=on_step,
+                resume=resume,
+                checkpoint_every=self.checkpoint_every,
+                on_checkpoint=on_checkpoint if self.checkpoint_every else None,
+            )
+        finally:
+            # Whatever ended the generation, the last checkpoint is stored (or has failed) before the
+            # job goes on to its terminal event and the deletion of its checkpoints.
+            if job.saving is not None:
+                await asyncio.to_thread(self._settle, job)
+
+    @staticmethod
+    def _settle(job: CurrentJob) -> None:
+        """Wait (on a thread, never the loop) for the checkpoint in flight, if any."""
+        saving, job.saving = job.saving, None
+        if saving is None:
+            return
+        try:
+            job.last_checkpoint_step = saving.result(timeout=120)
+        except (RetryableError, TimeoutError) as e:
+            log.warning("a checkpoint of job=%s was not saved: %s", job.dispatch.job_id, e)
 
     # ---- storage -----------------------------------------------------------------------------------------
     async def _load_resume(self, d: JobDispatched) -> ResumeState | None:
@@ -302,7 +320,7 @@ class JobRunner:
         log.info("job=%s attempt=%d resumes at step %d", d.job_id, d.attempt, state.step)
         return state
 
-    async def _save_checkpoint(self, job: CurrentJob, state: ResumeState) -> None:
+    async def _save_checkpoint(self, job: CurrentJob, state: ResumeState) -> int:
         d = job.dispatch
         key = checkpoint_key(d.job_id, d.attempt, state.step)
         data = await asyncio.to_thread(state.to_bytes)
@@ -310,6 +328,7 @@ class JobRunner:
         await self._emit(
             job, JobCheckpointed, step=state.step, total_steps=state.total_steps, checkpoint_key=key
         )
+        return state.step
 
     async def _store_artifacts(self, job: CurrentJob, video: GeneratedVideo) -> VideoResult:
         d, pump = job.dispatch, job.pump

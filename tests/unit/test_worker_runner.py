@@ -186,6 +186,61 @@ async def test_resume_continues_from_the_checkpoint_step(tmp_path: Path) -> None
     assert video_key(first.job_id, 2) in store.objects
 
 
+class SlowCheckpointStore(MemoryStore):
+    """Checkpoint puts take `delay` seconds; it records when each one was asked for and finished."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.puts: list[tuple[str, float, float]] = []
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        asked = asyncio.get_running_loop().time()
+        if key.startswith("checkpoints/"):
+            await asyncio.sleep(self.delay)
+        await super().put_bytes(key, data, content_type)
+        self.puts.append((key, asked, asyncio.get_running_loop().time()))
+
+
+async def test_denoising_goes_on_while_a_checkpoint_is_stored(tmp_path: Path) -> None:
+    """A checkpoint every 2 steps of 50 ms, each taking 80 ms to store: storing overlaps the next steps,
+    so the run takes about steps x 50 ms, not that plus 80 ms per checkpoint; they still land in order,
+    each before the next is asked for, and all are gone at the end."""
+    store, publish = SlowCheckpointStore(delay=0.08), Recorder()
+    job = dispatch()
+    steps = job.request.num_inference_steps
+    run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0.05), store, publish)
+    clock = asyncio.get_running_loop().time
+    began = clock()
+    assert await run.run(job) == "succeeded"
+    took = clock() - began
+    checkpoints = [p for p in store.puts if p[0].startswith("checkpoints/")]
+    assert len(checkpoints) == (steps - 1) // 2
+    blocking = steps * 0.05 + len(checkpoints) * 0.08
+    assert took < blocking - 0.5 * len(checkpoints) * 0.08, (took, blocking)
+    assert [k for k, _, _ in checkpoints] == sorted(k for k, _, _ in checkpoints)
+    for (_, _, done), (_, asked, _) in zip(checkpoints, checkpoints[1:], strict=False):
+        assert done <= asked
+    saved = [e.step for e in publish.events if e.type is EventType.CHECKPOINTED]
+    assert saved == sorted(saved) and len(saved) == len(checkpoints)
+    assert publish.types()[-1] is EventType.SUCCEEDED
+    assert not any(k.startswith(checkpoint_prefix(job.job_id)) for k in store.objects)
+
+
+async def test_drain_waits_for_the_checkpoint_in_flight(tmp_path: Path) -> None:
+    store, publish = SlowCheckpointStore(delay=0.2), Recorder()
+    job = dispatch()
+    run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0.02), store, publish)
+    task = asyncio.create_task(run.run(job))
+    while not publish.events:
+        await asyncio.sleep(0.01)
+    run.drain()
+    assert await task == "abandoned"
+    last = [e for e in publish.events if e.type is EventType.CHECKPOINTED][-1]
+    assert publish.types()[-1] is EventType.CHECKPOINTED
+    assert last.checkpoint_key in store.objects
+
+
 def test_one_job_at_a_time(tmp_path: Path) -> None:
     run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0), MemoryStore(), Recorder())
     run.state = run.state.RUNNING
