@@ -1,8 +1,10 @@
 """Create reelstream's Kafka topics (schemas/topics.py) with their partition counts and configs.
 
-Idempotent: missing topics are created, existing ones get their configs set again and, when the topic
-has fewer partitions than wanted (more GPU slots), more partitions. Partitions are never removed: Kafka
-cannot do that, so a topic with too many is reported and left alone.
+Idempotent: missing topics are created, existing ones get their configs set again (so a config the
+contract added, like `message.timestamp.type=LogAppendTime` on reelstream.jobs.requested, reaches a stack
+created before it) and, when the topic has fewer partitions than wanted (more GPU slots), more
+partitions. Partitions are never removed: Kafka cannot do that, so a topic with too many is reported and
+left alone.
 
 Locally the replication factor and min.insync.replicas are 1/1 (one broker); a production cluster of
 three or more brokers runs this with REELSTREAM_TOPIC_REPLICATION_FACTOR=3 and
@@ -54,7 +56,7 @@ def partitions_for(spec: TopicSpec, settings: TopicSettings) -> int:
 
 def configs_for(spec: TopicSpec, settings: TopicSettings) -> dict[str, str]:
     """The topic-level configs we own; anything not listed keeps the broker default."""
-    configs = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+    configs = {"min.insync.replicas": str(settings.topic_min_insync_replicas), **spec.configs}
     if spec.compacted:
         # Only the latest heartbeat per slot matters; small segments let compaction drop old ones soon.
         configs |= {"cleanup.policy": "compact", "segment.ms": "3600000", "min.cleanable.dirty.ratio": "0.1"}

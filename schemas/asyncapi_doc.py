@@ -109,9 +109,19 @@ def _dead_letter_ops() -> tuple[Operation, ...]:
 
 
 OPERATIONS: Final = (
-    Operation("api", "send", JOBS_REQUESTED, "An accepted job; the 202 is sent only after acks=all."),
+    Operation(
+        "api",
+        "send",
+        JOBS_REQUESTED,
+        "A submitted job; the 202 is sent only after acks=all, for an append time not after accept_by.",
+    ),
     Operation("api", "send", JOBS_CONTROL, "POST /v1/jobs/{id}/cancel."),
-    Operation("scheduler", "receive", JOBS_REQUESTED, "New jobs enter their priority lane."),
+    Operation(
+        "scheduler",
+        "receive",
+        JOBS_REQUESTED,
+        "New jobs enter their priority lane; a record appended after its accept_by is not a job.",
+    ),
     Operation("scheduler", "receive", JOBS_EVENTS, "Frees slots on terminal events; fences stale attempts."),
     Operation("scheduler", "receive", JOBS_CONTROL, "Cancels queued jobs before they are dispatched."),
     Operation(
@@ -136,7 +146,12 @@ OPERATIONS: Final = (
     ),
     Operation("worker", "send", JOBS_EVENTS, "The lifecycle of the job it runs, in order.", _WORKER_EVENTS),
     Operation("worker", "send", WORKERS_HEARTBEAT, "Every few seconds, keyed by slot id."),
-    Operation("projector", "receive", JOBS_REQUESTED, "Creates the job row."),
+    Operation(
+        "projector",
+        "receive",
+        JOBS_REQUESTED,
+        "Creates the job row; dead-letters a record appended after its accept_by (not a job).",
+    ),
     Operation("projector", "receive", JOBS_EVENTS, "Updates the job row and appends to its event history."),
     *_dead_letter_ops(),
     Operation("operators", "receive", DLQ, "Inspect dead letters; replay them to their source topic."),
@@ -272,7 +287,10 @@ def _channel(spec: TopicSpec) -> dict[str, Any]:
     if spec.partitions is not None:
         kafka["partitions"] = spec.partitions
         partitions = f"{spec.partitions} by default"
-    kafka["topicConfiguration"] = {"cleanup.policy": ["compact" if spec.compacted else "delete"]}
+    kafka["topicConfiguration"] = {
+        "cleanup.policy": ["compact" if spec.compacted else "delete"],
+        **dict(sorted(spec.configs.items())),
+    }
     kafka["bindingVersion"] = KAFKA_BINDING_VERSION
     names = topic_messages()[spec.name]
     return {

@@ -55,6 +55,20 @@ class JobRequested(_Event):
     tenant: str = "default"
     idempotency_key: str | None = None
     request_hash: str = Field(description="sha256 of the canonical client body, for Idempotency-Key checks.")
+    accept_by: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "Submit deadline. A record of this event that the broker appended after this instant (its"
+            " LogAppendTime) is not a job: consumers drop it. Absent: always a job."
+        ),
+    )
+
+    def arrived_late(self, appended_at: datetime | None) -> bool:
+        """Whether a record appended at `appended_at` (the broker's clock; None: unknown) missed `accept_by`.
+
+        A request without a deadline, or whose append time is unknown, is on time.
+        """
+        return self.accept_by is not None and appended_at is not None and appended_at > self.accept_by
 
 
 class JobDispatched(_Event):

@@ -144,6 +144,7 @@ def events() -> dict[EventType, BaseModel]:
             tenant="acme",
             idempotency_key="order-4711-render",
             request_hash=_request_hash(),
+            accept_by=_at(15.0),
         ),
         t.DISPATCHED: JobDispatched(**_common(t.DISPATCHED, 0.4, "scheduler", 1, 0), slot=SLOT, request=req),
         t.STARTED: JobStarted(**_common(t.STARTED, 0.6, WORKER, 1, 0), slot=SLOT, worker_id=WORKER_ID),

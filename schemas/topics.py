@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final
 
 PREFIX: Final = "reelstream"
@@ -14,6 +16,11 @@ JOBS_CONTROL: Final = f"{PREFIX}.jobs.control"
 WORKERS_HEARTBEAT: Final = f"{PREFIX}.workers.heartbeat"
 DLQ: Final = f"{PREFIX}.dlq"
 
+# The broker stamps each record with its own clock when it appends it. A job request carries a deadline
+# (`JobRequested.accept_by`) that consumers judge against this stamp, so that a record the api gave up on
+# and answered 503 for can never become a job, however late the producer delivers it.
+BROKER_TIMESTAMPS: Final[Mapping[str, str]] = MappingProxyType({"message.timestamp.type": "LogAppendTime"})
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -24,13 +31,22 @@ class TopicSpec:
     partitions: int | None
     compacted: bool
     description: str
+    configs: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Topic configs the contract depends on, beyond layout and retention (which are deployment choices)."""
 
 
 def topic_specs(default_partitions: int = 6) -> tuple[TopicSpec, ...]:
     """Every topic of the contract, in the order they appear in the design."""
     n = default_partitions
     return (
-        TopicSpec(JOBS_REQUESTED, "job id", n, False, "A job was accepted: full request, tenant, priority."),
+        TopicSpec(
+            JOBS_REQUESTED,
+            "job id",
+            n,
+            False,
+            "A job was accepted: full request, tenant, priority. Timestamps are the broker's append time.",
+            BROKER_TIMESTAMPS,
+        ),
         TopicSpec(
             JOBS_DISPATCH,
             "job id",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,9 +14,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.catalog import CATALOG, DEFAULT_MODEL
 from schemas.jobs import RequestRejected
-from services.common.errors import PermanentError, RetryableError
+from services.common.errors import BrokerUnavailable, PermanentError, RetryableError
 
 PROBLEM = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
 log = logging.getLogger(__name__)
 
 
@@ -42,6 +44,25 @@ class Conflict(ApiError):
 class IdempotencyMismatch(ApiError):
     status = 422
     title = "Idempotency-Key reused with a different body"
+
+
+class JobNotCreated(BrokerUnavailable):
+    """Kafka did not append a submit's job.requested by its `accept_by`: that job does not exist, and its
+    consumers drop the record should the producer still deliver it."""
+
+    def __init__(self, why: str, accept_by: datetime) -> None:
+        super().__init__(f"{why}; submit deadline {accept_by.isoformat()}")
+        self.why = why
+        self.accept_by = accept_by
+
+    def detail(self) -> str:
+        return (
+            f"The job was not created and will never run: {self.why} (submit deadline"
+            f" {self.accept_by.isoformat()}). Submit it again after Retry-After seconds, with an"
+            " Idempotency-Key: a retry with the same key names the same job, so it can never create a"
+            " second one, and should Kafka have stored this submit after all (its acknowledgement lost on"
+            " the way back) the retry returns that job."
+        )
 
 
 def problem(
@@ -99,10 +120,17 @@ def install(app: FastAPI) -> None:
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         return problem(exc.status, exc.title, exc.detail, **exc.extra)
 
+    @app.exception_handler(JobNotCreated)
+    async def _not_created(_: Request, exc: JobNotCreated) -> JSONResponse:
+        log.warning("job not created: %s", exc)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return problem(503, "Job not created", exc.detail(), headers, accept_by=exc.accept_by.isoformat())
+
     @app.exception_handler(RetryableError)
     async def _unavailable(_: Request, exc: RetryableError) -> JSONResponse:
         log.warning("dependency unavailable: %s", exc)
-        return problem(503, "Service unavailable", str(exc), headers={"Retry-After": "5"})
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return problem(503, "Service unavailable", str(exc), headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 
 from schemas.envelope import encode_event
-from schemas.events import JobEvent
+from schemas.events import JobEvent, JobRequested
 from schemas.topics import JOBS_CONTROL, JOBS_REQUESTED
 from services.api.settings import ApiSettings
 from services.common.errors import BrokerUnavailable
+from services.common.kafka import append_time
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +36,30 @@ def make_broker(settings: ApiSettings) -> KafkaBroker:
     )
 
 
-class JobPublisher:
-    """Publishes through the FastStream broker; waits for the producer's own verdict, never less.
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Kafka's acknowledgement of one record."""
 
-    Giving up on the wait earlier than the producer gives up on the record would let a record we
-    answered 503 for reach Kafka later (a job the client was told does not exist). So the wait outlasts
-    the producer's request timeout, after which aiokafka has failed the record for good; then the
-    broker is reconnected, because aiokafka's idempotent sequence for that partition is now broken.
+    partition: int
+    offset: int
+    appended_at: datetime | None
+    """The broker's append time (a LogAppendTime topic); None when the record carries the producer's time."""
+
+
+class JobPublisher:
+    """Publishes through the FastStream broker and hands back Kafka's acknowledgement.
+
+    Giving up on an ack does not take the record back: the producer keeps it and may deliver it once the
+    broker returns. That is why a job request carries a deadline (`accept_by`) that its consumers judge by
+    the broker's append time (see `services/api/submit.py`). After a failed or timed-out send the broker
+    is reconnected, because aiokafka's idempotent sequence for that partition may now be broken.
     """
 
     def __init__(self, settings: ApiSettings) -> None:
         self._settings = settings
         self._broker = make_broker(settings)
-        self._wait = settings.kafka_request_timeout_ms / 1000 + 5
+        # Cancels have no deadline: wait as long as the producer itself tries.
+        self._control_wait = settings.kafka_request_timeout_ms / 1000 + 5
         self._reconnecting = asyncio.Lock()
 
     async def connect(self) -> None:
@@ -54,16 +68,18 @@ class JobPublisher:
     async def stop(self) -> None:
         await self._broker.stop()
 
-    async def _publish(self, topic: str, event: JobEvent) -> None:
+    async def _publish(self, topic: str, event: JobEvent, wait_seconds: float) -> Ack:
         record = encode_event(event)
         headers = {k: v.decode() for k, v in record.headers}
         broker = self._broker
         try:
-            async with asyncio.timeout(self._wait):
-                await broker.publish(record.value, topic, key=record.key, headers=headers)
+            async with asyncio.timeout(wait_seconds):
+                # With confirmation (the default) FastStream returns aiokafka's RecordMetadata.
+                meta = await broker.publish(record.value, topic, key=record.key, headers=headers)
         except (KafkaError, TimeoutError) as e:
             await self._reconnect(broker)
             raise BrokerUnavailable(f"Kafka did not acknowledge {event.type} for job {event.job_id}") from e
+        return Ack(meta.partition, meta.offset, append_time(meta.timestamp, meta.timestamp_type))
 
     async def _reconnect(self, broken: KafkaBroker) -> None:
         async with self._reconnecting:
@@ -80,11 +96,12 @@ class JobPublisher:
             async with asyncio.timeout(5):
                 await broken.stop()
 
-    async def requested(self, event: JobEvent) -> None:
-        await self._publish(JOBS_REQUESTED, event)
+    async def requested(self, event: JobRequested, wait_seconds: float) -> Ack:
+        """Kafka's ack of a job request; `BrokerUnavailable` when none came within `wait_seconds`."""
+        return await self._publish(JOBS_REQUESTED, event, wait_seconds)
 
     async def control(self, event: JobEvent) -> None:
-        await self._publish(JOBS_CONTROL, event)
+        await self._publish(JOBS_CONTROL, event, self._control_wait)
 
     async def ping(self, seconds: float) -> bool:
         return bool(await self._broker.ping(seconds))

@@ -20,6 +20,23 @@ class ApiSettings(CommonSettings):
         ge=0,
         description="How long a request waits for its job to be projected (read-your-writes).",
     )
+    submit_deadline_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "A submitted job exists only if Kafka appends its job.requested within this time (the broker's"
+            " clock, checked against the request's accept_by); otherwise the api answers 503 and consumers"
+            " drop the record whenever it arrives."
+        ),
+    )
+    clock_skew_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "How far the brokers' clocks may run behind the api's: with no ack by accept_by plus this, the"
+            " api answers 503."
+        ),
+    )
     recent_job_seconds: float = Field(
         default=60.0, ge=0, description="A GET for an unknown id this recent waits for the projection."
     )

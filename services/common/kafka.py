@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -18,12 +19,39 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNum
 
 from schemas.dlq import DeadLetter
 from schemas.envelope import Record, encode_event, encode_heartbeat
-from schemas.events import JobEvent, WorkerHeartbeat
+from schemas.events import JobEvent, JobRequested, WorkerHeartbeat
 from schemas.topics import DLQ
 from services.common.errors import BrokerUnavailable
 from services.common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+
+# aiokafka's `timestamp_type` of a record, or of a produce ack, whose timestamp the broker set when it
+# appended the record (topic config message.timestamp.type=LogAppendTime); 0 is the producer's CreateTime.
+LOG_APPEND_TIME: Final = 1
+
+
+def append_time(timestamp_ms: int | None, timestamp_type: int | None) -> datetime | None:
+    """The broker's append time of a consumed record or a produce ack; None for the producer's time."""
+    if timestamp_type != LOG_APPEND_TIME or timestamp_ms is None or timestamp_ms < 0:
+        return None
+    seconds, millis = divmod(timestamp_ms, 1000)
+    return datetime.fromtimestamp(seconds, UTC) + timedelta(milliseconds=millis)
+
+
+def missed_deadline(event: JobEvent, msg: ConsumerRecord[Any, Any]) -> str | None:
+    """Why the record `msg` of `event` is not a job, or None: a job.requested the broker appended after its
+    `accept_by`. Only the broker's append time is judged; a producer's CreateTime says nothing about it."""
+    if not isinstance(event, JobRequested):
+        return None
+    appended = append_time(msg.timestamp, msg.timestamp_type)
+    if appended is None or event.accept_by is None or not event.arrived_late(appended):
+        return None
+    late = (appended - event.accept_by).total_seconds()
+    return (
+        f"job.requested arrived after its submit deadline ({late:.3f} s late: appended"
+        f" {appended.isoformat()}, accept_by {event.accept_by.isoformat()}); not a job"
+    )
 
 
 def _aiokafka_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:

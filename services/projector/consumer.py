@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
 from services.common.errors import BrokerUnavailable, RetryableError
-from services.common.kafka import Producer, dead_letter, make_consumer, make_producer
+from services.common.kafka import Producer, dead_letter, make_consumer, make_producer, missed_deadline
 from services.projector.settings import ProjectorSettings
 from services.projector.store import BatchResult, Incoming, Store, unfit
 
@@ -43,7 +43,11 @@ Batch = Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
 def decode(msg: ConsumerRecord[Any, Any], settings: ProjectorSettings) -> JobEvent | str:
-    """The event in `msg`, or why it belongs on the DLQ."""
+    """The event in `msg`, or why it belongs on the DLQ.
+
+    A job.requested that the broker appended after its `accept_by` is not a job (the api answered 503 for
+    it): it goes to the DLQ too, so no row is ever created for it, live or in a replay.
+    """
     try:
         event = decode_event(msg.value)
     except MalformedMessage as e:
@@ -54,7 +58,7 @@ def decode(msg: ConsumerRecord[Any, Any], settings: ProjectorSettings) -> JobEve
     if msg.topic == settings.events_topic and is_request:
         # Its seq would collide with the request's seq 0; the api publishes requests to jobs.requested.
         return f"job.requested does not belong on {msg.topic}: it goes to {settings.requested_topic}"
-    return unfit(event) or event
+    return unfit(event) or missed_deadline(event, msg) or event
 
 
 async def discover(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[TopicPartition]:

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -117,10 +117,19 @@ def _event_row(job_id: uuid.UUID, stored: StoredEvent) -> dict[str, Any]:
     }
 
 
-def _stored_event(row: RowMapping) -> StoredEvent:
+def _read_payload(payload: Mapping[str, Any]) -> JobEvent:
     # Stored payloads keep the version they were written with; upcast them like records off the wire.
-    event = JOB_EVENT_ADAPTER.validate_python(upcast(dict(row["payload"])))
-    return StoredEvent(seq=row["seq"], applied=row["applied"], event=event)
+    return JOB_EVENT_ADAPTER.validate_python(upcast(dict(payload)))
+
+
+def _stored_event(row: RowMapping) -> StoredEvent:
+    return StoredEvent(seq=row["seq"], applied=row["applied"], event=_read_payload(row["payload"]))
+
+
+def event_as_read_now(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A `job_events` row whose payload is the event as today's code reads it: a row written before an
+    optional field was added then equals its replay, which stores that field's default."""
+    return {**row, "payload": _read_payload(row["payload"]).model_dump(mode="json")}
 
 
 def _job_row(view: JobView) -> dict[str, Any]:
@@ -287,8 +296,9 @@ class Store:
         return bool(found)
 
     async def snapshot(self) -> Snapshot:
-        """Every `jobs` and `job_events` row, keyed by id (for `compare`)."""
+        """Every `jobs` and `job_events` row, keyed by id (for `compare`); payloads as read now."""
         async with self._transaction() as conn:
             jobs = {row["id"]: dict(row) for row in (await conn.execute(select(JOBS))).mappings()}
-            events = {row["event_id"]: dict(row) for row in (await conn.execute(select(EVENTS))).mappings()}
+            rows = (await conn.execute(select(EVENTS))).mappings()
+            events = {row["event_id"]: event_as_read_now(dict(row)) for row in rows}
         return Snapshot(jobs=jobs, events=events)

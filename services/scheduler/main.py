@@ -20,6 +20,7 @@ from services.common.kafka import (
     dead_letter,
     make_consumer,
     make_producer,
+    missed_deadline,
     partitions_of,
     publish_event,
 )
@@ -68,12 +69,17 @@ class Scheduler:
         )
 
     async def apply(self, msg: ConsumerRecord[bytes, bytes]) -> None:
-        """Fold one record into the state. Poison records are skipped (their owner dead-letters them)."""
+        """Fold one record into the state. Poison records are skipped (their owner dead-letters them), and
+        so is a job.requested the broker appended after its `accept_by`: it is not a job (the projector
+        dead-letters it)."""
         try:
             if msg.topic == WORKERS_HEARTBEAT:
                 self.state.on_heartbeat(decode_heartbeat(msg.value))
                 return
             event = decode_event(msg.value)
+            if msg.topic == JOBS_REQUESTED and (late := missed_deadline(event, msg)) is not None:
+                log.info("skipped job=%s offset=%s: %s", event.job_id, msg.offset, late)
+                return
             if msg.topic == JOBS_DISPATCH:
                 if isinstance(event, JobDispatched):
                     self.state.on_dispatch(event, msg.offset)

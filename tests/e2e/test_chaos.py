@@ -323,12 +323,6 @@ async def test_projector_killed_mid_batch_read_model_equals_replay(
 
 
 @pytest.mark.timeout(480)
-@pytest.mark.xfail(
-    reason="known fault, not fixed yet: a submit answered 503 during a broker outage can still be "
-    "delivered once the broker returns (the api's FastStream/aiokafka producer keeps the record); "
-    "every other guarantee of this scenario holds",
-    strict=False,
-)
 async def test_kafka_broker_restart_during_a_run(client: httpx.AsyncClient, chaos: LogMark) -> None:
     """The broker goes away (SIGTERM) while jobs run and wait, and comes back with `make up`. Nobody
     restarts a service: each must reconnect by itself. Every finding is collected and reported at once."""

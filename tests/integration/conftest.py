@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -63,11 +63,12 @@ async def new_topic(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[TopicFact
     """Creates uuid-named topics for one test (the broker does not auto-create) and deletes them after."""
     created: list[str] = []
 
-    async def create(partitions: int = 1) -> str:
+    async def create(partitions: int = 1, configs: Mapping[str, str] | None = None) -> str:
         name = f"test.{uuid.uuid4().hex}"
-        response = await kafka_admin.create_topics(
-            [NewTopic(name=name, num_partitions=partitions, replication_factor=1)]
+        topic = NewTopic(
+            name=name, num_partitions=partitions, replication_factor=1, topic_configs=dict(configs or {})
         )
+        response = await kafka_admin.create_topics([topic])
         errors = [error for error in response.topic_errors if error[1]]
         assert not errors, f"could not create {name}: {errors}"
         created.append(name)

@@ -204,6 +204,8 @@ def test_topics_match_the_contract(overlay: tuple[str, list[Doc]]) -> None:
     for name, spec in specs.items():
         config = topics[name]["spec"]["config"]
         assert (config["cleanup.policy"] == "compact") == spec.compacted, name
+        for key, value in spec.configs.items():
+            assert str(config.get(key)) == value, f"{name}: {key}"
         if spec.partitions is not None:
             assert topics[name]["spec"]["partitions"] == spec.partitions, name
 

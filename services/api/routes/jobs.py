@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
-from schemas.events import JobCancelRequested, JobRequested
+from schemas.events import JobCancelRequested, JobRequested, utcnow
 from schemas.jobs import JobRequest, JobStatus, resolve
 from services.api import metrics
 from services.api.content import stream_object
@@ -22,6 +22,7 @@ from services.api.eta import estimate
 from services.api.ids import created_at_of, keyed_job_id, new_job_id
 from services.api.notify import wait_event
 from services.api.queries import find_by_idempotency_key, get_job, list_jobs, queue_position
+from services.api.submit import accept_by, publish_request
 from services.api.views import JobList, JobOut, job_out
 from services.common.readmodel import Job
 
@@ -54,7 +55,18 @@ async def _view(state: AppState, session: SessionDep, job: Job) -> JobOut:
 
 
 @router.post(
-    "", status_code=202, response_model=JobOut, responses={202: {"description": "Accepted, durable"}}
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={
+        202: {"description": "Accepted, durable"},
+        503: {
+            "description": (
+                "Job not created (Kafka did not take it by its submit deadline; it will never run)."
+                " Retry after Retry-After seconds with the same Idempotency-Key."
+            )
+        },
+    },
 )
 async def submit(
     body: JobRequest,
@@ -63,7 +75,8 @@ async def submit(
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> JobOut:
-    """Accept a job. The 202 is sent only after Kafka acknowledged `job.requested` with acks=all."""
+    """Accept a job. The 202 is sent only after Kafka acknowledged `job.requested` with acks=all and an
+    append time within the submit deadline; otherwise 503, and the job will never exist (`submit.py`)."""
     started = time.perf_counter()
     resolved = resolve(body)
     digest = request_hash(body)
@@ -74,16 +87,19 @@ async def submit(
             return await _replayed(state, session, existing, digest, response)
     else:
         job_id = new_job_id()
+    now = utcnow()
     event = JobRequested(
         job_id=job_id,
         producer="api",
+        occurred_at=now,
         request=resolved,
         tenant=TENANT,
         idempotency_key=idempotency_key,
         request_hash=digest,
+        accept_by=accept_by(state.settings, now),
     )
     with state.notifier.watch(job_id) as changed:
-        await state.publisher.requested(event)
+        await publish_request(state.publisher, event, state.settings)
         job = await wait_projected(state, session, job_id, changed)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     metrics.SUBMIT_SECONDS.observe(time.perf_counter() - started)
