@@ -51,6 +51,7 @@ _WORKER_EVENTS: Final = (
     _ET.STARTED,
     _ET.PROGRESS,
     _ET.CHECKPOINTED,
+    _ET.PREEMPTED,
     _ET.SUCCEEDED,
     _ET.FAILED,
     _ET.CANCELLED,
@@ -59,12 +60,12 @@ _WORKER_EVENTS: Final = (
 
 def topic_messages() -> dict[str, tuple[str, ...]]:
     """Message names carried by each topic. A new event type lands on `jobs.events` by default."""
-    on_other_topics = {_ET.REQUESTED, _ET.CANCEL_REQUESTED}
+    on_other_topics = {_ET.REQUESTED, _ET.CANCEL_REQUESTED, _ET.PREEMPT_REQUESTED}
     return {
         JOBS_REQUESTED: (_ET.REQUESTED.value,),
         JOBS_DISPATCH: (_ET.DISPATCHED.value,),
         JOBS_EVENTS: tuple(t.value for t in EVENT_CLASSES if t not in on_other_topics),
-        JOBS_CONTROL: (_ET.CANCEL_REQUESTED.value,),
+        JOBS_CONTROL: (_ET.CANCEL_REQUESTED.value, _ET.PREEMPT_REQUESTED.value),
         WORKERS_HEARTBEAT: (HEARTBEAT,),
         DLQ: (DEAD_LETTER,),
     }
@@ -81,6 +82,8 @@ SUMMARIES: Final[dict[str, str]] = {
     _ET.CANCEL_REQUESTED: "A client asked to cancel the job.",
     _ET.CANCELLED: "Terminal: the job was cancelled.",
     _ET.RETRYING: "The attempt was lost (worker crash); the job goes back to the queue.",
+    _ET.PREEMPT_REQUESTED: "The scheduler asks a slot to hand the job back at its next checkpoint.",
+    _ET.PREEMPTED: "The slot handed the job back after a checkpoint; it waits again and resumes there.",
     HEARTBEAT: "Slot liveness: state, loaded model, current job, seconds per step.",
 }
 
@@ -131,6 +134,13 @@ OPERATIONS: Final = (
     Operation(
         "scheduler",
         "send",
+        JOBS_CONTROL,
+        "Asks a slot to hand a batch job back at a checkpoint, to balance the fleet.",
+        (_ET.PREEMPT_REQUESTED,),
+    ),
+    Operation(
+        "scheduler",
+        "send",
         JOBS_EVENTS,
         "Dispatches, retries, give-ups, cancels of queued jobs.",
         _SCHEDULER_EVENTS,
@@ -142,7 +152,10 @@ OPERATIONS: Final = (
         "Only its own partition (partition = slot id), by manual assignment.",
     ),
     Operation(
-        "worker", "receive", JOBS_CONTROL, "Every worker reads every cancel and acts on its own job's."
+        "worker",
+        "receive",
+        JOBS_CONTROL,
+        "Every worker reads every cancel and preempt request and acts on its own job's.",
     ),
     Operation("worker", "send", JOBS_EVENTS, "The lifecycle of the job it runs, in order.", _WORKER_EVENTS),
     Operation("worker", "send", WORKERS_HEARTBEAT, "Every few seconds, keyed by slot id."),

@@ -30,6 +30,8 @@ class EventType(StrEnum):
     CANCEL_REQUESTED = "job.cancel_requested"
     CANCELLED = "job.cancelled"
     RETRYING = "job.retrying"
+    PREEMPT_REQUESTED = "job.preempt_requested"
+    PREEMPTED = "job.preempted"
 
 
 def utcnow() -> datetime:
@@ -162,6 +164,24 @@ class JobRetrying(_Event):
     next_attempt: int = Field(ge=1)
 
 
+class JobPreemptRequested(_Event):
+    """The scheduler asks the slot running this attempt to hand it back at a checkpoint."""
+
+    type: Literal[EventType.PREEMPT_REQUESTED] = EventType.PREEMPT_REQUESTED
+    at_step: int = Field(ge=1, description="Stop after the first checkpoint at or after this step.")
+    reason: str
+
+
+class JobPreempted(_Event):
+    """The slot stopped this attempt after a checkpoint, as asked; the job waits again and resumes there."""
+
+    type: Literal[EventType.PREEMPTED] = EventType.PREEMPTED
+    step: int = Field(ge=1)
+    total_steps: int = Field(ge=1)
+    checkpoint_key: str
+    reason: str
+
+
 JobEvent = Annotated[
     JobRequested
     | JobDispatched
@@ -172,7 +192,9 @@ JobEvent = Annotated[
     | JobFailed
     | JobCancelRequested
     | JobCancelled
-    | JobRetrying,
+    | JobRetrying
+    | JobPreemptRequested
+    | JobPreempted,
     Field(discriminator="type"),
 ]
 JOB_EVENT_ADAPTER: Final[TypeAdapter[JobEvent]] = TypeAdapter(JobEvent)
@@ -188,6 +210,8 @@ EVENT_CLASSES: Final[dict[EventType, type[_Event]]] = {
     EventType.CANCEL_REQUESTED: JobCancelRequested,
     EventType.CANCELLED: JobCancelled,
     EventType.RETRYING: JobRetrying,
+    EventType.PREEMPT_REQUESTED: JobPreemptRequested,
+    EventType.PREEMPTED: JobPreempted,
 }
 
 
@@ -196,6 +220,15 @@ class SlotState(StrEnum):
     IDLE = "idle"
     BUSY = "busy"
     STOPPING = "stopping"
+
+
+class HeldJob(BaseModel):
+    """A job and attempt a slot holds."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    job_id: uuid.UUID
+    attempt: int = Field(ge=1)
 
 
 class WorkerHeartbeat(BaseModel):
@@ -218,6 +251,13 @@ class WorkerHeartbeat(BaseModel):
     seconds_per_step: float | None = Field(default=None, ge=0)
     dispatch_position: int | None = Field(
         default=None, ge=0, description="Next offset the slot will read on its jobs.dispatch partition."
+    )
+    finishing: list[HeldJob] = Field(
+        default_factory=list,
+        description=(
+            "Jobs whose denoising is done and whose video is being encoded and stored, while the slot "
+            "already runs the next one (`job_id`)."
+        ),
     )
 
 

@@ -25,6 +25,8 @@ from schemas.events import (
     JobDispatched,
     JobError,
     JobFailed,
+    JobPreempted,
+    JobPreemptRequested,
     JobProgress,
     JobRequested,
     JobRetrying,
@@ -181,6 +183,18 @@ def events() -> dict[EventType, BaseModel]:
             **_common(t.RETRYING, 75.0, "scheduler", 1, 1),
             reason="slot 3 missed heartbeats for 30 s; resuming from the step 16 checkpoint",
             next_attempt=2,
+        ),
+        t.PREEMPT_REQUESTED: JobPreemptRequested(
+            **_common(t.PREEMPT_REQUESTED, 60.0, "scheduler", 1, 3),
+            at_step=24,
+            reason="balance the batch lane: a waiting job starts now instead of after the last round",
+        ),
+        t.PREEMPTED: JobPreempted(
+            **_common(t.PREEMPTED, 62.0, WORKER, 1, 30),
+            step=24,
+            total_steps=32,
+            checkpoint_key=checkpoint.replace("16", "24"),
+            reason="balance the batch lane: a waiting job starts now instead of after the last round",
         ),
     }
 

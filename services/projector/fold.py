@@ -27,6 +27,7 @@ from schemas.events import (
     JobDispatched,
     JobEvent,
     JobFailed,
+    JobPreempted,
     JobProgress,
     JobRequested,
     JobRetrying,
@@ -199,14 +200,31 @@ def requested_view(event: JobRequested) -> JobView:
     )
 
 
-def _apply_running(view: JobView, event: JobEvent) -> JobView:
-    """Events that move a job between queued and running, or report on its work."""
-    if isinstance(event, JobDispatched):
-        return replace(view, attempt=event.attempt, slot=event.slot, dispatched_at=event.occurred_at)
+def _requeued(view: JobView, event: JobEvent) -> JobView | None:
+    """A lost attempt starts over from its checkpoint; a preempted one waits with its progress kept."""
     if isinstance(event, JobRetrying):
         return replace(
             view, status=JobStatus.QUEUED, phase=Phase.QUEUED, dispatched_at=None, step=None, total_steps=None
         )
+    if isinstance(event, JobPreempted):
+        return replace(
+            view,
+            status=JobStatus.QUEUED,
+            phase=Phase.QUEUED,
+            dispatched_at=None,
+            step=event.step,
+            total_steps=event.total_steps,
+            checkpoint_key=event.checkpoint_key,
+        )
+    return None
+
+
+def _apply_running(view: JobView, event: JobEvent) -> JobView:
+    """Events that move a job between queued and running, or report on its work."""
+    if (requeued := _requeued(view, event)) is not None:
+        return requeued
+    if isinstance(event, JobDispatched):
+        return replace(view, attempt=event.attempt, slot=event.slot, dispatched_at=event.occurred_at)
     if isinstance(event, JobStarted):
         started_at = view.started_at if view.started_at is not None else event.occurred_at
         return replace(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from schemas.envelope import MalformedMessage, decode_event, decode_heartbeat
-from schemas.events import ErrorCode, JobCancelled, JobDispatched, JobError, JobFailed, JobRetrying
+from schemas.events import (
+    ErrorCode,
+    JobCancelled,
+    JobDispatched,
+    JobError,
+    JobFailed,
+    JobPreemptRequested,
+    JobRetrying,
+)
 from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH, JOBS_EVENTS, JOBS_REQUESTED, WORKERS_HEARTBEAT
 from services.common.errors import RetryableError
 from services.common.kafka import (
@@ -28,7 +37,7 @@ from services.common.logging import configure
 from services.common.runtime import retry, run_until_signalled, serve_metrics
 from services.scheduler.plan import is_alive, plan
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.state import Decision, Dispatch, Finish, Retry, SchedulerState, Stage
+from services.scheduler.state import Decision, Dispatch, Finish, Preempt, Retry, SchedulerState, Stage
 
 log = logging.getLogger("reelstream.scheduler")
 TOPICS = (JOBS_REQUESTED, JOBS_EVENTS, JOBS_CONTROL, JOBS_DISPATCH, WORKERS_HEARTBEAT)
@@ -39,8 +48,8 @@ SLOTS_ALIVE = Gauge("reelstream_scheduler_slots_alive", "Slots with a recent hea
 SLOTS_BUSY = Gauge("reelstream_scheduler_slots_busy", "Slots holding a job")
 
 
-SchedulerEvent = JobDispatched | JobRetrying | JobCancelled | JobFailed
-E = TypeVar("E", JobDispatched, JobRetrying, JobCancelled, JobFailed)
+SchedulerEvent = JobDispatched | JobRetrying | JobCancelled | JobFailed | JobPreemptRequested
+E = TypeVar("E", JobDispatched, JobRetrying, JobCancelled, JobFailed, JobPreemptRequested)
 
 
 def decision_event(
@@ -65,6 +74,11 @@ class Scheduler:
             lost_grace=timedelta(seconds=settings.lost_grace_seconds),
             max_attempts=settings.max_attempts,
             reserved_interactive=settings.reserved_interactive_slots,
+            lookahead=timedelta(seconds=settings.lookahead_seconds),
+            balance_gain=(
+                timedelta(seconds=settings.balance_min_gain_seconds) if settings.balance_batch else None
+            ),
+            max_preemptions=settings.max_preemptions,
             epoch=datetime.now(UTC),
         )
 
@@ -105,6 +119,8 @@ class Scheduler:
                 next_attempt=decision.next_attempt,
             )
             await self._publish(JOBS_EVENTS, retrying)
+            # And to the slots: one that was only cut off (not dead) stops the stale attempt.
+            await self._publish(JOBS_CONTROL, retrying)
             self.state.on_event(retrying)
             log.warning(
                 "retrying job=%s next_attempt=%d reason=%s",
@@ -112,6 +128,17 @@ class Scheduler:
                 decision.next_attempt,
                 decision.reason,
             )
+        elif isinstance(decision, Preempt):
+            asked = decision_event(
+                JobPreemptRequested,
+                decision.job_id,
+                decision.attempt,
+                at_step=decision.at_step,
+                reason=decision.reason,
+            )
+            await self._publish(JOBS_CONTROL, asked)
+            self.state.on_event(asked)
+            log.info("asked job=%s attempt=%d back at step %d: %s", *dataclasses.astuple(decision))
         else:
             await self._finish(decision)
         DECISIONS.labels(type(decision).__name__.lower()).inc()
@@ -131,7 +158,8 @@ class Scheduler:
         self.state.on_event(event)
         meta = await self._publish(JOBS_DISPATCH, event, partition=d.slot)
         self.state.on_dispatch(event, meta.offset)
-        log.info("dispatched job=%s slot=%d attempt=%d", d.job_id, d.slot, d.attempt)
+        follows = f" after job={d.after}" if d.after else ""
+        log.info("dispatched job=%s slot=%d attempt=%d%s", d.job_id, d.slot, d.attempt, follows)
 
     async def _finish(self, d: Finish) -> None:
         if d.cancelled:

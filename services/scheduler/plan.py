@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
+import math
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from schemas.events import SlotState
 from schemas.jobs import Priority
@@ -13,9 +16,11 @@ from services.scheduler.state import (
     Dispatch,
     Finish,
     JobEntry,
+    Preempt,
     Retry,
     SchedulerState,
     Slot,
+    step_key,
 )
 
 
@@ -43,7 +48,7 @@ def _lost_reason(state: SchedulerState, job: JobEntry, now: datetime) -> str | N
     consumed = (
         slot.position is not None and job.dispatch_offset is not None and slot.position > job.dispatch_offset
     )
-    if not consumed or slot.reported_job == (job.job_id, job.attempt):
+    if not consumed or slot.holds(job.job_id, job.attempt):
         state.mismatch_since.pop(job.slot, None)
         return None
     if slot.state is not SlotState.STOPPING:
@@ -66,9 +71,12 @@ def _dropped_after_restart(state: SchedulerState, job: JobEntry, slot: Slot, now
 def _recover(state: SchedulerState, job: JobEntry, reason: str) -> Decision:
     if job.cancel_requested:
         return Finish(job.job_id, job.attempt, cancelled=True, reason="requested by client")
-    if job.attempt >= state.max_attempts:
+    if job.failed_attempts >= state.max_attempts:
         return Finish(
-            job.job_id, job.attempt, cancelled=False, reason=f"gave up after {job.attempt} attempts: {reason}"
+            job.job_id,
+            job.attempt,
+            cancelled=False,
+            reason=f"gave up after {job.failed_attempts} attempts: {reason}",
         )
     return Retry(job.job_id, job.attempt + 1, reason)
 
@@ -76,7 +84,7 @@ def _recover(state: SchedulerState, job: JobEntry, reason: str) -> Decision:
 def recoveries(state: SchedulerState, now: datetime) -> list[Decision]:
     """Jobs whose slot died or dropped them: retried as a new attempt, or ended."""
     out: list[Decision] = []
-    for job_id in list(state.assignments.values()):
+    for job_id in state.held_jobs():
         job = state.jobs.get(job_id)
         if job is not None and (reason := _lost_reason(state, job, now)) is not None:
             out.append(_recover(state, job, reason))
@@ -98,8 +106,20 @@ def _pick(state: SchedulerState, slot: Slot, batch_allowed: bool, taken: set[uui
 
 
 def _batch_running(state: SchedulerState) -> int:
-    running = (state.jobs.get(j) for j in state.assignments.values())
+    running = (state.jobs.get(j) for j in [*state.assignments.values(), *state.queued_next.values()])
     return sum(1 for job in running if job and job.request and job.request.priority is Priority.BATCH)
+
+
+def _takes_a_job(state: SchedulerState, slot: Slot, now: datetime) -> bool:
+    """Free, or (look-ahead) about to be: its job should finish denoising within `state.lookahead`, so
+    the next one waits in the slot's partition instead of after a dispatch round trip."""
+    if slot.slot not in state.assignments:
+        return True
+    if slot.slot in state.queued_next or state.lookahead <= timedelta(0):
+        return False
+    current = state.jobs.get(state.assignments[slot.slot])
+    left = state.generating_left(current, now) if current is not None else None
+    return left is not None and left <= state.lookahead
 
 
 def dispatches(state: SchedulerState, now: datetime) -> list[Decision]:
@@ -116,7 +136,7 @@ def dispatches(state: SchedulerState, now: datetime) -> list[Decision]:
     batch_running = _batch_running(state)
     taken: set[uuid.UUID] = set()
     for slot in alive:
-        if slot.slot in state.assignments:
+        if not _takes_a_job(state, slot, now):
             continue
         batch_allowed = batch_running + 1 <= len(alive) - state.reserved_interactive
         job = _pick(state, slot, batch_allowed, taken)
@@ -125,9 +145,132 @@ def dispatches(state: SchedulerState, now: datetime) -> list[Decision]:
         taken.add(job.job_id)
         batch_running += job.request.priority is Priority.BATCH
         resume = job.checkpoint_key if job.attempt > 0 else None
-        out.append(Dispatch(job.job_id, slot.slot, job.attempt + 1, job.request, resume))
+        after = state.assignments.get(slot.slot)
+        out.append(Dispatch(job.job_id, slot.slot, job.attempt + 1, job.request, resume, after))
     return out
 
 
+# ---- balancing the batch lane by preemption at checkpoints -------------------------------------------
+#
+# Jobs cannot be split across GPUs, so a queue of equal long jobs ends in a last round that leaves
+# slots idle: 60 jobs on 8 slots run 7 full rounds and then 4 jobs alone. With preemption the work can
+# be balanced (McNaughton's wrap-around rule): some running jobs hand back at a checkpoint so that the
+# last waiting jobs start earlier, and their remainders fill the slots that would have idled. The rule
+# below finds that online, one preemption at a time: it simulates the list schedule of the batch work
+# (running remainders, then waiting jobs in queue order on the slot free first) against the balanced
+# finish T = now + max(longest job, total work / slots), and asks the running job whose hand-back cuts
+# the work predicted to end after T the most to stop at the step that lets the longest waiting job
+# still end by T. It acts only while no interactive job waits, and at most `max_preemptions` times
+# per job.
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    job: JobEntry
+    index: int  # of its slot in the picture
+    left: float  # seconds of denoising to its end
+    after: float  # seconds of work dispatched to follow it on the same slot
+    per_step: float
+    step_now: float
+
+
+def _batch_picture(
+    state: SchedulerState, alive: list[Slot], now: datetime
+) -> tuple[list[float], list[tuple[float, float]], list[_Running]] | None:
+    """When each slot is free (seconds from now), the batch work waiting (available at, seconds) in
+    queue order, and the batch jobs that may still be asked to hand back. None when a step time of a
+    job involved has not been measured yet: no guess is made."""
+    free: list[float] = []
+    remainders: list[tuple[float, float]] = []
+    movable: list[_Running] = []
+    for index, slot in enumerate(alive):
+        running = state.jobs.get(state.assignments.get(slot.slot) or uuid.UUID(int=0))
+        follower = state.jobs.get(state.queued_next.get(slot.slot) or uuid.UUID(int=0))
+        at, candidate = 0.0, None
+        if running is not None and running.request is not None:
+            per_step = running.seconds_per_step or state.step_times.get(step_key(running.request))
+            remaining = state.generating_left(running, now)
+            work = remaining.total_seconds() if remaining is not None else state.work_left(running)
+            if per_step is None or work is None:
+                return None
+            steps = running.request.num_inference_steps
+            if running.preempt_at is not None:  # hands back after `work`; the rest waits again
+                remainders.append((work, max(steps - running.preempt_at, 0) * per_step))
+            elif running.request.priority is Priority.BATCH and running.preemptions < state.max_preemptions:
+                candidate = (running, work, per_step, steps - work / per_step)
+            at = work
+        if follower is not None:
+            work = state.work_left(follower)
+            if work is None:
+                return None
+            at += work
+        free.append(at)
+        if candidate is not None:
+            job, seconds, per_step, step_now = candidate
+            movable.append(_Running(job, index, seconds, at - seconds, per_step, step_now))
+    waiting: list[tuple[float, float]] = []
+    for _, job_id in state.lanes[Priority.BATCH]:
+        job = state.jobs[uuid.UUID(job_id)]
+        if job.cancel_requested or job.request is None:
+            continue
+        work = state.work_left(job)
+        if work is None:
+            return None
+        waiting.append((0.0, work))
+    return free, waiting + sorted(remainders), movable
+
+
+def _ends(free: list[float], queue: list[tuple[float, float]]) -> list[float]:
+    """List schedule: each job in order starts on the slot free first, not before it is available."""
+    slots = list(free)
+    heapq.heapify(slots)
+    ends: list[float] = []
+    for available, work in queue:
+        end = max(heapq.heappop(slots), available) + work
+        heapq.heappush(slots, end)
+        ends.append(end)
+    return ends
+
+
+def _late(free: list[float], queue: list[tuple[float, float]], finish: float) -> float:
+    return sum(max(0.0, end - finish) for end in [*free, *_ends(free, queue)])
+
+
+def balance(state: SchedulerState, now: datetime) -> list[Decision]:
+    """At most one preemption that makes the batch lane's work end closer to the balanced finish."""
+    if state.balance_gain is None or state.lanes[Priority.INTERACTIVE] or not state.lanes[Priority.BATCH]:
+        return []
+    alive = [s for s in state.slots.values() if s.slot < state.slots_total and is_alive(state, s, now)]
+    if len(alive) < 2 or state.reserved_interactive:
+        return []
+    picture = _batch_picture(state, alive, now)
+    if picture is None:
+        return []
+    free, queue, movable = picture
+    works = [work for _, work in queue]
+    finish = max(*works, *free, (sum(free) + sum(works)) / len(alive))
+    late = _late(free, queue, finish)
+    gain = state.balance_gain.total_seconds()
+    every = max(state.checkpoint_steps, 1)
+    best: tuple[float, Preempt] | None = None
+    for running in movable:
+        # Hand back so that the longest waiting job, started then, still ends by the balanced finish;
+        # at one of the two checkpoints around that moment (workers stop only at checkpoints).
+        ideal = running.step_now + max(finish - max(works), 0.0) / running.per_step
+        total = running.job.request.num_inference_steps if running.job.request else 0
+        for at_step in {math.floor(ideal / every) * every, math.ceil(ideal / every) * every}:
+            if not running.step_now < at_step < total:
+                continue
+            at = (at_step - running.step_now) * running.per_step
+            i = running.index
+            moved = [*free[:i], at + running.after, *free[i + 1 :]]
+            cut = late - _late(moved, [*queue, (at, running.left - at)], finish)
+            if cut > gain and (best is None or cut > best[0]):
+                reason = f"balance the batch lane: {cut:.0f} s less slot time past the balanced finish"
+                best = (cut, Preempt(running.job.job_id, running.job.attempt, at_step, reason))
+    return [best[1]] if best is not None else []
+
+
 def plan(state: SchedulerState, now: datetime) -> list[Decision]:
-    return recoveries(state, now) + dispatches(state, now)
+    """Recover, then dispatch; only a round with neither balances (it must see the dispatches made)."""
+    return recoveries(state, now) + dispatches(state, now) or balance(state, now)

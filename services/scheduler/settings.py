@@ -19,4 +19,28 @@ class SchedulerSettings(CommonSettings):
     reserved_interactive_slots: int = Field(
         default=0, ge=0, description="Slots kept free of batch work whenever interactive jobs may arrive."
     )
+    lookahead_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "Dispatch a slot's next job this long before its current one should finish denoising, so the "
+            "GPU does not wait for a dispatch round trip; 0 = only to idle slots."
+        ),
+    )
+    balance_batch: bool = Field(
+        default=True,
+        description=(
+            "Preempt running batch jobs at checkpoints so the batch lane's last jobs do not run alone "
+            "on a few slots while the others idle (needs workers with checkpoints on)."
+        ),
+    )
+    balance_min_gain_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "A preemption must cut at least this much slot time from the work predicted to end after "
+            "the balanced finish; about one checkpoint interval of a long job, the most it can waste."
+        ),
+    )
+    max_preemptions: int = Field(default=1, ge=0, description="Times one job may be handed back.")
     tick_seconds: float = Field(default=0.5, gt=0, description="Longest wait between two planning rounds.")

@@ -19,14 +19,25 @@ from schemas.events import (
     JobCheckpointed,
     JobDispatched,
     JobEvent,
+    JobPreempted,
+    JobPreemptRequested,
+    JobProgress,
     JobRequested,
     JobRetrying,
+    JobStarted,
     SlotState,
     WorkerHeartbeat,
 )
-from schemas.jobs import Priority, ResolvedRequest
+from schemas.jobs import Phase, Priority, ResolvedRequest
 
 LANES = (Priority.INTERACTIVE, Priority.BATCH)
+# Phases after which the GPU side of a job is done: the slot can take its next job.
+FINISHING_PHASES = frozenset({Phase.ENCODING_VIDEO, Phase.UPLOADING})
+StepKey = tuple[str, int, int, int]  # model, frames, height, width: what a step costs depends on them
+
+
+def step_key(request: ResolvedRequest) -> StepKey:
+    return (request.model, request.num_frames, request.height, request.width)
 
 
 class Stage(StrEnum):
@@ -49,11 +60,30 @@ class JobEntry:
     boot_at_dispatch: uuid.UUID | None = None
     cancel_requested: bool = False
     checkpoint_key: str | None = None
+    # What the current attempt's worker last said: when it started, and its last denoising step.
+    started_at: datetime | None = None
+    step: int = 0
+    step_at: datetime | None = None
+    seconds_per_step: float | None = None
+    # The step its newest checkpoint holds (where the next attempt resumes).
+    resume_step: int = 0
+    first_step: int = 0  # where the current attempt began
+    # Preemption: the step the current attempt was asked to hand back at, and how often it was.
+    preempt_at: int | None = None
+    preemptions: int = 0
+    # A preempted job waits again from the moment it was handed back, behind the jobs already waiting.
+    queued_at: datetime | None = None
 
     @property
     def sort_key(self) -> tuple[datetime, str]:
-        assert self.created_at is not None
-        return (self.created_at, str(self.job_id))
+        since = self.queued_at or self.created_at
+        assert since is not None
+        return (since, str(self.job_id))
+
+    @property
+    def failed_attempts(self) -> int:
+        """Attempts that ended without an outcome, not counting the ones handed back on request."""
+        return self.attempt - self.preemptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +98,10 @@ class Slot:
     reported_job: tuple[uuid.UUID, int] | None
     position: int | None
     seconds_per_step: float | None
+    finishing: frozenset[tuple[uuid.UUID, int]] = frozenset()
+
+    def holds(self, job_id: uuid.UUID, attempt: int) -> bool:
+        return self.reported_job == (job_id, attempt) or (job_id, attempt) in self.finishing
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +111,23 @@ class Dispatch:
     attempt: int
     request: ResolvedRequest
     resume_checkpoint: str | None
+    after: uuid.UUID | None = None  # look-ahead: the job the slot is still denoising
 
 
 @dataclass(frozen=True, slots=True)
 class Retry:
     job_id: uuid.UUID
     next_attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Ask the slot running this attempt to hand it back after its checkpoint at `at_step`."""
+
+    job_id: uuid.UUID
+    attempt: int
+    at_step: int
     reason: str
 
 
@@ -96,7 +141,7 @@ class Finish:
     reason: str
 
 
-Decision = Dispatch | Retry | Finish
+Decision = Dispatch | Retry | Finish | Preempt
 
 
 @dataclass
@@ -106,10 +151,26 @@ class SchedulerState:
     lost_grace: timedelta
     max_attempts: int
     reserved_interactive: int = 0
+    # Balancing the batch lane by preemption at checkpoints (see plan.balance): off when None.
+    balance_gain: timedelta | None = None
+    max_preemptions: int = 1
+    # A slot may get its next job this long before its current one is expected to finish denoising.
+    lookahead: timedelta = timedelta(0)
     jobs: dict[uuid.UUID, JobEntry] = field(default_factory=dict)
     done: set[uuid.UUID] = field(default_factory=set)
     slots: dict[int, Slot] = field(default_factory=dict)
+    # Per slot: the job on its GPU, and the one dispatched to follow it (look-ahead).
     assignments: dict[int, uuid.UUID] = field(default_factory=dict)
+    queued_next: dict[int, uuid.UUID] = field(default_factory=dict)
+    # Jobs past denoising that are storing their video on their slot, which already runs another.
+    finishing: dict[uuid.UUID, int] = field(default_factory=dict)
+    # Measured seconds per step by model and size, from the workers' progress events.
+    step_times: dict[StepKey, float] = field(default_factory=dict)
+    # Steps between two checkpoints, as the workers take them (a hand-back happens at one).
+    checkpoint_steps: int = 1
+    # GPU time of a job beyond its steps (prompt encoding, VAE decode...) by model and size, measured
+    # from its start to the end of its GPU side (its video being encoded, or its end).
+    extra_seconds: dict[StepKey, float] = field(default_factory=dict)
     mismatch_since: dict[int, datetime] = field(default_factory=dict)
     cancel_waiting: set[uuid.UUID] = field(default_factory=set)
     epoch: datetime | None = None
@@ -151,9 +212,36 @@ class SchedulerState:
             lane.pop(i)
 
     def _release(self, job: JobEntry) -> None:
-        if job.slot is not None and self.assignments.get(job.slot) == job.job_id:
+        """The job no longer occupies its slot's GPU, nor waits there; the follower moves up."""
+        self.finishing.pop(job.job_id, None)
+        if job.slot is None:
+            return
+        if self.queued_next.get(job.slot) == job.job_id:
+            del self.queued_next[job.slot]
+        if self.assignments.get(job.slot) == job.job_id:
             del self.assignments[job.slot]
             self.mismatch_since.pop(job.slot, None)
+            if (follower := self.queued_next.pop(job.slot, None)) is not None:
+                self.assignments[job.slot] = follower
+
+    def _to_finishing(self, job: JobEntry, at: datetime) -> None:
+        """Denoising is done: the slot may run its next job while this one stores its video."""
+        if job.stage is not Stage.ASSIGNED or job.slot is None or job.job_id in self.finishing:
+            return
+        self._measure_extra(job, at)
+        self._release(job)
+        self.finishing[job.job_id] = job.slot
+
+    def _measure_extra(self, job: JobEntry, gpu_done: datetime) -> None:
+        if job.request is None or job.started_at is None or not job.seconds_per_step:
+            return
+        steps = job.request.num_inference_steps - job.first_step
+        extra = (gpu_done - job.started_at).total_seconds() - steps * job.seconds_per_step
+        self.extra_seconds[step_key(job.request)] = max(extra, 0.0)
+
+    def held_jobs(self) -> list[uuid.UUID]:
+        """Every job a slot holds: on its GPU, dispatched to follow, or storing its video."""
+        return [*self.assignments.values(), *self.queued_next.values(), *self.finishing]
 
     def _finish(self, job: JobEntry) -> None:
         self._dequeue(job)
@@ -182,13 +270,22 @@ class SchedulerState:
         if record.attempt > job.attempt or job.stage is not Stage.ASSIGNED:
             self._release(job)
             job.dispatch_offset = None
+            job.started_at = job.step_at = None
+            job.step = job.first_step = job.resume_step
+            job.preempt_at = None
             slot = self.slots.get(record.slot)
             job.boot_at_dispatch = slot.boot_id if slot is not None else None
         job.stage, job.attempt, job.slot, job.dispatch = Stage.ASSIGNED, record.attempt, record.slot, record
         if offset is not None:
             job.dispatch_offset = offset
-        self.assignments[record.slot] = job.job_id
-        self.mismatch_since.pop(record.slot, None)
+        if job.job_id in self.finishing:
+            return
+        current = self.assignments.get(record.slot)
+        if current is None or current == job.job_id:
+            self.assignments[record.slot] = job.job_id
+            self.mismatch_since.pop(record.slot, None)
+        elif self.queued_next.get(record.slot) in (None, job.job_id):
+            self.queued_next[record.slot] = job.job_id
 
     def on_event(self, event: JobEvent) -> None:
         """Fold one record of jobs.requested, jobs.events or jobs.control."""
@@ -206,10 +303,77 @@ class SchedulerState:
             job.cancel_requested = True
             if job.stage is Stage.WAITING:
                 self.cancel_waiting.add(job.job_id)
-        elif isinstance(event, JobCheckpointed) and event.attempt == job.attempt:
-            job.checkpoint_key = event.checkpoint_key
         elif event.type in TERMINAL_TYPES and event.attempt >= job.attempt:
+            if event.type is EventType.SUCCEEDED and job.job_id not in self.finishing:
+                self._measure_extra(job, event.occurred_at)
             self._finish(job)
+        elif event.attempt == job.attempt:
+            self._on_attempt_event(job, event)
+
+    def _on_attempt_event(self, job: JobEntry, event: JobEvent) -> None:
+        """What the current attempt's worker reports, and the scheduler's preempt requests for it."""
+        if isinstance(event, JobCheckpointed):
+            if event.step > job.resume_step:
+                self.checkpoint_steps = event.step - job.resume_step
+            job.checkpoint_key, job.resume_step = event.checkpoint_key, event.step
+        elif isinstance(event, JobPreemptRequested):
+            job.preempt_at = event.at_step if job.preempt_at is None else min(job.preempt_at, event.at_step)
+        elif isinstance(event, JobPreempted):
+            self._requeue(job, event)
+        elif isinstance(event, JobStarted):
+            job.started_at = event.occurred_at
+        elif isinstance(event, JobProgress):
+            self._on_progress(job, event)
+
+    def _on_progress(self, job: JobEntry, event: JobProgress) -> None:
+        if event.step is not None and event.step >= job.step:
+            job.step, job.step_at = event.step, event.occurred_at
+        if event.seconds_per_step:
+            job.seconds_per_step = event.seconds_per_step
+            if job.request is not None:
+                self.step_times[step_key(job.request)] = event.seconds_per_step
+        if event.phase in FINISHING_PHASES:
+            self._to_finishing(job, event.occurred_at)
+
+    def generating_left(self, job: JobEntry, now: datetime) -> timedelta | None:
+        """How long the job should still hold its slot's GPU: the steps left at the measured step time,
+        then (unless it hands back at a checkpoint) its measured GPU time beyond the steps."""
+        if job.request is None or job.started_at is None:
+            return None
+        key = step_key(job.request)
+        per_step = job.seconds_per_step or self.step_times.get(key)
+        extra = 0.0 if job.preempt_at is not None else self.extra_seconds.get(key)
+        if per_step is None or extra is None:
+            return None
+        since = job.step_at or job.started_at
+        last = job.request.num_inference_steps if job.preempt_at is None else job.preempt_at
+        steps_left = (last - job.step) * per_step - (now - since).total_seconds()
+        # Past the last step (negative), the time since it is spent from the extra.
+        return timedelta(seconds=max(steps_left + extra, 0.0))
+
+    def _requeue(self, job: JobEntry, event: JobPreempted) -> None:
+        if job.stage is not Stage.ASSIGNED:
+            return
+        self._release(job)
+        job.stage, job.slot, job.preempt_at = Stage.WAITING, None, None
+        job.checkpoint_key, job.resume_step = event.checkpoint_key, event.step
+        job.preemptions += 1
+        job.queued_at = event.occurred_at
+        self._enqueue(job)
+        if job.cancel_requested:
+            self.cancel_waiting.add(job.job_id)
+
+    def work_left(self, job: JobEntry) -> float | None:
+        """Seconds of GPU time a waiting job still needs, from the measured times of its kind."""
+        if job.request is None:
+            return None
+        key = step_key(job.request)
+        per_step = job.seconds_per_step or self.step_times.get(key)
+        if per_step is None:
+            return None
+        return (job.request.num_inference_steps - job.resume_step) * per_step + self.extra_seconds.get(
+            key, 0.0
+        )
 
     def _retry(self, job: JobEntry, next_attempt: int) -> None:
         if next_attempt <= job.attempt or job.stage is Stage.WAITING:
@@ -225,6 +389,7 @@ class SchedulerState:
         if current is not None and beat.occurred_at < current.seen_at:
             return  # an older beat read late
         reported = (beat.job_id, beat.attempt or 0) if beat.job_id is not None else None
+        finishing = frozenset((held.job_id, held.attempt) for held in beat.finishing)
         self.slots[beat.slot] = Slot(
             beat.slot,
             beat.occurred_at,
@@ -234,4 +399,9 @@ class SchedulerState:
             reported,
             beat.dispatch_position,
             beat.seconds_per_step,
+            finishing,
         )
+        for job_id, attempt in finishing:
+            job = self.jobs.get(job_id)
+            if job is not None and job.attempt == attempt and job.slot == beat.slot:
+                self._to_finishing(job, beat.occurred_at)

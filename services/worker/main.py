@@ -17,7 +17,17 @@ import torch
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from schemas.envelope import MalformedMessage, decode_event
-from schemas.events import EventType, JobCancelled, JobDispatched, JobEvent, SlotState, WorkerHeartbeat
+from schemas.events import (
+    EventType,
+    HeldJob,
+    JobCancelled,
+    JobDispatched,
+    JobEvent,
+    JobPreemptRequested,
+    JobRetrying,
+    SlotState,
+    WorkerHeartbeat,
+)
 from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH, JOBS_EVENTS, WORKERS_HEARTBEAT
 from services.common.errors import RetryableError
 from services.common.kafka import (
@@ -37,6 +47,8 @@ from services.worker.runner import JobRunner
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger("reelstream.worker")
+
+
 GROUP = "reelstream-worker"
 
 
@@ -52,6 +64,20 @@ class Worker:
         # The dispatch this slot holds from the moment it commits it until its run returns, so no
         # heartbeat in between says "read past the record, holding nothing".
         self.claimed: JobDispatched | None = None
+        # Runs still going: at most one denoising, the others storing their videos.
+        self.runs: set[asyncio.Task[str]] = set()
+        self.preempts: dict[tuple[uuid.UUID, int], JobPreemptRequested] = {}
+        self.superseded: dict[uuid.UUID, int] = {}  # job -> the newest attempt given up on
+
+    def _apply_preempt(self) -> None:
+        job = self.runner.current
+        if job is None:
+            return
+        asked = self.preempts.pop((job.dispatch.job_id, job.dispatch.attempt), None)
+        if asked is None:
+            return
+        if self.runner.preempt(asked.job_id, asked.attempt, asked.at_step, asked.reason):
+            log.info("job=%s will be handed back at step %d", asked.job_id, asked.at_step)
 
     # ---- heartbeats ------------------------------------------------------------------------------
     def heartbeat(self) -> WorkerHeartbeat:
@@ -68,6 +94,10 @@ class Worker:
             model=self.settings.model,
             seconds_per_step=self.runner.seconds_per_step,
             dispatch_position=self.position,
+            finishing=[
+                HeldJob(job_id=job.dispatch.job_id, attempt=job.dispatch.attempt)
+                for job in list(self.runner.finishing.values())
+            ],
         )
 
     async def beat(self) -> None:
@@ -86,6 +116,21 @@ class Worker:
 
     # ---- cancels ---------------------------------------------------------------------------------
     def on_control(self, event: JobEvent) -> None:
+        if isinstance(event, JobRetrying):
+            # The scheduler took an attempt of this job for lost: any older attempt here is stale.
+            self.superseded[event.job_id] = max(self.superseded.get(event.job_id, 0), event.attempt)
+            if self.runner.supersede(event.job_id, event.attempt):
+                log.warning(
+                    "job=%s: attempt %d was given up on; stopping it here", event.job_id, event.attempt
+                )
+            return
+        if isinstance(event, JobPreemptRequested):
+            # The request may come before the slot starts the job (look-ahead): kept until it does.
+            self.preempts[(event.job_id, event.attempt)] = event
+            if len(self.preempts) > 1000:
+                self.preempts.pop(next(iter(self.preempts)))
+            self._apply_preempt()
+            return
         if event.type is EventType.CANCEL_REQUESTED:
             self.cancelled[event.job_id] = datetime.now(UTC)
             if self.runner.cancel(event.job_id):
@@ -122,6 +167,9 @@ class Worker:
         self.claimed = event
         try:
             await self.commit(consumer, tp, msg.offset + 1)
+            if event.attempt <= self.superseded.get(event.job_id, 0):
+                log.warning("job=%s attempt=%d was given up on; not started", event.job_id, event.attempt)
+                return
             if event.job_id in self.cancelled:
                 cancelled = JobCancelled(
                     job_id=event.job_id, producer=self.runner.producer, attempt=event.attempt
@@ -129,11 +177,41 @@ class Worker:
                 await publish_event(self.producer, JOBS_EVENTS, cancelled)
                 return
             await self.beat()  # tell the scheduler at once that this slot holds the job
-            outcome = await self.runner.run(event)
-            log.info("job=%s attempt=%d %s", event.job_id, event.attempt, outcome)
+            generated = asyncio.Event()
+            run = asyncio.create_task(self._run(event, generated), name=f"job-{event.job_id}")
+            await asyncio.sleep(0)  # the run takes the GPU side (runner.current) before anything else
+            self._apply_preempt()
+            self.runs.add(run)
+            run.add_done_callback(self.runs.discard)
+            # The slot is free for the next job once this one's frames exist (or it ended); storing
+            # the video goes on meanwhile, up to `max_finishing` jobs at once.
+            waiting = asyncio.create_task(generated.wait())
+            await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
         finally:
             self.claimed = None
         await self.beat()
+        while len(self.runs) > self.settings.max_finishing:
+            await asyncio.wait(set(self.runs), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _run(self, event: JobDispatched, generated: asyncio.Event) -> str:
+        try:
+            outcome = await self.runner.run(event, on_generated=generated.set)
+        except Exception:
+            log.exception("job=%s attempt=%d: the run crashed", event.job_id, event.attempt)
+            raise
+        finally:
+            generated.set()
+        log.info("job=%s attempt=%d %s", event.job_id, event.attempt, outcome)
+        return outcome
+
+    async def finish(self, seconds: float) -> None:
+        """Let the jobs still storing their videos end (shutdown), for at most `seconds`."""
+        if self.runs:
+            _, pending = await asyncio.wait(set(self.runs), timeout=seconds)
+            for task in pending:
+                log.warning("%s still running at shutdown; cancelled", task.get_name())
+                task.cancel()
 
     async def commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         await consumer.commit({tp: offset})
@@ -226,6 +304,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event, generator: Genera
     finally:
         stop.set()
         worker.stopping = True
+        await worker.finish(settings.finish_timeout_seconds)
         await asyncio.gather(*tasks, drain, return_exceptions=True)
         await worker.beat()
         await dispatch.stop()

@@ -28,6 +28,7 @@ from schemas.events import (
     JobError,
     JobEvent,
     JobFailed,
+    JobPreempted,
     JobProgress,
     JobStarted,
     JobSucceeded,
@@ -63,10 +64,21 @@ class Abandoned(Exception):
     """The worker is shutting down: stop without a terminal event so the scheduler runs it elsewhere."""
 
 
+class Preempted(Exception):
+    """The scheduler asked for the job back: stop after a durable checkpoint; it resumes elsewhere."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"handed back after the checkpoint at step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+class Superseded(Exception):
+    """The scheduler gave the job to a newer attempt (this slot was taken for dead): stop quietly."""
+
+
 class RunState(StrEnum):
     IDLE = "idle"
     RUNNING = "running"
-    FINISHING = "finishing"
 
 
 class ArtifactStore(Protocol):
@@ -86,19 +98,26 @@ class CurrentJob:
     dispatch: JobDispatched
     cancel: threading.Event = field(default_factory=threading.Event)
     drain: threading.Event = field(default_factory=threading.Event)
+    superseded: threading.Event = field(default_factory=threading.Event)
     # itertools.count is safe to share between the loop and the generation thread.
     sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Events of the attempt are numbered and handed to the producer one at a time, so the log holds
+    # them in `sequence` order although progress, checkpoints and the end are sent by different tasks.
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
     seconds_per_step: float | None = None
     last_checkpoint_step: int = -1
     pump: ProgressPump | None = None
     # The checkpoint being stored while denoising goes on; at most one is in flight.
     saving: concurrent.futures.Future[int] | None = None
+    # Set by a preempt request (event loop), read by the generation thread: hand back at this step.
+    yield_at: int | None = None
+    yield_reason: str = ""
 
 
 class ProgressPump:
     """Publishes the newest progress at most every `interval` seconds; older unsent updates are dropped."""
 
-    def __init__(self, publish: Publish, interval: float) -> None:
+    def __init__(self, publish: Callable[[JobProgress], Awaitable[object]], interval: float) -> None:
         self._publish = publish
         self._interval = interval
         self._latest: JobProgress | None = None
@@ -158,7 +177,9 @@ class JobRunner:
         self.progress_interval = progress_interval
         self.upload_attempts = upload_attempts
         self.state = RunState.IDLE
+        # The job on the GPU, and the jobs whose video is being encoded and stored meanwhile.
         self.current: CurrentJob | None = None
+        self.finishing: dict[uuid.UUID, CurrentJob] = {}
 
     # ---- control from the event loop ------------------------------------------------------------
     def cancel(self, job_id: uuid.UUID) -> bool:
@@ -166,6 +187,27 @@ class JobRunner:
             self.current.cancel.set()
             return True
         return False
+
+    def supersede(self, job_id: uuid.UUID, lost_attempt: int) -> bool:
+        """The scheduler retried the job after `lost_attempt`: an attempt up to it that this slot still
+        runs or stores is stale. It stops within a step, stores no video and sends no terminal event."""
+        found = False
+        for job in [self.current, *self.finishing.values()]:
+            if job is not None and job.dispatch.job_id == job_id and job.dispatch.attempt <= lost_attempt:
+                job.superseded.set()
+                found = True
+        return found
+
+    def preempt(self, job_id: uuid.UUID, attempt: int, at_step: int, reason: str) -> bool:
+        """Hand the running attempt back after its first checkpoint at or after `at_step`."""
+        job = self.current
+        if job is None or job.dispatch.job_id != job_id or job.dispatch.attempt != attempt:
+            return False
+        if self.checkpoint_every == 0:
+            return False  # no checkpoints: it could only start over, which gains nothing
+        job.yield_reason = reason
+        job.yield_at = at_step if job.yield_at is None else min(job.yield_at, at_step)
+        return True
 
     def drain(self) -> None:
         """Shutting down: stop the running job at its next checkpoint (or step) without ending it."""
@@ -177,8 +219,12 @@ class JobRunner:
         return self.current.seconds_per_step if self.current else None
 
     # ---- one job ---------------------------------------------------------------------------------
-    async def run(self, dispatch: JobDispatched) -> str:
-        """Run a job to its terminal event; returns the outcome ("succeeded", "abandoned", ...)."""
+    async def run(self, dispatch: JobDispatched, on_generated: Callable[[], object] | None = None) -> str:
+        """Run a job to its terminal event; returns the outcome ("succeeded", "abandoned", ...).
+
+        Once denoising and decoding are done the GPU side is free: `on_generated` is called and the
+        next job may `run` while this one encodes and stores its video.
+        """
         if self.state is not RunState.IDLE:
             raise RuntimeError(f"slot {self.slot} is {self.state}; one job at a time")
         job = CurrentJob(dispatch)
@@ -186,18 +232,26 @@ class JobRunner:
         outcome = "abandoned"
         try:
             await self._emit(job, JobStarted, slot=self.slot, worker_id=self.producer)
-            outcome = await self._attempt(job)
+            outcome = await self._attempt(job, on_generated)
         finally:
-            if outcome != "abandoned":
+            if outcome not in ("abandoned", "preempted", "superseded"):
                 await self._delete_checkpoints(job)
-            self.current, self.state = None, RunState.IDLE
+            self.finishing.pop(dispatch.job_id, None)
+            self._release(job)
         return outcome
 
-    async def _attempt(self, job: CurrentJob) -> str:
+    def _release(self, job: CurrentJob) -> None:
+        if self.current is job:
+            self.current, self.state = None, RunState.IDLE
+
+    async def _attempt(self, job: CurrentJob, on_generated: Callable[[], object] | None) -> str:
         d = job.dispatch
         try:
             video = await self._generate(job, await self._load_resume(d))
-            self.state = RunState.FINISHING
+            self.finishing[d.job_id] = job
+            self._release(job)
+            if on_generated is not None:
+                on_generated()
             result = await self._store_artifacts(job, video)
             await self._terminal(
                 job, JobSucceeded, result=result, generation_seconds=video.generation_seconds
@@ -206,6 +260,18 @@ class JobRunner:
         except Abandoned:
             log.info("abandoned job=%s attempt=%d at shutdown", d.job_id, d.attempt)
             return "abandoned"
+        except Superseded:
+            # Its checkpoints stay: the newer attempt may be resuming from one of them.
+            log.warning("job=%s attempt=%d superseded by a newer attempt; stopped", d.job_id, d.attempt)
+            return "superseded"
+        except Preempted as p:
+            log.info("job=%s attempt=%d %s", d.job_id, d.attempt, p)
+            key = checkpoint_key(d.job_id, d.attempt, p.step)
+            total = d.request.num_inference_steps
+            await self._terminal(
+                job, JobPreempted, step=p.step, total_steps=total, checkpoint_key=key, reason=p.reason
+            )
+            return "preempted"
         except Cancelled:
             at = job.last_checkpoint_step if job.last_checkpoint_step >= 0 else None
             await self._terminal(job, JobCancelled, reason="requested by client", at_step=at)
@@ -222,13 +288,23 @@ class JobRunner:
     # ---- events ------------------------------------------------------------------------------------
     async def _emit(self, job: CurrentJob, kind: type[JobEvent], attempts: int = 6, **fields: object) -> None:
         d = job.dispatch
-        event = kind(
-            job_id=d.job_id, producer=self.producer, attempt=d.attempt, sequence=next(job.sequence), **fields
-        )
-        await retry(f"publish {event.type}", lambda: self.publish(event), attempts=attempts)
+        async with job.sending:
+            event = kind(
+                job_id=d.job_id,
+                producer=self.producer,
+                attempt=d.attempt,
+                sequence=next(job.sequence),
+                **fields,
+            )
+            await retry(f"publish {event.type}", lambda: self.publish(event), attempts=attempts)
+
+    async def _send_progress(self, job: CurrentJob, event: JobProgress) -> object:
+        async with job.sending:
+            return await self.publish(event.model_copy(update={"sequence": next(job.sequence)}))
 
     async def _terminal(self, job: CurrentJob, kind: type[JobEvent], **fields: object) -> None:
-        """Terminal events are retried for minutes: losing one would leave the job open forever."""
+        """The last event of an attempt (terminal, or the hand-back of a preempted one) is retried for
+        minutes: losing it would leave the job open forever."""
         if job.pump is not None:
             await job.pump.close()
         await self._emit(job, kind, attempts=40, **fields)
@@ -245,7 +321,6 @@ class JobRunner:
             job_id=d.job_id,
             producer=self.producer,
             attempt=d.attempt,
-            sequence=next(job.sequence),
             phase=phase,
             progress=min(max(value, 0.0), 1.0),
             step=step.step if step else None,
@@ -256,13 +331,18 @@ class JobRunner:
     # ---- generation on the worker thread -------------------------------------------------------------
     async def _generate(self, job: CurrentJob, resume: ResumeState | None) -> GeneratedVideo:
         loop = asyncio.get_running_loop()
-        pump = job.pump = ProgressPump(self.publish, self.progress_interval)
+        pump = job.pump = ProgressPump(
+            lambda event: self._send_progress(job, event),
+            self.progress_interval,
+        )
 
         def on_phase(phase: Phase) -> None:
             loop.call_soon_threadsafe(pump.offer, self._progress(job, phase, PHASE_WEIGHT.get(phase, 0.0)))
 
         def on_step(info: StepInfo) -> None:
             job.seconds_per_step = info.seconds_per_step
+            if job.superseded.is_set():
+                raise Superseded(f"superseded at step {info.step}")
             if job.cancel.is_set():
                 raise Cancelled(f"cancelled at step {info.step}")
             if job.drain.is_set() and self.checkpoint_every == 0:
@@ -279,6 +359,10 @@ class JobRunner:
             if job.drain.is_set():
                 self._settle(job)
                 raise Abandoned(f"shutting down after the checkpoint at step {state.step}")
+            if job.yield_at is not None and state.step >= job.yield_at:
+                self._settle(job)
+                if job.last_checkpoint_step == state.step:  # only after a durable checkpoint
+                    raise Preempted(state.step, job.yield_reason)
 
         try:
             return await asyncio.to_thread(
@@ -342,8 +426,13 @@ class JobRunner:
             pump.offer(self._progress(job, Phase.UPLOADING, PHASE_WEIGHT[Phase.UPLOADING]))
             vkey, pkey = video_key(d.job_id, d.attempt), poster_key(d.job_id, d.attempt)
             n = self.upload_attempts
+            if job.superseded.is_set():
+                raise Superseded("superseded before its upload")
             await retry("upload video", lambda: self.store.put_file(vkey, str(path), "video/mp4"), attempts=n)
             await retry("upload poster", lambda: self.store.put_bytes(pkey, poster, "image/jpeg"), attempts=n)
+            if job.superseded.is_set():  # told during the upload: take back what this attempt stored
+                await self.store.delete_prefix(f"jobs/{d.job_id}/attempt-{d.attempt}/")
+                raise Superseded("superseded during its upload")
             frames, height, width = video.frames.shape[0], video.frames.shape[1], video.frames.shape[2]
             return VideoResult(
                 video_key=vkey,

@@ -39,6 +39,17 @@ class WorkerSettings(CommonSettings):
     progress_interval_seconds: float = Field(default=0.25, ge=0)
     control_lookback_seconds: int = Field(default=3600, ge=0)
     upload_attempts: int = Field(default=6, ge=1)
+    max_finishing: int = Field(
+        default=2,
+        ge=0,
+        description=(
+            "Jobs that may encode and store their video while the slot already denoises the next one; "
+            "0 = the slot takes the next job only when the previous has ended."
+        ),
+    )
+    finish_timeout_seconds: float = Field(
+        default=120, gt=0, description="At shutdown, how long jobs still storing their video may take."
+    )
 
     @model_validator(mode="after")
     def _slot_and_model(self) -> Self:

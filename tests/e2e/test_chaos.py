@@ -9,6 +9,7 @@ runs inside the e2e session's lock on `.run/services.lock`, so nobody else uses 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 import uuid
@@ -220,6 +221,37 @@ async def test_worker_killed_and_left_down_the_other_slot_takes_over(
     outcomes = await check_delivery(client, [job_id, later["id"]], chaos)
     assert outcomes[job_id].attempt == 2 and outcomes[job_id].slot == dispatched.event.slot
     assert outcomes[later["id"]].attempt == 1
+
+
+@pytest.mark.timeout(300)
+async def test_worker_paused_past_the_silence_stops_its_stale_attempt(
+    client: httpx.AsyncClient, chaos: LogMark
+) -> None:
+    """A worker that is only cut off (SIGSTOP, as in a long GC pause or a network partition) is taken
+    for dead; when it comes back (SIGCONT) its attempt is stale: it must stop without storing a video
+    or sending an event that counts, while the newer attempt finishes the job."""
+    async with Tap(JOBS_EVENTS, WORKERS_HEARTBEAT) as tap:
+        job_id = (await submit(client, **LONG_JOB, seed=104, prompt="chaos: a worker pauses"))["id"]
+        started = await tap.wait_for(of(job_id, "job.started", 1), 90, f"job.started of {job_id}")
+        slot: int = started.event.slot
+        await tap.wait_for(of(job_id, "job.checkpointed", 1), 60, f"first checkpoint of {job_id}")
+        pid = pid_of(f"worker-{slot}")
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            retrying = await tap.wait_for(of(job_id, "job.retrying"), 60, "job.retrying after the silence")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        done = await tap.wait_for(_finished(job_id), 150, "a terminal event after the retry")
+        await asyncio.sleep(3)  # what the stale attempt sends after it woke up reaches the tap
+    stale = [s.type for s in tap.events(job_id, attempt=1) if s.at > retrying.at]
+    assert not {"job.succeeded", "job.failed", "job.cancelled"} & set(stale), stale
+    assert (done.type, done.event.attempt) == ("job.succeeded", 2)
+    assert chaos.grep(f"worker-{slot}", f"job={job_id}: attempt 1 was given up on"), (
+        "the paused worker did not learn that its attempt was given up on"
+    )
+    outcome = (await check_delivery(client, [job_id], chaos))[job_id]  # one MP4, no checkpoints left
+    assert outcome.attempt == 2
 
 
 def new_dispatch(ours: set[str], before: list[Seen]) -> Callable[[Seen], bool]:

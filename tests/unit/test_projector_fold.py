@@ -24,6 +24,7 @@ from schemas.events import (
     JobError,
     JobEvent,
     JobFailed,
+    JobPreempted,
     JobProgress,
     JobRequested,
     JobRetrying,
@@ -265,6 +266,26 @@ def test_retrying_puts_the_job_back_in_the_queue() -> None:
         JobStatus.QUEUED, Phase.QUEUED, None, None, None,
     )  # fmt: skip
     assert view.attempt == 1  # the next dispatch sets the new attempt
+
+
+def test_a_preempted_job_waits_again_with_its_progress_and_checkpoint() -> None:
+    handed_back = JobPreempted(
+        job_id=JOB, occurred_at=at(5), producer="w", attempt=1, step=2, total_steps=4,
+        checkpoint_key="ck/2", reason="balance",
+    )  # fmt: skip
+    events = [requested(0), dispatched(1, 1), started(1, 2), progress(1, 3, 2), handed_back]
+    _, view = project(events)
+    assert view is not None
+    assert (view.status, view.phase, view.dispatched_at, view.step, view.total_steps) == (
+        JobStatus.QUEUED, Phase.QUEUED, None, 2, 4,
+    )  # fmt: skip
+    assert view.checkpoint_key == "ck/2" and view.attempt == 1
+    _, view = project([*events, dispatched(2, 6), started(2, 7)])
+    assert view is not None and (view.status, view.attempt) == (JobStatus.RUNNING, 2)
+    # A hand-back from an attempt that was already superseded changes nothing.
+    _, view = project([*events[:-1], retrying(1, 4), dispatched(2, 4.5), handed_back])
+    assert view is not None and (view.status, view.attempt) == (JobStatus.QUEUED, 2)
+    assert view.dispatched_at == at(4.5)
 
 
 def test_dispatch_and_retry_never_go_backwards() -> None:

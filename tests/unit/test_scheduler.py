@@ -10,20 +10,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.events import (
+    HeldJob,
     JobCancelled,
     JobCancelRequested,
     JobCheckpointed,
     JobDispatched,
+    JobPreempted,
+    JobPreemptRequested,
+    JobProgress,
     JobRequested,
+    JobStarted,
     JobSucceeded,
     SlotState,
     VideoResult,
     WorkerHeartbeat,
 )
-from schemas.jobs import JobRequest, Priority, resolve
+from schemas.jobs import JobRequest, Phase, Priority, resolve
 from services.scheduler.main import decision_event
 from services.scheduler.plan import plan
-from services.scheduler.state import Dispatch, Finish, Retry, SchedulerState
+from services.scheduler.state import Dispatch, Finish, Preempt, Retry, SchedulerState, step_key
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BOOT = uuid.uuid4()
@@ -326,3 +331,172 @@ def test_an_announced_dispatch_without_its_record_is_known_as_assigned() -> None
     assert entry.stage.value == "assigned" and entry.dispatch_offset is None and entry.dispatch == announced
     state.on_dispatch(announced, 4)
     assert state.jobs[job.job_id].dispatch_offset == 4
+
+
+# ---- finishing and look-ahead: no GPU waits for a video upload or a dispatch round trip ----------
+
+
+def started(state: SchedulerState, job_id: uuid.UUID, attempt: int, at: datetime) -> None:
+    state.on_event(
+        JobStarted(job_id=job_id, producer="w", attempt=attempt, occurred_at=at, slot=0, worker_id="w")
+    )
+
+
+def progress(
+    state: SchedulerState,
+    job_id: uuid.UUID,
+    attempt: int,
+    at: datetime,
+    *,
+    step: int | None = None,
+    phase: Phase = Phase.DENOISING,
+    per_step: float | None = 1.0,
+) -> None:
+    job = state.jobs[job_id]
+    assert job.request is not None
+    state.on_event(
+        JobProgress(
+            job_id=job_id,
+            producer="w",
+            attempt=attempt,
+            occurred_at=at,
+            phase=phase,
+            progress=0.5,
+            step=step,
+            total_steps=job.request.num_inference_steps,
+            seconds_per_step=per_step,
+        )
+    )
+
+
+def one_slot_running(lookahead: float = 0.0) -> tuple[SchedulerState, JobRequested, JobRequested]:
+    state = make_state(slots=1)
+    state.lookahead = timedelta(seconds=lookahead)
+    state.on_heartbeat(beat(0, T0))
+    first, second = submit(state), submit(state, at=T0 + timedelta(seconds=1))
+    decisions = plan(state, T0)
+    assert [(d.job_id, d.slot) for d in decisions if isinstance(d, Dispatch)] == [(first.job_id, 0)]
+    carry_out(state, decisions, offset=0)
+    started(state, first.job_id, 1, T0)
+    return state, first, second
+
+
+def test_a_slot_storing_a_video_takes_the_next_job_and_still_answers_for_the_first() -> None:
+    state, first, second = one_slot_running()
+    now = T0 + timedelta(seconds=2)
+    assert plan(state, now) == []  # denoising: the slot is busy
+    finishing = beat(0, now, position=1).model_copy(
+        update={"finishing": [HeldJob(job_id=first.job_id, attempt=1)]}
+    )
+    state.on_heartbeat(finishing)
+    decisions = plan(state, now)
+    assert [(d.job_id, d.slot) for d in decisions if isinstance(d, Dispatch)] == [(second.job_id, 0)]
+    carry_out(state, decisions, offset=1)
+    assert state.assignments[0] == second.job_id and state.finishing == {first.job_id: 0}
+    # The slot dies while storing the first video: both jobs are recovered.
+    for second_ in range(12):  # the scheduler itself hears the other slots all along
+        state.on_input(now + timedelta(seconds=second_))
+    later = now + timedelta(seconds=11)
+    retried = {d.job_id for d in plan(state, later) if isinstance(d, Retry)}
+    assert retried == {first.job_id, second.job_id}
+
+
+def test_a_finishing_phase_frees_the_slot_and_the_terminal_event_ends_it() -> None:
+    state, first, second = one_slot_running()
+    now = T0 + timedelta(seconds=2)
+    progress(state, first.job_id, 1, now, phase=Phase.ENCODING_VIDEO)
+    carry_out(state, plan(state, now), offset=1)
+    assert state.assignments[0] == second.job_id
+    succeed(state, first.job_id, 1)
+    assert first.job_id not in state.finishing and first.job_id not in state.jobs
+    assert state.assignments[0] == second.job_id
+
+
+def test_the_gpu_time_beyond_the_steps_is_measured_per_kind_of_job() -> None:
+    state, first, _ = one_slot_running()
+    steps = first.request.num_inference_steps
+    progress(state, first.job_id, 1, T0 + timedelta(seconds=1), step=1, per_step=1.0)
+    # Started at T0, `steps` seconds of steps, frames made 3 s later (prompt encoding, VAE decode).
+    progress(state, first.job_id, 1, T0 + timedelta(seconds=steps + 3), phase=Phase.ENCODING_VIDEO)
+    assert list(state.extra_seconds.values()) == [3.0]
+
+
+def test_look_ahead_dispatches_the_next_job_shortly_before_the_slot_is_free() -> None:
+    state, first, second = one_slot_running(lookahead=2.0)
+    steps = second.request.num_inference_steps
+    state.extra_seconds[step_key(first.request)] = 1.0  # measured on earlier jobs of this kind
+    progress(state, first.job_id, 1, T0 + timedelta(seconds=1), step=1, per_step=1.0)
+    early = T0 + timedelta(seconds=1)  # steps - 1 seconds of denoising left, then 1 s of decoding
+    assert steps - 1 > 2 and plan(state, early) == []
+    near = T0 + timedelta(seconds=steps - 1)  # within 2 s of the end
+    decisions = plan(state, near)
+    assert [(d.job_id, d.slot) for d in decisions if isinstance(d, Dispatch)] == [(second.job_id, 0)]
+    carry_out(state, decisions, offset=1)
+    assert state.assignments[0] == first.job_id and state.queued_next[0] == second.job_id
+    assert plan(state, near) == []  # one follower per slot
+    # Not read yet by the slot (position 1 is its offset): not lost while the slot beats.
+    state.on_heartbeat(beat(0, near, job=(first.job_id, 1), position=1, state=SlotState.BUSY))
+    assert plan(state, near + timedelta(seconds=1)) == []
+    succeed(state, first.job_id, 1)
+    assert state.assignments[0] == second.job_id and 0 not in state.queued_next
+
+
+def test_look_ahead_waits_for_measured_times() -> None:
+    state, first, _ = one_slot_running(lookahead=2.0)
+    later = T0 + timedelta(seconds=9)
+    state.on_heartbeat(beat(0, later, job=(first.job_id, 1), position=1, state=SlotState.BUSY))
+    assert plan(state, later) == []  # nothing measured for this model and size yet: no guess
+
+
+def test_a_preempted_job_waits_behind_the_jobs_already_waiting_and_resumes_from_its_checkpoint() -> None:
+    state, first, second = one_slot_running()
+    asked = JobPreemptRequested(job_id=first.job_id, producer="scheduler", attempt=1, at_step=4, reason="r")
+    state.on_event(asked)
+    assert state.jobs[first.job_id].preempt_at == 4
+    handed = JobPreempted(
+        job_id=first.job_id,
+        producer="w",
+        attempt=1,
+        step=4,
+        total_steps=first.request.num_inference_steps,
+        checkpoint_key="ck/4",
+        reason="r",
+        occurred_at=T0 + timedelta(seconds=5),
+    )
+    state.on_event(handed)
+    later = T0 + timedelta(seconds=5)
+    state.on_heartbeat(beat(0, later, position=1))
+    decisions = plan(state, later)
+    # `second` waited since T0 + 1 s, before the hand-back at T0 + 5 s: it goes first.
+    assert [d.job_id for d in decisions if isinstance(d, Dispatch)] == [second.job_id]
+    carry_out(state, decisions, offset=1)
+    succeed(state, second.job_id, 1)
+    decisions = plan(state, later)
+    assert decisions == [Dispatch(first.job_id, 0, 2, first.request, "ck/4")]
+    # A hand-back is not a failure: the attempts left are unchanged.
+    assert state.jobs[first.job_id].failed_attempts == 0
+
+
+def test_balance_asks_running_batch_jobs_back_only_when_the_lane_would_end_in_a_tail() -> None:
+    state = make_state(slots=2)
+    state.balance_gain = timedelta(seconds=1)
+    for slot in (0, 1):
+        state.on_heartbeat(beat(slot, T0))
+    jobs = [submit(state, Priority.BATCH, at=T0 + timedelta(milliseconds=i)) for i in range(3)]
+    carry_out(state, plan(state, T0))
+    steps = jobs[0].request.num_inference_steps
+    for job in jobs[:2]:
+        started(state, job.job_id, 1, T0)
+        progress(state, job.job_id, 1, T0, step=0, per_step=1.0)
+    # Two running, one waiting, all of `steps` seconds: without a hand-back the third runs alone
+    # after the others; balanced, all end at 1.5 x steps.
+    decisions = plan(state, T0)
+    assert len(decisions) == 1 and isinstance(decisions[0], Preempt)
+    assert decisions[0].job_id in {jobs[0].job_id, jobs[1].job_id}
+    assert decisions[0].at_step == steps // 2
+    state.on_event(
+        JobPreemptRequested(
+            job_id=decisions[0].job_id, producer="scheduler", attempt=1, at_step=steps // 2, reason="r"
+        )
+    )
+    assert plan(state, T0) == []  # the tail is gone: nothing more to ask

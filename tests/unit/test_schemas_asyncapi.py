@@ -107,7 +107,7 @@ def test_operations_point_at_channels_and_their_messages(doc: dict[str, Any]) ->
     [
         ("api", "send", {"jobs.requested", "jobs.control"}),
         ("scheduler", "receive", {"jobs.requested", "jobs.events", "jobs.control", "workers.heartbeat"}),
-        ("scheduler", "send", {"jobs.dispatch", "jobs.events", "dlq"}),
+        ("scheduler", "send", {"jobs.dispatch", "jobs.events", "jobs.control", "dlq"}),
         ("worker", "receive", {"jobs.dispatch", "jobs.control"}),
         ("worker", "send", {"jobs.events", "workers.heartbeat", "dlq"}),
         ("projector", "receive", {"jobs.requested", "jobs.events"}),
