@@ -70,6 +70,15 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dead-after", type=float, default=5.0, help="scheduler: heartbeat silence = dead")
     p.add_argument("--lost-grace", type=float, default=3.0, help="scheduler: restarted-slot grace")
     p.add_argument("--tick", type=float, default=0.2, help="scheduler: longest wait between plans")
+    p.add_argument(
+        "--lookahead", type=float, default=0.5, help="scheduler: dispatch this long before a slot is free"
+    )
+    p.add_argument(
+        "--balance-gain",
+        type=float,
+        default=1.2,
+        help="scheduler: least slot time a preemption must save (its default 60 s / scale); 0 = no balancing",
+    )
     p.add_argument("--json", type=Path, default=ROOT / "out" / "fleet.json")
     args = p.parse_args(argv)
     args.phases = args.only or ["burst", "poisson", "kill"]

@@ -24,6 +24,7 @@ from schemas.events import (
     JobCancelRequested,
     JobDispatched,
     JobEvent,
+    JobPreempted,
     JobProgress,
     JobRequested,
     JobRetrying,
@@ -166,6 +167,7 @@ class Collector:
             track.slots[attempt], track.resume[attempt] = event.slot, event.resume_checkpoint
             outcome.dispatched = outcome.dispatched or t
         elif isinstance(event, JobStarted):
+            outcome.spans.setdefault(attempt, [event.slot, t, None])
             track.started.setdefault(attempt, t)
             track.slots[attempt] = event.slot
             if outcome.started is None:
@@ -175,11 +177,23 @@ class Collector:
             self._progress(track, key, event, t)
         elif isinstance(event, JobRetrying):
             track.retried_at = track.retried_at or t
+        elif isinstance(event, JobPreempted):
+            outcome.preemptions += 1
+            self._gpu_done(outcome, attempt, t)
         elif event.type in TERMINAL_TYPES and track.outcome.ended is None:
+            self._gpu_done(outcome, attempt, t)
             track.outcome.ended, track.outcome.status = t, event.type.removeprefix("job.")
             self.view.ended(key)
 
+    @staticmethod
+    def _gpu_done(outcome: Outcome, attempt: int, t: float) -> None:
+        span = outcome.spans.get(attempt)
+        if span is not None and span[2] is None:
+            span[2] = t
+
     def _progress(self, track: Track, key: str, event: JobProgress, t: float) -> None:
+        if event.phase in (Phase.ENCODING_VIDEO, Phase.UPLOADING):
+            self._gpu_done(track.outcome, event.attempt, t)
         if event.phase is Phase.UPLOADING and track.outcome.uploading is None:
             track.outcome.uploading = t
         if event.step is not None:

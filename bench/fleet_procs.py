@@ -92,6 +92,9 @@ class Procs:
             "REELSTREAM_DEAD_AFTER_SECONDS": str(args.dead_after),
             "REELSTREAM_LOST_GRACE_SECONDS": str(args.lost_grace),
             "REELSTREAM_RESERVED_INTERACTIVE_SLOTS": "0",
+            "REELSTREAM_LOOKAHEAD_SECONDS": str(args.lookahead),
+            "REELSTREAM_BALANCE_BATCH": "true" if args.balance_gain > 0 else "false",
+            "REELSTREAM_BALANCE_MIN_GAIN_SECONDS": str(args.balance_gain or 1),
         }
         self.start("scheduler", [PY, "-m", "services.scheduler.main"], env, "rebuilt state")
 

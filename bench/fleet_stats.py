@@ -176,6 +176,9 @@ class Outcome:
     ended: float | None = None
     status: str | None = None
     slot: int | None = None
+    # Per attempt: [slot, denoising started, GPU side done (frames made, handed back or ended)].
+    spans: dict[int, list[Any]] = field(default_factory=dict)
+    preemptions: int = 0
 
 
 def _waits(outcomes: Iterable[Outcome], lane: str) -> list[float]:
@@ -230,11 +233,13 @@ def overheads(outcomes: Iterable[Outcome], scale: float, lane: str) -> dict[str,
 
 
 def slot_gaps(outcomes: Iterable[Outcome]) -> list[float]:
-    """Idle time of a slot between the end of one job and the start of its next one."""
+    """Idle time of a slot's GPU side: from one attempt's frames being made (or its hand-back, or its
+    end) to the start of the slot's next attempt. Encoding and storing a video overlap the next job."""
     by_slot: dict[int, list[tuple[float, float]]] = {}
     for o in outcomes:
-        if o.slot is not None and o.started is not None and o.ended is not None:
-            by_slot.setdefault(o.slot, []).append((o.started, o.ended))
+        for slot, start, done in o.spans.values():
+            if start is not None and done is not None:
+                by_slot.setdefault(slot, []).append((start, done))
     gaps = []
     for spans in by_slot.values():
         spans.sort()
@@ -262,6 +267,7 @@ def summarize(
         "eta_rule": _error_stats(rule),
         "eta_api": _error_stats(api),
         "slot_gap": _spread(slot_gaps(outcomes)),
+        "preemptions": sum(o.preemptions for o in outcomes),
     }
     for lane in LANES:
         out[f"wait_{lane}"] = _spread(_waits(outcomes, lane))

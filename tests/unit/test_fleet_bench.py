@@ -120,12 +120,21 @@ def test_summary_of_a_perfectly_packed_fleet() -> None:
     assert s["eta_api"]["n"] == 0
 
 
-def test_slot_gaps_are_the_idle_time_between_jobs_of_one_slot() -> None:
-    def done(slot: int, start: float, end: float) -> object:
-        return fs.Outcome(fs.SHORT, 0.0, started=start, ended=end, status="succeeded", slot=slot)
+def test_slot_gaps_are_the_gpu_idle_time_between_attempts_on_one_slot() -> None:
+    def done(*spans: tuple[int, float, float]) -> object:
+        o = fs.Outcome(fs.SHORT, 0.0, status="succeeded")
+        o.spans = {attempt: list(span) for attempt, span in enumerate(spans, 1)}
+        return o
 
-    outcomes = [done(0, 0.0, 1.0), done(0, 1.5, 2.0), done(1, 0.0, 3.0), done(0, 2.25, 3.0)]
-    assert sorted(fs.slot_gaps(outcomes)) == [0.25, 0.5]
+    # Slot 0 runs a job to 1.0, the next from 1.5 (handed back at 2.0, resumed on slot 1 from 3.0),
+    # then one from 2.25; a job whose video is stored after its frames overlaps nothing here.
+    outcomes = [
+        done((0, 0.0, 1.0)),
+        done((0, 1.5, 2.0), (1, 3.0, 4.0)),
+        done((1, 0.0, 3.0)),
+        done((0, 2.25, 3.0)),
+    ]
+    assert sorted(fs.slot_gaps(outcomes)) == [0.0, 0.25, 0.5]
 
 
 def test_overhead_splits_dispatch_generation_and_upload() -> None:
