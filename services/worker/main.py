@@ -68,6 +68,7 @@ class Worker:
         self.runs: set[asyncio.Task[str]] = set()
         self.preempts: dict[tuple[uuid.UUID, int], JobPreemptRequested] = {}
         self.superseded: dict[uuid.UUID, int] = {}  # job -> the newest attempt given up on
+        self.sending: set[asyncio.Task[None]] = set()  # heartbeats on their way
 
     def _apply_preempt(self) -> None:
         job = self.runner.current
@@ -106,6 +107,21 @@ class Worker:
                 await publish_heartbeat(self.producer, WORKERS_HEARTBEAT, self.heartbeat())
         except (RetryableError, TimeoutError) as e:
             log.warning("heartbeat not sent: %s", e)
+
+    def beat_soon(self) -> None:
+        """A heartbeat of the slot as it is now, sent without holding up the caller (the next job)."""
+        beat = self.heartbeat()
+
+        async def send() -> None:
+            try:
+                async with asyncio.timeout(5):
+                    await publish_heartbeat(self.producer, WORKERS_HEARTBEAT, beat)
+            except (RetryableError, TimeoutError) as e:
+                log.warning("heartbeat not sent: %s", e)
+
+        task = asyncio.create_task(send(), name="heartbeat-now")
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
 
     async def heartbeat_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -176,7 +192,7 @@ class Worker:
                 )
                 await publish_event(self.producer, JOBS_EVENTS, cancelled)
                 return
-            await self.beat()  # tell the scheduler at once that this slot holds the job
+            self.beat_soon()  # tell the scheduler at once that this slot holds the job
             generated = asyncio.Event()
             run = asyncio.create_task(self._run(event, generated), name=f"job-{event.job_id}")
             await asyncio.sleep(0)  # the run takes the GPU side (runner.current) before anything else
@@ -190,7 +206,7 @@ class Worker:
             waiting.cancel()
         finally:
             self.claimed = None
-        await self.beat()
+        self.beat_soon()  # the slot is free: the scheduler may send the next job
         while len(self.runs) > self.settings.max_finishing:
             await asyncio.wait(set(self.runs), return_when=asyncio.FIRST_COMPLETED)
 
@@ -305,7 +321,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event, generator: Genera
         stop.set()
         worker.stopping = True
         await worker.finish(settings.finish_timeout_seconds)
-        await asyncio.gather(*tasks, drain, return_exceptions=True)
+        await asyncio.gather(*tasks, drain, *worker.sending, return_exceptions=True)
         await worker.beat()
         await dispatch.stop()
         await control.stop()

@@ -230,10 +230,14 @@ class JobRunner:
         job = CurrentJob(dispatch)
         self.current, self.state = job, RunState.RUNNING
         outcome = "abandoned"
+        # job.started is sent while the generation starts (it holds the send lock, so it still comes
+        # first in the log): on short jobs the acknowledged round trip is a share of the GPU time.
+        await job.sending.acquire()
+        started = asyncio.create_task(self._send_started(job))
         try:
-            await self._emit(job, JobStarted, slot=self.slot, worker_id=self.producer)
             outcome = await self._attempt(job, on_generated)
         finally:
+            await asyncio.gather(started, return_exceptions=True)
             if outcome not in ("abandoned", "preempted", "superseded"):
                 await self._delete_checkpoints(job)
             self.finishing.pop(dispatch.job_id, None)
@@ -297,6 +301,24 @@ class JobRunner:
                 **fields,
             )
             await retry(f"publish {event.type}", lambda: self.publish(event), attempts=attempts)
+
+    async def _send_started(self, job: CurrentJob) -> None:
+        """Send job.started; the caller acquired `job.sending` for it."""
+        d = job.dispatch
+        try:
+            event = JobStarted(
+                job_id=d.job_id,
+                producer=self.producer,
+                attempt=d.attempt,
+                sequence=next(job.sequence),
+                slot=self.slot,
+                worker_id=self.producer,
+            )
+            await retry(f"publish {event.type}", lambda: self.publish(event))
+        except RetryableError as e:
+            log.warning("job.started of job=%s not sent: %s", d.job_id, e)
+        finally:
+            job.sending.release()
 
     async def _send_progress(self, job: CurrentJob, event: JobProgress) -> object:
         async with job.sending:

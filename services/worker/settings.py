@@ -48,7 +48,12 @@ class WorkerSettings(CommonSettings):
         ),
     )
     finish_timeout_seconds: float = Field(
-        default=120, gt=0, description="At shutdown, how long jobs still storing their video may take."
+        default=45,
+        gt=0,
+        description=(
+            "At shutdown, after the running job stopped at a checkpoint, how long jobs still storing their "
+            "video may take (together within the pod's 120 s grace period)."
+        ),
     )
 
     @model_validator(mode="after")
