@@ -20,7 +20,6 @@ from services.scheduler.state import (
     Retry,
     SchedulerState,
     Slot,
-    step_key,
 )
 
 
@@ -174,6 +173,11 @@ class _Running:
     step_now: float
 
 
+def _job_in(state: SchedulerState, held: dict[int, uuid.UUID], slot: int) -> JobEntry | None:
+    job_id = held.get(slot)
+    return state.jobs.get(job_id) if job_id is not None else None
+
+
 def _batch_picture(
     state: SchedulerState, alive: list[Slot], now: datetime
 ) -> tuple[list[float], list[tuple[float, float]], list[_Running]] | None:
@@ -184,11 +188,11 @@ def _batch_picture(
     remainders: list[tuple[float, float]] = []
     movable: list[_Running] = []
     for index, slot in enumerate(alive):
-        running = state.jobs.get(state.assignments.get(slot.slot) or uuid.UUID(int=0))
-        follower = state.jobs.get(state.queued_next.get(slot.slot) or uuid.UUID(int=0))
+        running = _job_in(state, state.assignments, slot.slot)
+        follower = _job_in(state, state.queued_next, slot.slot)
         at, candidate = 0.0, None
         if running is not None and running.request is not None:
-            per_step = running.seconds_per_step or state.step_times.get(step_key(running.request))
+            per_step = state.step_time(running)
             remaining = state.generating_left(running, now)
             work = remaining.total_seconds() if remaining is not None else state.work_left(running)
             if per_step is None or work is None:

@@ -335,14 +335,19 @@ class SchedulerState:
         if event.phase in FINISHING_PHASES:
             self._to_finishing(job, event.occurred_at)
 
+    def step_time(self, job: JobEntry) -> float | None:
+        """The job's own measured seconds per step, else the last measured for its kind."""
+        if job.request is None:
+            return None
+        return job.seconds_per_step or self.step_times.get(step_key(job.request))
+
     def generating_left(self, job: JobEntry, now: datetime) -> timedelta | None:
         """How long the job should still hold its slot's GPU: the steps left at the measured step time,
         then (unless it hands back at a checkpoint) its measured GPU time beyond the steps."""
         if job.request is None or job.started_at is None:
             return None
-        key = step_key(job.request)
-        per_step = job.seconds_per_step or self.step_times.get(key)
-        extra = 0.0 if job.preempt_at is not None else self.extra_seconds.get(key)
+        per_step = self.step_time(job)
+        extra = 0.0 if job.preempt_at is not None else self.extra_seconds.get(step_key(job.request))
         if per_step is None or extra is None:
             return None
         since = job.step_at or job.started_at
@@ -365,15 +370,11 @@ class SchedulerState:
 
     def work_left(self, job: JobEntry) -> float | None:
         """Seconds of GPU time a waiting job still needs, from the measured times of its kind."""
-        if job.request is None:
+        per_step = self.step_time(job)
+        if job.request is None or per_step is None:
             return None
-        key = step_key(job.request)
-        per_step = job.seconds_per_step or self.step_times.get(key)
-        if per_step is None:
-            return None
-        return (job.request.num_inference_steps - job.resume_step) * per_step + self.extra_seconds.get(
-            key, 0.0
-        )
+        steps = job.request.num_inference_steps - job.resume_step
+        return steps * per_step + self.extra_seconds.get(step_key(job.request), 0.0)
 
     def _retry(self, job: JobEntry, next_attempt: int) -> None:
         if next_attempt <= job.attempt or job.stage is Stage.WAITING:
