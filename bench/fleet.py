@@ -67,6 +67,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-sample", type=int, default=3, help="ask the api for the ETA of every n-th job")
     p.add_argument("--checkpoint-every", type=int, default=8, help="denoising steps")
     p.add_argument("--progress-interval", type=float, default=0.5, help="seconds between progress events")
+    p.add_argument(
+        "--step-pacing",
+        choices=("gpu", "sleep"),
+        default="gpu",
+        help="how simulated steps keep time (see bench/fleet_worker.py)",
+    )
     p.add_argument("--dead-after", type=float, default=5.0, help="scheduler: heartbeat silence = dead")
     p.add_argument("--lost-grace", type=float, default=3.0, help="scheduler: restarted-slot grace")
     p.add_argument("--tick", type=float, default=0.2, help="scheduler: longest wait between plans")

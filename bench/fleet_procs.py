@@ -110,6 +110,8 @@ class Procs:
             str(args.checkpoint_every),
             "--progress-interval",
             str(args.progress_interval),
+            "--step-pacing",
+            args.step_pacing,
         ]
 
     def start_workers(self, args: argparse.Namespace) -> None:

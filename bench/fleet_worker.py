@@ -28,12 +28,20 @@ from services.worker.engine.simulated import SimulatedGenerator
 from services.worker.main import serve
 from services.worker.settings import WorkerSettings
 
+PACINGS = ("gpu", "sleep")
+PACING_HELP = (
+    "gpu: a step lasts its step time after the previous step's callbacks, not counting the sleep's "
+    "own wake-up delay (microseconds on a GPU); sleep: counting it, so a loaded host's delays add up"
+)
+
 
 class StepTimeGenerator(SimulatedGenerator):
     """A `SimulatedGenerator` whose seconds per step follow the request's frame count."""
 
-    def __init__(self, model_name: str, scale: float) -> None:
-        super().__init__(model_name, seconds_per_step=step_seconds(31, scale))
+    def __init__(self, model_name: str, scale: float, pacing: str = "gpu") -> None:
+        super().__init__(
+            model_name, seconds_per_step=step_seconds(31, scale), discount_wakeups=pacing == "gpu"
+        )
         self.scale = scale
 
     def generate(
@@ -65,6 +73,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="mochi-1-preview")
     p.add_argument("--checkpoint-every", type=int, default=8)
     p.add_argument("--progress-interval", type=float, default=0.5)
+    p.add_argument("--step-pacing", choices=PACINGS, default="gpu", help=PACING_HELP)
     p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))
     return p.parse_args(argv)
 
@@ -87,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
     settings = settings_of(args, "fleet")
     configure(f"fleet-worker-{args.slot}", settings.log_level)
-    generator = StepTimeGenerator(args.model, args.scale)
+    generator = StepTimeGenerator(args.model, args.scale, args.step_pacing)
     generator.load()
     run_until_signalled(lambda stop: serve(settings, stop, generator=generator))
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from fleet_worker import StepTimeGenerator, settings_of
+from fleet_worker import PACING_HELP, PACINGS, StepTimeGenerator, settings_of
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import JobDispatched, JobEvent, JobRequested
@@ -48,7 +48,7 @@ class Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
 def make_runner(settings: WorkerSettings, args: argparse.Namespace, publish: Publish) -> JobRunner:
     return JobRunner(
         slot=settings.slot_id,
-        generator=StepTimeGenerator(args.model, args.scale),
+        generator=StepTimeGenerator(args.model, args.scale, args.step_pacing),
         store=Storage(settings),
         publish=publish,
         scratch_dir=settings.scratch_dir,
@@ -119,6 +119,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="mochi-1-preview")
     p.add_argument("--checkpoint-every", type=int, default=8)
     p.add_argument("--progress-interval", type=float, default=0.5)
+    p.add_argument("--step-pacing", choices=PACINGS, default="gpu", help=PACING_HELP)
     p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))
     args = p.parse_args(argv)
     args.slot = args.index

@@ -32,6 +32,13 @@ from services.worker.engine.resume import check_resume
 class SimulatedGenerator:
     """Sleeps `seconds_per_step` per step (settable between jobs) and emits the real callbacks.
 
+    A step lasts `seconds_per_step` from the end of the previous step's callbacks, as on a GPU where
+    the engine waits for each step: time spent in the callbacks (a checkpoint waiting for the one
+    before it) delays the steps after it. With `discount_wakeups` (the default) the lateness of the
+    sleep's own wake-up is not counted as step time: on a loaded host the thread may wait a few ms for
+    the interpreter lock, nothing next to an H100's ~1 s step but a quarter of a step scaled down 50
+    times, so over a benchmark it would pass for GPU time.
+
     `fail_at_step` with `fail_code` raises that `GenerationError` after the given step, to rehearse
     failures. Frames are `frame_height` x `frame_width` (small by default), whatever the request's size.
     """
@@ -50,6 +57,7 @@ class SimulatedGenerator:
         frame_width: int = 96,
         fail_at_step: int | None = None,
         fail_code: ErrorCode = ErrorCode.OUT_OF_MEMORY,
+        discount_wakeups: bool = True,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -62,6 +70,7 @@ class SimulatedGenerator:
         self.frame_width = frame_width
         self.fail_at_step = fail_at_step
         self.fail_code = fail_code
+        self.discount_wakeups = discount_wakeups
         self._sleep = sleep
         self._clock = clock
         self.loaded = False
@@ -111,8 +120,12 @@ class SimulatedGenerator:
         self._sleep(self.encode_prompt_seconds)
         latents = resume.latents.clone() if resume is not None else _initial_latents(request.seed)
         tracker.phase(Phase.DENOISING)
+        late = 0.0  # how late the last wake-up was, at most a step
         for step in range(tracker.start_step + 1, request.num_inference_steps + 1):
-            self._sleep(self.seconds_per_step)
+            due = self._clock() + self.seconds_per_step - late
+            self._sleep(max(0.0, due - self._clock()))
+            if self.discount_wakeups:
+                late = min(self.seconds_per_step, max(0.0, self._clock() - due))
             latents = latents * 0.5 + step
             if self.fail_at_step == step:
                 raise GenerationError(self.fail_code, f"simulated {self.fail_code} at step {step}")

@@ -66,6 +66,49 @@ def test_seconds_per_step_can_change_between_jobs() -> None:
     assert rec.steps[-1].seconds_per_step == pytest.approx(0.25)
 
 
+class LateClock(FakeClock):
+    """Every sleep wakes `late` seconds after it was due (a busy host, the interpreter lock)."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds + self.late)
+
+
+@pytest.mark.parametrize(("discount", "denoising"), [(True, 4 * 1.0 + 0.1), (False, 4 * 1.1)])
+def test_late_wake_ups_do_not_add_up_as_step_time(discount: bool, denoising: float) -> None:
+    """Only the last wake-up's lateness shows: the others fall inside the next step, as they would
+    behind a GPU's step. Without the discount every one of them stretches the run."""
+    clock = LateClock(late=0.1)
+    generator = _simulated(clock, seconds_per_step=1.0, discount_wakeups=discount)
+    rec = Recorder()
+
+    video = generator.generate(make_request(), **rec.callbacks())
+
+    assert video.phase_seconds[Phase.DENOISING] == pytest.approx(denoising)
+
+
+def test_time_in_the_step_callbacks_delays_the_steps_after_them() -> None:
+    """The engine waits for each step before its callbacks: a callback that holds the thread (a
+    checkpoint waiting for the one before it) is time the next step has not begun."""
+    clock = FakeClock()
+    generator = _simulated(clock, seconds_per_step=1.0)
+    rec = Recorder()
+    callbacks = rec.callbacks()
+    record_step = callbacks["on_step"]
+
+    def slow_step(info: object) -> None:
+        record_step(info)
+        clock.now += 0.5
+
+    callbacks["on_step"] = slow_step
+    video = generator.generate(make_request(), **callbacks)
+
+    assert video.phase_seconds[Phase.DENOISING] == pytest.approx(4 * 1.5)
+
+
 def test_cancel_then_resume_gives_the_uninterrupted_frames() -> None:
     clock = FakeClock()
     reference = _simulated(clock).generate(make_request(), on_phase=lambda _: None, on_step=lambda _: None)
