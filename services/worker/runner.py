@@ -256,6 +256,7 @@ class JobRunner:
             self._release(job)
             if on_generated is not None:
                 on_generated()
+            await self._settled(job)  # before the terminal event and the deletion of the checkpoints
             result = await self._store_artifacts(job, video)
             await self._terminal(
                 job, JobSucceeded, result=result, generation_seconds=video.generation_seconds
@@ -396,11 +397,16 @@ class JobRunner:
                 checkpoint_every=self.checkpoint_every,
                 on_checkpoint=on_checkpoint if self.checkpoint_every else None,
             )
-        finally:
-            # Whatever ended the generation, the last checkpoint is stored (or has failed) before the
-            # job goes on to its terminal event and the deletion of its checkpoints.
-            if job.saving is not None:
-                await asyncio.to_thread(self._settle, job)
+        except BaseException:
+            # Whatever cut the generation short, its last checkpoint is stored (or has failed) before
+            # the job goes on: a hand-back names it, a cancel reports it. (After a whole generation
+            # the slot is freed first: `_attempt` waits for it while the video is stored.)
+            await self._settled(job)
+            raise
+
+    async def _settled(self, job: CurrentJob) -> None:
+        if job.saving is not None:
+            await asyncio.to_thread(self._settle, job)
 
     @staticmethod
     def _settle(job: CurrentJob) -> None:
