@@ -322,8 +322,20 @@ class SchedulerState:
             self._requeue(job, event)
         elif isinstance(event, JobStarted):
             job.started_at = event.occurred_at
+            self._follower_started(job, event.occurred_at)
         elif isinstance(event, JobProgress):
             self._on_progress(job, event)
+
+    def _follower_started(self, job: JobEntry, at: datetime) -> None:
+        """A slot denoises one job at a time: when the job dispatched to follow starts, the one before
+        it has made its frames, even if the progress event saying so is still on its way (it is sent
+        at most every progress interval). The slot then has room for its next look-ahead job."""
+        if job.slot is None or self.queued_next.get(job.slot) != job.job_id:
+            return
+        current = self.assignments.get(job.slot)
+        ahead = self.jobs.get(current) if current not in (None, job.job_id) else None
+        if ahead is not None and ahead.preempt_at is None:  # a hand-back is settled by job.preempted
+            self._to_finishing(ahead, at)
 
     def _on_progress(self, job: JobEntry, event: JobProgress) -> None:
         if event.step is not None and event.step >= job.step:

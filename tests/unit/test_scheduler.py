@@ -441,6 +441,26 @@ def test_look_ahead_dispatches_the_next_job_shortly_before_the_slot_is_free() ->
     assert state.assignments[0] == second.job_id and 0 not in state.queued_next
 
 
+def test_the_follower_starting_frees_the_slot_for_the_next_look_ahead() -> None:
+    """The slot starts its follower once the job before it has made its frames: that start is news
+    of the first job's finishing, before its throttled progress event says so."""
+    state, first, second = one_slot_running(lookahead=2.0)
+    third = submit(state, at=T0 + timedelta(seconds=2))
+    steps = first.request.num_inference_steps
+    state.extra_seconds[step_key(first.request)] = 0.0
+    progress(state, first.job_id, 1, T0 + timedelta(seconds=1), step=1, per_step=1.0)
+    near = T0 + timedelta(seconds=steps - 1)
+    carry_out(state, plan(state, near), offset=1)
+    assert state.queued_next[0] == second.job_id
+    done = T0 + timedelta(seconds=steps)
+    started(state, second.job_id, 1, done)
+    assert state.assignments[0] == second.job_id and state.finishing == {first.job_id: 0}
+    assert 0 not in state.queued_next
+    # Its own step time is the measured one of its kind: within 2 s of its end, `third` follows it.
+    decisions = plan(state, done + timedelta(seconds=steps - 2))
+    assert [(d.job_id, d.slot) for d in decisions if isinstance(d, Dispatch)] == [(third.job_id, 0)]
+
+
 def test_look_ahead_waits_for_measured_times() -> None:
     state, first, _ = one_slot_running(lookahead=2.0)
     later = T0 + timedelta(seconds=9)
