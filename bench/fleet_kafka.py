@@ -29,6 +29,7 @@ from schemas.events import (
     JobRequested,
     JobRetrying,
     JobStarted,
+    JobSucceeded,
 )
 from schemas.jobs import JobRequest, Phase, resolve
 from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH
@@ -181,6 +182,11 @@ class Collector:
             outcome.preemptions += 1
             self._gpu_done(outcome, attempt, t)
         elif event.type in TERMINAL_TYPES and track.outcome.ended is None:
+            span = outcome.spans.get(attempt)
+            if isinstance(event, JobSucceeded) and span is not None:
+                # Frames made, by the worker's own clock: the encoding_video progress event is sent
+                # only after the slot has already moved on to its next job.
+                span[2] = span[1] + event.generation_seconds
             self._gpu_done(outcome, attempt, t)
             track.outcome.ended, track.outcome.status = t, event.type.removeprefix("job.")
             self.view.ended(key)
