@@ -233,10 +233,13 @@ class SchedulerState:
         self.finishing[job.job_id] = job.slot
 
     def _measure_extra(self, job: JobEntry, gpu_done: datetime) -> None:
-        if job.request is None or job.started_at is None or not job.seconds_per_step:
+        # A short job may end before any progress event with its step time got out (they are
+        # throttled): the step time measured for its kind stands in.
+        per_step = self.step_time(job)
+        if job.request is None or job.started_at is None or not per_step:
             return
         steps = job.request.num_inference_steps - job.first_step
-        extra = (gpu_done - job.started_at).total_seconds() - steps * job.seconds_per_step
+        extra = (gpu_done - job.started_at).total_seconds() - steps * per_step
         self.extra_seconds[step_key(job.request)] = max(extra, 0.0)
 
     def held_jobs(self) -> list[uuid.UUID]:

@@ -421,6 +421,15 @@ def test_the_gpu_time_beyond_the_steps_is_measured_per_kind_of_job() -> None:
     assert list(state.extra_seconds.values()) == [3.0]
 
 
+def test_a_job_too_short_to_report_its_step_time_is_measured_with_its_kinds() -> None:
+    state, first, _ = one_slot_running()
+    steps = first.request.num_inference_steps
+    state.step_times[step_key(first.request)] = 1.0  # measured on earlier jobs of this kind
+    at = T0 + timedelta(seconds=steps + 2)
+    progress(state, first.job_id, 1, at, phase=Phase.ENCODING_VIDEO, per_step=None)
+    assert list(state.extra_seconds.values()) == [2.0]
+
+
 def test_look_ahead_dispatches_the_next_job_shortly_before_the_slot_is_free() -> None:
     state, first, second = one_slot_running(lookahead=2.0)
     steps = second.request.num_inference_steps
