@@ -169,7 +169,12 @@ class Worker:
     async def handle(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, msg: ConsumerRecord[bytes, bytes]
     ) -> None:
-        """Commit first, then run: a crash mid-job is recovered by the scheduler as a new attempt."""
+        """Commit, then run: a crash mid-job is recovered by the scheduler as a new attempt.
+
+        The run starts while the commit is under way (a broker round trip, a share of a short job):
+        it publishes nothing before the commit lands, so a crash in between leaves no trace of the
+        attempt and the record is read again, as if the crash had come before it was read.
+        """
         try:
             event = decode_event(msg.value)
             if not isinstance(event, JobDispatched) or event.slot != self.settings.slot_id:
@@ -182,19 +187,21 @@ class Worker:
             return
         self.claimed = event
         try:
-            await self.commit(consumer, tp, msg.offset + 1)
             if event.attempt <= self.superseded.get(event.job_id, 0):
+                await self.commit(consumer, tp, msg.offset + 1)
                 log.warning("job=%s attempt=%d was given up on; not started", event.job_id, event.attempt)
                 return
             if event.job_id in self.cancelled:
+                await self.commit(consumer, tp, msg.offset + 1)
                 cancelled = JobCancelled(
                     job_id=event.job_id, producer=self.runner.producer, attempt=event.attempt
                 )
                 await publish_event(self.producer, JOBS_EVENTS, cancelled)
                 return
+            committing = asyncio.create_task(self.commit(consumer, tp, msg.offset + 1))
             self.beat_soon()  # tell the scheduler at once that this slot holds the job
             generated = asyncio.Event()
-            run = asyncio.create_task(self._run(event, generated), name=f"job-{event.job_id}")
+            run = asyncio.create_task(self._run(event, generated, committing), name=f"job-{event.job_id}")
             await asyncio.sleep(0)  # the run takes the GPU side (runner.current) before anything else
             self._apply_preempt()
             self.runs.add(run)
@@ -204,15 +211,18 @@ class Worker:
             waiting = asyncio.create_task(generated.wait())
             await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
             waiting.cancel()
+            await committing  # a failed commit ends the process, the run having stopped silently
         finally:
             self.claimed = None
         self.beat_soon()  # the slot is free: the scheduler may send the next job
         while len(self.runs) > self.settings.max_finishing:
             await asyncio.wait(set(self.runs), return_when=asyncio.FIRST_COMPLETED)
 
-    async def _run(self, event: JobDispatched, generated: asyncio.Event) -> str:
+    async def _run(
+        self, event: JobDispatched, generated: asyncio.Event, committing: asyncio.Future[None]
+    ) -> str:
         try:
-            outcome = await self.runner.run(event, on_generated=generated.set)
+            outcome = await self.runner.run(event, on_generated=generated.set, admission=committing)
         except Exception:
             log.exception("job=%s attempt=%d: the run crashed", event.job_id, event.attempt)
             raise

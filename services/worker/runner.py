@@ -99,6 +99,11 @@ class CurrentJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     drain: threading.Event = field(default_factory=threading.Event)
     superseded: threading.Event = field(default_factory=threading.Event)
+    # The commit of the job's dispatch record, which goes on while the job starts. Nothing of the
+    # attempt is published before it lands; if it fails the attempt stops and publishes nothing at
+    # all (`admitted` turns False), and the slot's next process reads the record again.
+    admission: asyncio.Future[None] | None = None
+    admitted: bool = True
     # itertools.count is safe to share between the loop and the generation thread.
     sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Events of the attempt are numbered and handed to the producer one at a time, so the log holds
@@ -219,15 +224,21 @@ class JobRunner:
         return self.current.seconds_per_step if self.current else None
 
     # ---- one job ---------------------------------------------------------------------------------
-    async def run(self, dispatch: JobDispatched, on_generated: Callable[[], object] | None = None) -> str:
+    async def run(
+        self,
+        dispatch: JobDispatched,
+        on_generated: Callable[[], object] | None = None,
+        admission: asyncio.Future[None] | None = None,
+    ) -> str:
         """Run a job to its terminal event; returns the outcome ("succeeded", "abandoned", ...).
 
         Once denoising and decoding are done the GPU side is free: `on_generated` is called and the
-        next job may `run` while this one encodes and stores its video.
+        next job may `run` while this one encodes and stores its video. `admission` is the commit of
+        the dispatch record, still under way: see `CurrentJob.admission`.
         """
         if self.state is not RunState.IDLE:
             raise RuntimeError(f"slot {self.slot} is {self.state}; one job at a time")
-        job = CurrentJob(dispatch)
+        job = CurrentJob(dispatch, admission=admission)
         self.current, self.state = job, RunState.RUNNING
         outcome = "abandoned"
         # job.started is sent while the generation starts (it holds the send lock, so it still comes
@@ -257,6 +268,8 @@ class JobRunner:
             if on_generated is not None:
                 on_generated()
             await self._settled(job)  # before the terminal event and the deletion of the checkpoints
+            if not await self._admit(job):
+                raise Superseded("its dispatch record was not committed")
             result = await self._store_artifacts(job, video)
             await self._terminal(
                 job, JobSucceeded, result=result, generation_seconds=video.generation_seconds
@@ -294,6 +307,8 @@ class JobRunner:
     async def _emit(self, job: CurrentJob, kind: type[JobEvent], attempts: int = 6, **fields: object) -> None:
         d = job.dispatch
         async with job.sending:
+            if not job.admitted:
+                return
             event = kind(
                 job_id=d.job_id,
                 producer=self.producer,
@@ -303,10 +318,23 @@ class JobRunner:
             )
             await retry(f"publish {event.type}", lambda: self.publish(event), attempts=attempts)
 
+    async def _admit(self, job: CurrentJob) -> bool:
+        """Wait for the commit of the dispatch record; when it failed, stop the attempt silently."""
+        if job.admission is not None and job.admitted:
+            await asyncio.wait({job.admission})
+            failed = job.admission.cancelled() or job.admission.exception() is not None
+            if failed and job.admitted:
+                log.error("job=%s: dispatch record not committed; stopped silently", job.dispatch.job_id)
+                job.admitted = False
+                job.superseded.set()
+        return job.admitted
+
     async def _send_started(self, job: CurrentJob) -> None:
-        """Send job.started; the caller acquired `job.sending` for it."""
+        """Send job.started once the dispatch record is committed; the caller acquired `job.sending`."""
         d = job.dispatch
         try:
+            if not await self._admit(job):
+                return
             event = JobStarted(
                 job_id=d.job_id,
                 producer=self.producer,
@@ -323,6 +351,8 @@ class JobRunner:
 
     async def _send_progress(self, job: CurrentJob, event: JobProgress) -> object:
         async with job.sending:
+            if not job.admitted:
+                return None
             return await self.publish(event.model_copy(update={"sequence": next(job.sequence)}))
 
     async def _terminal(self, job: CurrentJob, kind: type[JobEvent], **fields: object) -> None:

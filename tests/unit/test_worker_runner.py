@@ -333,3 +333,46 @@ async def test_an_attempt_superseded_while_storing_its_video_takes_it_back(tmp_p
     assert await task == "superseded"
     assert publish.types()[-1] is not EventType.SUCCEEDED
     assert not any(k.startswith(f"jobs/{job.job_id}/") for k in store.objects)
+
+
+async def test_denoising_starts_before_the_dispatch_commit_and_nothing_is_published_before_it(
+    tmp_path: Path,
+) -> None:
+    store, publish = MemoryStore(), Recorder()
+    job = dispatch()
+    run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0.01), store, publish)
+    commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run.run(job, admission=commit))
+    while run.current is None or run.current.seconds_per_step is None:  # steps are being taken
+        await asyncio.sleep(0.005)
+    assert publish.events == []
+    commit.set_result(None)
+    assert await task == "succeeded"
+    assert publish.types()[0] is EventType.STARTED and publish.types()[-1] is EventType.SUCCEEDED
+    assert [e.sequence for e in publish.events] == sorted(e.sequence for e in publish.events)
+
+
+@pytest.mark.parametrize("generated_first", [False, True])
+async def test_a_failed_dispatch_commit_stops_the_attempt_without_a_trace(
+    tmp_path: Path, generated_first: bool
+) -> None:
+    """Whether the commit fails mid-denoising or after the frames are made, the attempt publishes
+    nothing and stores no video: the slot's next process reads the record again and runs it.
+    (A checkpoint's event waits for the commit too, so with checkpoints the frames cannot be made
+    before it: the second checkpoint waits for the first.)"""
+    store, publish = MemoryStore(), Recorder()
+    job = dispatch()
+    generator = SimulatedGenerator("tiny-mochi", seconds_per_step=0.01)
+    run = runner(tmp_path, generator, store, publish, checkpoint_every=0 if generated_first else 2)
+    commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    generated = asyncio.Event()
+    task = asyncio.create_task(run.run(job, on_generated=generated.set, admission=commit))
+    if generated_first:
+        await asyncio.wait_for(generated.wait(), 10)
+    else:
+        while run.current is None or run.current.seconds_per_step is None:
+            await asyncio.sleep(0.005)
+    commit.set_exception(RuntimeError("the group coordinator moved"))
+    assert await task == "superseded"
+    assert publish.events == []
+    assert not any(k.startswith(f"jobs/{job.job_id}/") for k in store.objects)
