@@ -104,9 +104,20 @@ def _pick(state: SchedulerState, slot: Slot, batch_allowed: bool, taken: set[uui
     return None
 
 
+def _is_batch(job: JobEntry | None) -> bool:
+    return job is not None and job.request is not None and job.request.priority is Priority.BATCH
+
+
+def _newest(state: SchedulerState, slot: int) -> JobEntry | None:
+    """The job a slot will run last of those it holds: its follower if one waits, else its running one."""
+    job_id = state.queued_next.get(slot, state.assignments.get(slot))
+    return state.jobs.get(job_id) if job_id is not None else None
+
+
 def _batch_running(state: SchedulerState) -> int:
-    running = (state.jobs.get(j) for j in [*state.assignments.values(), *state.queued_next.values()])
-    return sum(1 for job in running if job and job.request and job.request.priority is Priority.BATCH)
+    """Slots given to the batch lane: a follower replaces the job before it on the slot, so a slot
+    counts once, by its newest job."""
+    return sum(_is_batch(_newest(state, slot)) for slot in {*state.assignments, *state.queued_next})
 
 
 def _takes_a_job(state: SchedulerState, slot: Slot, now: datetime) -> bool:
@@ -137,12 +148,13 @@ def dispatches(state: SchedulerState, now: datetime) -> list[Decision]:
     for slot in alive:
         if not _takes_a_job(state, slot, now):
             continue
-        batch_allowed = batch_running + 1 <= len(alive) - state.reserved_interactive
+        replaces_batch = _is_batch(_newest(state, slot.slot))
+        batch_allowed = batch_running - replaces_batch + 1 <= len(alive) - state.reserved_interactive
         job = _pick(state, slot, batch_allowed, taken)
         if job is None or job.request is None:
             continue
         taken.add(job.job_id)
-        batch_running += job.request.priority is Priority.BATCH
+        batch_running += _is_batch(job) - replaces_batch
         resume = job.checkpoint_key if job.attempt > 0 else None
         after = state.assignments.get(slot.slot)
         out.append(Dispatch(job.job_id, slot.slot, job.attempt + 1, job.request, resume, after))

@@ -470,6 +470,37 @@ def test_the_follower_starting_frees_the_slot_for_the_next_look_ahead() -> None:
     assert [(d.job_id, d.slot) for d in decisions if isinstance(d, Dispatch)] == [(third.job_id, 0)]
 
 
+def _running(state: SchedulerState, slot: int, priority: Priority, offset: int) -> JobRequested:
+    job = submit(state, priority)
+    state.on_dispatch(
+        JobDispatched(job_id=job.job_id, producer="s", attempt=1, slot=slot, request=job.request), offset
+    )
+    state.on_event(
+        JobStarted(job_id=job.job_id, producer="w", attempt=1, occurred_at=T0, slot=slot, worker_id="w")
+    )
+    state.step_times[step_key(job.request)] = 1.0
+    state.extra_seconds[step_key(job.request)] = 0.0
+    return job
+
+
+@pytest.mark.parametrize("reserved", [0, 1])
+def test_a_batch_follower_replaces_a_batch_job_without_eating_the_reserve(reserved: int) -> None:
+    """A slot counts once for the batch lane, by its newest job: a batch job following a batch job
+    takes no more slots (look-ahead works when every slot runs batch), one following an interactive
+    job does, and the reserve still holds."""
+    state = make_state(slots=2, reserved=reserved)
+    state.lookahead = timedelta(seconds=2)
+    for slot in range(2):
+        state.on_heartbeat(beat(slot, T0))
+    batch = _running(state, 0, Priority.BATCH, offset=0)
+    _running(state, 1, Priority.INTERACTIVE, offset=0)
+    waiting = [submit(state, Priority.BATCH, T0 + timedelta(seconds=i + 1)) for i in range(2)]
+    near = T0 + timedelta(seconds=batch.request.num_inference_steps - 1)
+    decisions = [(d.job_id, d.slot) for d in plan(state, near) if isinstance(d, Dispatch)]
+    expected = [(waiting[0].job_id, 0)] + ([(waiting[1].job_id, 1)] if reserved == 0 else [])
+    assert decisions == expected
+
+
 def test_look_ahead_waits_for_measured_times() -> None:
     state, first, _ = one_slot_running(lookahead=2.0)
     later = T0 + timedelta(seconds=9)
