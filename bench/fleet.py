@@ -39,7 +39,7 @@ from typing import Any
 import fleet_kafka as fk
 import fleet_report
 import httpx
-from fleet_procs import Procs
+from fleet_procs import Procs, settle
 from fleet_stats import LONG, SHORT, BenchJob, Outcome, QueueView, burst, poisson, summarize
 
 from schemas.topics import JOBS_DISPATCH, JOBS_EVENTS, JOBS_REQUESTED
@@ -67,6 +67,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-sample", type=int, default=3, help="ask the api for the ETA of every n-th job")
     p.add_argument("--checkpoint-every", type=int, default=8, help="denoising steps")
     p.add_argument("--progress-interval", type=float, default=0.5, help="seconds between progress events")
+    p.add_argument(
+        "--control-plane-nice",
+        type=int,
+        default=10,
+        help="nice level of the api and projector (0: the same priority as the fleet)",
+    )
     p.add_argument(
         "--step-pacing",
         choices=("gpu", "sleep"),
@@ -161,6 +167,7 @@ async def measured_phase(design: Design, procs: Procs, phase: str, jobs: list[Be
     args = design.args
     work = sum(j.kind.work(args.scale) for j in jobs)
     limit_s = 120 + 4 * max(work / args.slots, *(j.arrival for j in jobs))
+    settled_s, busy_before = await asyncio.to_thread(settle)
     load_before, started, cpu_before = os.getloadavg()[0], time.monotonic(), procs.cpu_snapshot()
     keys = await design.run(phase, jobs, limit_s)
     outcomes = design.outcomes(keys)
@@ -169,6 +176,7 @@ async def measured_phase(design: Design, procs: Procs, phase: str, jobs: list[Be
         "design": design.name,
         "wall_s": time.monotonic() - started,
         "load_1min": [load_before, os.getloadavg()[0]],
+        "settled": {"waited_s": settled_s, "busy_cores": busy_before},
         "cpu_s": procs.cpu_delta(cpu_before, procs.cpu_snapshot()),
         "jobs_detail": [dataclasses.asdict(o) | {"kind": o.kind.name} for o in outcomes],
     }

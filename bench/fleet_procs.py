@@ -52,6 +52,20 @@ def machine_busy_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / TICKS
 
 
+def settle(idle_below: float = 1.0, window_s: float = 2.0, limit_s: float = 60.0) -> tuple[float, float]:
+    """Wait until the machine is quiet (fewer than `idle_below` cores busy over `window_s`), at most
+    `limit_s`: a phase must not start while process start-ups or the last phase still load it.
+    Returns (seconds waited, cores busy in the last window)."""
+    started = time.monotonic()
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(window_s)
+        busy = (machine_busy_seconds() - before) / window_s
+        waited = time.monotonic() - started
+        if busy < idle_below or waited >= limit_s:
+            return waited, busy
+
+
 class Procs:
     def __init__(self, root: Path, run_dir: Path) -> None:
         self.root = root
@@ -120,9 +134,12 @@ class Procs:
             self.start(f"fleet-{slot}", argv, {"REELSTREAM_GPU_SLOTS": str(args.slots)}, "ready with model")
 
     def start_api_and_projector(self, args: argparse.Namespace) -> None:
+        """At `--control-plane-nice`: in a deployment they run on other nodes than the GPU workers,
+        here they share two cores with them (nice execs the service: the pid stays the service's)."""
         env = {"REELSTREAM_GPU_SLOTS": str(args.slots)}
-        self.start("api", [PY, "-m", "services.api.main"], env, "Application startup complete")
-        self.start("projector", [PY, "-m", "services.projector.main"], env, "assigned partitions")
+        nice = ["nice", "-n", str(args.control_plane_nice)] if args.control_plane_nice else []
+        self.start("api", [*nice, PY, "-m", "services.api.main"], env, "Application startup complete")
+        self.start("projector", [*nice, PY, "-m", "services.projector.main"], env, "assigned partitions")
 
     def start_naive(self, args: argparse.Namespace, tag: str) -> None:
         for index in range(args.slots):

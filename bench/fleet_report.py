@@ -23,6 +23,11 @@ def _f(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def _settled(s: dict[str, Any]) -> str:
+    settled = s.get("settled")
+    return f"{_f(settled['waited_s'])} / {_f(settled['busy_cores'], 2)}" if settled else "-"
+
+
 def _pair(d: dict[str, Any], a: str = "p50", b: str = "p95", digits: int = 1) -> str:
     return f"{_f(d[a], digits)} / {_f(d[b], digits)}"
 
@@ -52,6 +57,7 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("CPU-s: kafka / s3 / postgres", lambda s: _cpu(s, "kafka", "s3", "postgres")),
     ("CPU-s: other users of the machine / all (2 cores)", lambda s: _cpu(s, "other", "machine")),
     ("load average, 1 min, before / after", lambda s: " / ".join(_f(x) for x in s["load_1min"])),
+    ("waited for a quiet machine (s) / cores busy then", _settled),
 ]
 
 
