@@ -184,8 +184,14 @@ async def measured_phase(design: Design, procs: Procs, phase: str, jobs: list[Be
     return summary
 
 
+# Short jobs per slot before a design's first phase: every slot's first encode and S3 client, and enough
+# traffic that a freshly started Kafka and S3Proxy have compiled their hot paths (2 per slot was not:
+# a phase right after `make up` ran with S3 uploads ~7x slower).
+WARMUP_PER_SLOT = 8
+
+
 def warmup_jobs(count: int, longs: int) -> list[BenchJob]:
-    """Every slot runs once (first encode, S3 client) and the api learns both step times."""
+    """Every slot runs (first encode, S3 client) and the api learns both step times."""
     return [BenchJob(i, LONG) for i in range(longs)] + [BenchJob(longs + i, SHORT) for i in range(count)]
 
 
@@ -263,7 +269,7 @@ async def run_phases(
 ) -> None:
     designs = [d for d in (ours, naive) if d is not None]
     for design in designs:
-        await design.run("warmup", warmup_jobs(2 * args.slots, 1 if design is ours else 0), 300)
+        await design.run("warmup", warmup_jobs(WARMUP_PER_SLOT * args.slots, 1 if design is ours else 0), 300)
     phases = results["phases"]
     if "burst" in args.phases:
         jobs = burst(args.jobs, args.long_share, args.seed)
