@@ -40,7 +40,18 @@ import fleet_kafka as fk
 import fleet_report
 import httpx
 from fleet_procs import Procs, settle
-from fleet_stats import LONG, SHORT, BenchJob, Outcome, QueueView, burst, poisson, summarize
+from fleet_stats import (
+    LONG,
+    PACING_HELP,
+    PACINGS,
+    SHORT,
+    BenchJob,
+    Outcome,
+    QueueView,
+    burst,
+    poisson,
+    summarize,
+)
 
 from schemas.topics import JOBS_DISPATCH, JOBS_EVENTS, JOBS_REQUESTED
 from services.common.kafka import make_producer
@@ -73,12 +84,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=10,
         help="nice level of the api and projector (0: the same priority as the fleet)",
     )
-    p.add_argument(
-        "--step-pacing",
-        choices=("gpu", "sleep"),
-        default="gpu",
-        help="how simulated steps keep time (see bench/fleet_worker.py)",
-    )
+    p.add_argument("--step-pacing", choices=PACINGS, default="gpu", help=PACING_HELP)
     p.add_argument("--dead-after", type=float, default=5.0, help="scheduler: heartbeat silence = dead")
     p.add_argument("--lost-grace", type=float, default=3.0, help="scheduler: restarted-slot grace")
     p.add_argument("--tick", type=float, default=0.2, help="scheduler: longest wait between plans")

@@ -19,6 +19,14 @@ H100_STEP_SECONDS: Final = {31: 1.02, 163: 7.76}
 LANES: Final = ("interactive", "batch")
 
 
+# How a simulated step keeps time (bench/fleet_worker.py, services/worker/engine/simulated.py).
+PACINGS = ("gpu", "sleep")
+PACING_HELP = (
+    "gpu: a step lasts its step time after the previous step's callbacks, not counting the sleep's "
+    "own wake-up delay (microseconds on a GPU); sleep: counting it, so a loaded host's delays add up"
+)
+
+
 def step_seconds(num_frames: int, scale: float) -> float:
     """H100 seconds per step for `num_frames`, linear between the two measured sizes, divided by `scale`."""
     (f0, s0), (f1, s1) = sorted(H100_STEP_SECONDS.items())

@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from fleet_stats import step_seconds
+from fleet_stats import PACING_HELP, PACINGS, step_seconds
 
 from schemas.jobs import ResolvedRequest
 from services.common.logging import configure
@@ -27,12 +27,6 @@ from services.worker.engine.generator import (
 from services.worker.engine.simulated import SimulatedGenerator
 from services.worker.main import serve
 from services.worker.settings import WorkerSettings
-
-PACINGS = ("gpu", "sleep")
-PACING_HELP = (
-    "gpu: a step lasts its step time after the previous step's callbacks, not counting the sleep's "
-    "own wake-up delay (microseconds on a GPU); sleep: counting it, so a loaded host's delays add up"
-)
 
 
 class StepTimeGenerator(SimulatedGenerator):

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from fleet_worker import PACING_HELP, PACINGS, StepTimeGenerator, settings_of
+from fleet_stats import PACING_HELP, PACINGS
+from fleet_worker import StepTimeGenerator, settings_of
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import JobDispatched, JobEvent, JobRequested
