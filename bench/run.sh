@@ -7,4 +7,6 @@ echo "== pipeline benchmark (tiny-mochi, CPU, local stack) =="
 .venv/bin/python bench/pipeline.py "$@"
 echo "== scheduling rules on a virtual clock: the fleet burst's bound (bench/fleet_sim.py) =="
 .venv/bin/python bench/fleet_sim.py
+echo "== the projector's cost per event, by batch size (bench/projector.py) =="
+.venv/bin/python bench/projector.py
 echo "(the fleet benchmark itself, about 20 min: .venv/bin/python bench/fleet.py; see docs/benchmarks.md)"

@@ -3,6 +3,10 @@
 
 The same code writes the live read model (`public`) and a replay (another schema): statements are built on
 the mapped tables and the schema is chosen with SQLAlchemy's `schema_translate_map`.
+
+Live batches are small (what arrived while the last transaction ran), so the cost per batch is the cost
+per event: every statement is built once, at import, and each table gets one statement per batch (an
+executemany, which SQLAlchemy sends as one multi-row INSERT), whatever the number of jobs in it.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import asyncpg
-from sqlalchemy import BigInteger, RowMapping, func, literal, select, text
+from sqlalchemy import BigInteger, RowMapping, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -38,6 +42,29 @@ _IMMUTABLE_JOB_COLUMNS = frozenset(
     {"id", "tenant", "priority", "model", "request", "idempotency_key", "request_hash", "created_at"}
 )
 _MAX_INT4 = 2**31 - 1
+_JOB_COLUMNS = tuple(field.name for field in fields(JobView))
+
+
+def _upsert(table: Any, key: list[str], mutable: Iterable[str]) -> Any:
+    """INSERT ... ON CONFLICT (key) DO UPDATE of the `mutable` columns, for executemany."""
+    statement = insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=key, set_={name: statement.excluded[name] for name in mutable}
+    )
+
+
+_LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
+_SELECT_OFFSETS = select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+    OFFSETS.c.consumer == bindparam("consumer")
+)
+_SELECT_ROWS = select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.payload).where(
+    EVENTS.c.job_id.in_(bindparam("job_ids", expanding=True))
+)
+# With the event id named as the conflict target, a clash on (job_id, seq) raises instead of silently
+# dropping an event.
+_INSERT_EVENTS = insert(EVENTS).on_conflict_do_nothing(index_elements=["event_id"])
+_UPSERT_JOBS = _upsert(JOBS, ["id"], (name for name in _JOB_COLUMNS if name not in _IMMUTABLE_JOB_COLUMNS))
+_UPSERT_OFFSETS = _upsert(OFFSETS, ["consumer", "topic", "partition"], ["next_offset"])
 _NOTIFY = text("SELECT pg_notify(:channel, id) FROM unnest(CAST(:ids AS text[])) AS id")
 
 
@@ -133,7 +160,8 @@ def event_as_read_now(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _job_row(view: JobView) -> dict[str, Any]:
-    row = asdict(view)
+    # Not `asdict`: it deep-copies the request, result and error dicts, which are only read.
+    row = {name: getattr(view, name) for name in _JOB_COLUMNS}
     row["status"] = view.status.value
     row["phase"] = view.phase.value
     return row
@@ -176,11 +204,7 @@ class Store:
             return await self._offsets(conn, consumer)
 
     async def _offsets(self, conn: AsyncConnection, consumer: str) -> dict[tuple[str, int], int]:
-        result = await conn.execute(
-            select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
-                OFFSETS.c.consumer == consumer
-            )
-        )
+        result = await conn.execute(_SELECT_OFFSETS, {"consumer": consumer})
         return {(topic, partition): offset for topic, partition, offset in result.all()}
 
     async def apply_batch(self, consumer: str, batch: Sequence[Incoming], *, notify: bool) -> BatchResult:
@@ -191,8 +215,7 @@ class Store:
         batch changes nothing.
         """
         async with self._transaction() as conn:
-            key = literal(_lock_key(consumer, self.schema), BigInteger)
-            await conn.execute(select(func.pg_advisory_xact_lock(key)))
+            await conn.execute(_LOCK, {"key": _lock_key(consumer, self.schema)})
             done = await self._offsets(conn, consumer)
             fresh = [r for r in batch if r.offset >= done.get((r.topic, r.partition), 0)]
             result = await self._apply_events(conn, [r.event for r in fresh if r.event is not None], notify)
@@ -206,12 +229,14 @@ class Store:
         changes = plan(existing, events)
         new_rows = [_event_row(change.job_id, row) for change in changes for row in change.rows]
         if new_rows:
-            # With the event id named as the conflict target, a clash on (job_id, seq) raises instead of
-            # silently dropping an event.
-            await conn.execute(insert(EVENTS).on_conflict_do_nothing(index_elements=["event_id"]), new_rows)
-        for change in changes:
-            if change.view is not None:
-                await self._upsert_job(conn, change.view, change.requested)
+            await conn.execute(_INSERT_EVENTS, new_rows)
+        jobs = [
+            _job_row(await self._free_idempotency_key(conn, change.view) if change.requested else change.view)
+            for change in changes
+            if change.view is not None
+        ]
+        if jobs:
+            await conn.execute(_UPSERT_JOBS, jobs)
         if notify and changes:
             ids = sorted(str(change.job_id) for change in changes)
             await conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "ids": ids})
@@ -219,29 +244,17 @@ class Store:
             stored=len(new_rows),
             applied=sum(row["applied"] for row in new_rows),
             skipped=len(events) - len(new_rows),
-            jobs=sum(change.view is not None for change in changes),
+            jobs=len(jobs),
         )
 
     async def _load_rows(
         self, conn: AsyncConnection, job_ids: list[uuid.UUID]
     ) -> dict[uuid.UUID, list[StoredEvent]]:
-        result = await conn.execute(
-            select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.payload).where(
-                EVENTS.c.job_id.in_(job_ids)
-            )
-        )
+        result = await conn.execute(_SELECT_ROWS, {"job_ids": job_ids})
         rows: defaultdict[uuid.UUID, list[StoredEvent]] = defaultdict(list)
         for row in result.mappings():
             rows[row["job_id"]].append(_stored_event(row))
         return rows
-
-    async def _upsert_job(self, conn: AsyncConnection, view: JobView, is_new: bool) -> None:
-        if is_new and view.idempotency_key is not None:
-            view = await self._free_idempotency_key(conn, view)
-        row = _job_row(view)
-        statement = insert(JOBS).values(row)
-        mutable = {name: statement.excluded[name] for name in row if name not in _IMMUTABLE_JOB_COLUMNS}
-        await conn.execute(statement.on_conflict_do_update(index_elements=["id"], set_=mutable))
 
     async def _free_idempotency_key(self, conn: AsyncConnection, view: JobView) -> JobView:
         """Drop the key of a job whose (tenant, key) another job holds already.
@@ -249,6 +262,8 @@ class Store:
         The api derives keyed job ids from the key, so this needs a misbehaving producer; without it the
         unique index would fail the batch on every retry and stall the whole projection.
         """
+        if view.idempotency_key is None:
+            return view
         holder = await conn.scalar(
             select(JOBS.c.id).where(
                 JOBS.c.tenant == view.tenant,
@@ -265,20 +280,12 @@ class Store:
         nexts: dict[tuple[str, int], int] = {}
         for r in fresh:
             nexts[(r.topic, r.partition)] = max(nexts.get((r.topic, r.partition), 0), r.offset + 1)
-        if not nexts:
-            return
-        statement = insert(OFFSETS).values(
-            [
+        if nexts:
+            rows = [
                 {"consumer": consumer, "topic": t, "partition": p, "next_offset": o}
                 for (t, p), o in nexts.items()
             ]
-        )
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=["consumer", "topic", "partition"],
-                set_={"next_offset": statement.excluded.next_offset},
-            )
-        )
+            await conn.execute(_UPSERT_OFFSETS, rows)
 
     async def drop_schema(self) -> None:
         """Drop this store's schema and everything in it (never `public`)."""
