@@ -208,6 +208,13 @@ class Projection:
         ends = [(consumer.highwater(tp), self.positions.get(tp, 0)) for tp in self.assigned]
         LAG.set(sum(end - position for end, position in ends if end is not None))
 
+    async def _gather(self, stop: asyncio.Event, taken: float) -> None:
+        """Let the records that arrive meanwhile gather (the consumer keeps fetching) until
+        `batch_interval_ms` after the last batch was taken."""
+        rest = self.settings.batch_interval_ms / 1000 - (time.monotonic() - taken)
+        if rest > 0:
+            await wait_or_stop(stop, rest)
+
     async def run(self, stop: asyncio.Event) -> None:
         """The live loop: until `stop`, poll, apply, and pick up new partitions now and then."""
         backoff = 0.2
@@ -222,7 +229,10 @@ class Projection:
                     continue
                 batch = await self.poll()
                 if batch:
+                    taken = time.monotonic()
                     await self.process(batch)
+                    if sum(map(len, batch.values())) < self.settings.batch_max_records:
+                        await self._gather(stop, taken)
                 backoff = 0.2
             except RetryableError as e:
                 log.warning("projection paused error=%s retry_in=%.1fs", e, backoff)

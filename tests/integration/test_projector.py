@@ -47,7 +47,7 @@ from services.projector.consumer import Projection, open_clients
 from services.projector.fold import EMPTY_HISTORY, admit_all, fold
 from services.projector.replay import compare, replay
 from services.projector.settings import ProjectorSettings
-from services.projector.store import OFFSETS, Store
+from services.projector.store import OFFSETS, BatchResult, Incoming, Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -426,3 +426,42 @@ async def test_waits_out_an_unreachable_database(
             assert not task.done(), "the loop must keep retrying, not crash"
     finally:
         await unreachable.dispose()
+
+
+class CountingStore(Store):
+    """A real store that remembers the size of each batch it applied."""
+
+    def __init__(self, engine: AsyncEngine, schema: str | None) -> None:
+        super().__init__(engine, schema)
+        self.batches: list[int] = []
+
+    async def apply_batch(self, consumer: str, batch: Sequence[Incoming], *, notify: bool) -> BatchResult:
+        self.batches.append(len(batch))
+        return await super().apply_batch(consumer, batch, notify=notify)
+
+
+async def test_batches_grow_with_the_load_instead_of_the_transactions(
+    topics: ProjectorSettings,
+    producer: AIOKafkaProducer,
+    new_store: Callable[[str], Awaitable[Store]],
+    engine: AsyncEngine,
+) -> None:
+    settings = topics.model_copy(update={"batch_max_records": 500, "batch_interval_ms": 300})
+    store = CountingStore(engine, (await new_store("paced")).schema)
+    ends: Ends = {}
+    async with projector(settings, store):
+        await produce(producer, settings.requested_topic, [requested()], ends)
+        await wait_consumed(store, settings, ends)
+        assert store.batches == [1], "a record after a quiet spell is applied on its own, at once"
+        began = time.monotonic()
+        for step in range(1, 31):  # a steady stream, one record about every 20 ms
+            await produce(producer, settings.events_topic, [progress(1, step, step, total=30)], ends)
+            await asyncio.sleep(0.02)
+        produced_for = time.monotonic() - began
+        await wait_consumed(store, settings, ends)
+    job = (await store.snapshot()).jobs[JOB]
+    assert (job["step"], job["last_seq"]) == (30, 30)
+    paced = store.batches[1:]
+    assert sum(paced) == 30
+    # One transaction per 300 ms while the stream lasts, plus the first record and the remainder.
+    assert len(paced) <= produced_for / 0.3 + 2, f"{len(paced)} transactions in {produced_for:.1f}s: {paced}"
