@@ -18,8 +18,13 @@ from typing import IO
 
 PY = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
-GROUPS = {"fleet-": "fleet", "naive-": "naive", "scheduler": "scheduler", "api": "api+projector"}
-GROUPS["projector"] = "api+projector"
+GROUPS = {
+    "fleet-": "fleet",
+    "naive-": "naive",
+    "scheduler": "scheduler",
+    "api": "api",
+    "projector": "projector",
+}
 
 
 def cpu_seconds(pid: int) -> float:

@@ -53,7 +53,7 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("GPU idle between jobs on a slot p50 / p95 (s)", lambda s: _pair(s["slot_gap"], digits=2)),
     ("jobs handed back at a checkpoint (preemptions)", lambda s: str(s.get("preemptions", 0))),
     ("CPU-s: its 8 workers / the other design's idle 8", lambda s: _cpu(s, *_fleets(s))),
-    ("CPU-s: scheduler / api+projector", lambda s: _cpu(s, "scheduler", "api+projector")),
+    ("CPU-s: scheduler / api / projector", lambda s: _cpu(s, "scheduler", "api", "projector")),
     ("CPU-s: kafka / s3 / postgres", lambda s: _cpu(s, "kafka", "s3", "postgres")),
     ("CPU-s: other users of the machine / all (2 cores)", lambda s: _cpu(s, "other", "machine")),
     ("load average, 1 min, before / after", lambda s: " / ".join(_f(x) for x in s["load_1min"])),
