@@ -161,7 +161,7 @@ async def measure(store: Store, log: list[Incoming], batch: int) -> dict[str, fl
 
 async def run(args: argparse.Namespace) -> list[dict[str, float]]:
     log = event_log(args.jobs, args.slots, args.seed)
-    engine = make_engine(CommonSettings())
+    engine = make_engine(CommonSettings(service_name="bench-projector"), pre_ping=False)  # as live
     store = Store(engine, f"bench_projector_{uuid.uuid4().hex[:8]}")
     try:
         await measure(store, log[: len(log) // 4], 16)  # warm-up: connections, statement caches

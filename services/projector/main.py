@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 
 async def run_live(settings: ProjectorSettings, stop: asyncio.Event) -> None:
-    """Project into `public` until `stop`; waits (with back-off) for Kafka to be reachable at start."""
-    engine = make_engine(settings)
+    """Project into `public` until `stop`; waits (with back-off) for Kafka to be reachable at start.
+
+    No ping before each transaction: one that fails on a closed connection is retried from the stored
+    offsets like any other, and the ping would add a round trip to every batch.
+    """
+    engine = make_engine(settings, pre_ping=False)
     backoff = 0.5
     try:
         while not stop.is_set():

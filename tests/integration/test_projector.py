@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -465,3 +465,35 @@ async def test_batches_grow_with_the_load_instead_of_the_transactions(
     assert sum(paced) == 30
     # One transaction per 300 ms while the stream lasts, plus the first record and the remainder.
     assert len(paced) <= produced_for / 0.3 + 2, f"{len(paced)} transactions in {produced_for:.1f}s: {paced}"
+
+
+async def test_carries_on_after_postgres_closes_its_connections(
+    topics: ProjectorSettings,
+    producer: AIOKafkaProducer,
+    new_store: Callable[[str], Awaitable[Store]],
+    engine: AsyncEngine,
+) -> None:
+    """What a Postgres restart or failover does to the live projector's pool, which has no pre-ping."""
+    name = f"test-projector-{uuid.uuid4().hex[:8]}"
+    settings = topics.model_copy(update={"service_name": name, "retry_max_seconds": 0.5})
+    own = make_engine(settings, pre_ping=False)
+    checked = await new_store("reconnect")  # the test reads through its own pool
+    ends: Ends = {}
+    try:
+        async with projector(settings, Store(own, checked.schema)):
+            await produce(producer, settings.requested_topic, [requested()], ends)
+            await wait_consumed(checked, settings, ends)
+            async with engine.connect() as conn:
+                closed = await conn.scalar(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE application_name = :name"
+                    ),
+                    {"name": name},
+                )
+            assert closed, "the projector's pooled connection shows under its service name"
+            await produce(producer, settings.events_topic, [dispatched(1, 1)], ends)
+            await wait_consumed(checked, settings, ends)
+    finally:
+        await own.dispose()
+    assert (await checked.snapshot()).jobs[JOB]["attempt"] == 1
