@@ -100,21 +100,15 @@ class Jobs:
     ) -> Job:
         """A finished job that ran its steps at `rate` and spent `overhead` seconds beyond them."""
         steps = size["num_inference_steps"]
-        dispatched = self.clock
-        columns.setdefault("finished_at", dispatched + timedelta(seconds=steps * rate + overhead))
-        return self.add(
-            size,
-            status=status,
-            phase="uploading",
-            seconds_per_step=rate,
-            dispatched_at=dispatched,
-            started_at=dispatched,
-            **columns,
-        )
+        started = columns.setdefault("started_at", self.clock)
+        columns.setdefault("dispatched_at", started)
+        columns.setdefault("finished_at", started + timedelta(seconds=steps * rate + overhead))
+        return self.add(size, status=status, phase="uploading", seconds_per_step=rate, **columns)
 
     def running(self, size: dict[str, int], step: int | None, rate: float | None, **columns: Any) -> Job:
-        """Denoising at `step` (None: before its first step, or with `phase`, past its last)."""
-        columns.setdefault("dispatched_at", LONG_AGO)
+        """Denoising at `step` (None: before its first step, or with `phase`, past its last); started
+        when it was dispatched unless told otherwise."""
+        columns.setdefault("started_at", columns.setdefault("dispatched_at", LONG_AGO))
         total = size["num_inference_steps"] if step is not None else None
         return self.add(size, "running", total_steps=total, step=step, seconds_per_step=rate, **columns)
 
@@ -186,12 +180,14 @@ async def test_overhead_is_the_recent_succeeded_jobs_time_beyond_their_steps(job
     jobs.done(SHORT, 1.0, 4.0)
     jobs.done(SHORT, 1.0, 0.0, finished_at=jobs.now - timedelta(days=2))  # "before" its steps: counts as 0
     jobs.done(SHORT, 1.0, 60.0, status="failed")  # not succeeded: not counted
-    jobs.done(SHORT, 1.0, 60.0, attempt=2)  # retried: its dispatch time is the last attempt's
+    jobs.done(SHORT, 1.0, 60.0, attempt=2)  # retried: its start is the first attempt's
+    # Dispatched to follow a busy slot 30 s before it started: that wait was the other job's time.
+    jobs.done(SHORT, 1.0, 2.0, dispatched_at=jobs.clock - timedelta(seconds=29))
     asked = jobs.add(SHORT)
 
     eta = await jobs.eta(asked, slots=1)
 
-    assert eta == Eta(wait_seconds=0.0, run_seconds=pytest.approx(16 * 1.0 + (2.0 + 4.0 + 0.0) / 3))
+    assert eta == Eta(wait_seconds=0.0, run_seconds=pytest.approx(16 * 1.0 + (2.0 + 4.0 + 0.0 + 2.0) / 4))
 
 
 async def test_no_succeeded_job_yet_means_no_overhead(jobs: Jobs) -> None:
@@ -205,8 +201,8 @@ async def test_no_succeeded_job_yet_means_no_overhead(jobs: Jobs) -> None:
 
 async def test_a_slot_holder_has_only_the_overhead_it_has_not_spent_yet(jobs: Jobs) -> None:
     history(jobs)  # overhead 3 s
-    # Dispatched 1 s ago, not started: 2 s of overhead left. Running for 10 s with 8 steps of 1.02 done:
-    # 1.84 s of it spent, 1.16 s left.
+    # Dispatched 1 s ago, not started: all 3 s of overhead left. Running for 10 s with 8 steps of 1.02
+    # done: 1.84 s of it spent, 1.16 s left.
     jobs.add(SHORT, dispatched_at=jobs.now - timedelta(seconds=1))
     jobs.running(SHORT, step=8, rate=1.02, dispatched_at=jobs.now - timedelta(seconds=10))
     asked = jobs.add(SHORT)
@@ -216,11 +212,10 @@ async def test_a_slot_holder_has_only_the_overhead_it_has_not_spent_yet(jobs: Jo
 
     # The query's `now()` is a little later than the test's: allow for it.
     assert eta is not None
-    assert eta.wait_seconds == pytest.approx((16.32 + 2.0 + 8.16 + 1.16 + 16.32 + 2.0) / 3, abs=0.3)
+    assert eta.wait_seconds == pytest.approx((16.32 + 3.0 + 8.16 + 1.16 + 16.32 + 3.0) / 3, abs=0.3)
     assert eta.run_seconds == pytest.approx(19.32)
     held_eta = await jobs.eta(held, slots=3)
-    assert held_eta is not None
-    assert held_eta.wait_seconds == 0.0 and held_eta.run_seconds == pytest.approx(18.32, abs=0.3)
+    assert held_eta == Eta(wait_seconds=0.0, run_seconds=pytest.approx(19.32))
 
 
 async def test_a_running_job_before_or_past_its_steps(jobs: Jobs) -> None:
@@ -259,11 +254,10 @@ async def test_a_job_dispatched_to_follow_a_running_one_waits_for_it(jobs: Jobs)
     assert await jobs.eta(follower, slots=2) == Eta(
         wait_seconds=pytest.approx(8.16), run_seconds=pytest.approx(19.32)
     )
-    # Nothing left on the GPU of slot 0: it starts now, 1 s of its overhead already spent.
-    eta = await jobs.eta(next_up, slots=2)
-    assert eta is not None and eta.wait_seconds == 0.0 and eta.run_seconds == pytest.approx(18.32, abs=0.3)
+    # Nothing left on the GPU of slot 0: it starts now, with all of its run ahead of it.
+    assert await jobs.eta(next_up, slots=2) == Eta(wait_seconds=0.0, run_seconds=pytest.approx(19.32))
     eta = await jobs.eta(asked, slots=2)
-    assert eta is not None and eta.wait_seconds == pytest.approx((8.16 + 0.0 + 19.32 + 18.32) / 2, abs=0.3)
+    assert eta is not None and eta.wait_seconds == pytest.approx((8.16 + 0.0 + 19.32 + 19.32) / 2, abs=0.3)
 
 
 async def test_a_size_never_measured_is_priced_at_the_model_mean(jobs: Jobs) -> None:
