@@ -149,8 +149,8 @@ def make_consumer(
         heartbeat_interval_ms=3_000,
         request_timeout_ms=max(settings.kafka_request_timeout_ms, 20_000),
         metadata_max_age_ms=30_000,
-        # Progress must reach SSE clients fast; an idle fetch returns within 100 ms instead of 500.
-        fetch_max_wait_ms=100,
+        # Progress must reach SSE clients fast: an idle fetch returns within 100 ms (aiokafka: 500).
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
     )
 
 

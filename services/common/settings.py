@@ -27,6 +27,15 @@ class CommonSettings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_request_timeout_ms: int = Field(default=15_000, ge=1000)
+    kafka_fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=10,
+        le=30_000,
+        description=(
+            "How long the broker holds a consumer's fetch that finds no record: the delay of each hop when"
+            " the system is quiet, and each idle consumer's fetches per second (bench/idle.py)."
+        ),
+    )
 
     database_url: SecretStr = SecretStr(
         "postgresql+asyncpg://reelstream:reelstream@127.0.0.1:5432/reelstream"
