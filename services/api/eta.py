@@ -12,12 +12,12 @@ is the job in front's time, not overhead (counted twice, it made every job in a 
 dearer per short job here).
 
 A queued job waits for what the jobs that hold a slot of its model still have to do, plus the whole cost
-of every waiting job the scheduler starts before it (interactive lane first, then batch; oldest first
-within a lane; same model only), shared by the slots that can run the model (all, less those whose last
-job was of another model); then it runs its own cost. A dispatched job waits only for the job that its
-slot is still denoising, if any (the scheduler may dispatch a slot's next job ahead of time); until that
-one is through it has spent none of its own overhead. It is one query: the jobs in front are summed in
-SQL, each joined to the mean of its size group.
+of every waiting job the scheduler starts before it (interactive lane first, then batch; within a lane by
+`queued_at`, acceptance or last hand-back; same model only), shared by the slots that can run the model
+(all, less those whose last job was of another model); then it runs its own cost. A dispatched job waits
+only for the job that its slot is still denoising, if any (the scheduler may dispatch a slot's next job
+ahead of time); until that one is through it has spent none of its own overhead. It is one query: the
+jobs in front are summed in SQL, each joined to the mean of its size group.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _in_front(job: Job) -> ColumnElement[bool]:
     """Jobs of the model that hold a slot, and waiting jobs the scheduler picks before `job`."""
     holding = or_(Job.status == "running", and_(Job.status == "queued", Job.dispatched_at.is_not(None)))
     earlier = and_(
-        Job.priority == job.priority, tuple_(Job.created_at, Job.id) < tuple_(job.created_at, job.id)
+        Job.priority == job.priority, tuple_(Job.queued_at, Job.id) < tuple_(job.queued_at, job.id)
     )
     lanes_first = or_(earlier, Job.priority == "interactive") if job.priority == "batch" else earlier
     waiting_first = and_(Job.status == "queued", Job.dispatched_at.is_(None), lanes_first)

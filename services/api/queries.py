@@ -44,14 +44,15 @@ async def find_by_idempotency_key(session: AsyncSession, tenant: str, key: str) 
 
 
 async def queue_position(session: AsyncSession, job: Job) -> int | None:
-    """1-based place among the jobs of the same lane that wait for a slot (FIFO by acceptance time)."""
+    """1-based place among the jobs of the same lane that wait for a slot, in the scheduler's order: by
+    acceptance time, a handed-back job by the time it was handed back."""
     if job.status != "queued" or job.dispatched_at is not None:
         return None
     ahead = select(func.count()).where(
         Job.status == "queued",
         Job.dispatched_at.is_(None),
         Job.priority == job.priority,
-        tuple_(Job.created_at, Job.id) < tuple_(job.created_at, job.id),
+        tuple_(Job.queued_at, Job.id) < tuple_(job.queued_at, job.id),
     )
     return int((await session.execute(ahead)).scalar_one()) + 1
 

@@ -48,6 +48,8 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     checkpoint_key: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Since when the job waits in its lane: created_at, or the time of its last hand-back (preemption).
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -67,7 +69,7 @@ class Job(Base):
         Index(
             "ix_jobs_waiting",
             "priority",
-            "created_at",
+            "queued_at",
             "id",
             postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
         ),

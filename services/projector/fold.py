@@ -163,6 +163,8 @@ class JobView:
     error: dict[str, Any] | None
     checkpoint_key: str | None
     created_at: datetime
+    queued_at: datetime
+    """Since when it waits in its lane: its acceptance, or its last hand-back (the scheduler's order)."""
     dispatched_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -192,6 +194,7 @@ def requested_view(event: JobRequested) -> JobView:
         error=None,
         checkpoint_key=None,
         created_at=event.occurred_at,
+        queued_at=event.occurred_at,
         dispatched_at=None,
         started_at=None,
         finished_at=None,
@@ -201,7 +204,8 @@ def requested_view(event: JobRequested) -> JobView:
 
 
 def _requeued(view: JobView, event: JobEvent) -> JobView | None:
-    """A lost attempt starts over from its checkpoint; a preempted one waits with its progress kept."""
+    """A lost attempt starts over from its checkpoint, keeping its place in the lane; a preempted one waits
+    with its progress kept, behind the jobs already waiting (as the scheduler orders them)."""
     if isinstance(event, JobRetrying):
         return replace(
             view, status=JobStatus.QUEUED, phase=Phase.QUEUED, dispatched_at=None, step=None, total_steps=None
@@ -211,6 +215,7 @@ def _requeued(view: JobView, event: JobEvent) -> JobView | None:
             view,
             status=JobStatus.QUEUED,
             phase=Phase.QUEUED,
+            queued_at=event.occurred_at,
             dispatched_at=None,
             step=event.step,
             total_steps=event.total_steps,

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.api.eta import Eta, estimate
+from services.api.queries import queue_position
 from services.common.db import make_engine
 from services.common.readmodel import Job
 from services.common.settings import CommonSettings
@@ -88,6 +89,7 @@ class Jobs:
             request_hash="0" * 64,
             attempt=columns.pop("attempt", 1 if columns.get("dispatched_at") else 0),
             created_at=self.clock,
+            queued_at=columns.pop("queued_at", self.clock),
             updated_at=self.clock,
             last_seq=0,
             **columns,
@@ -304,3 +306,17 @@ async def test_the_work_in_front_is_shared_by_the_slots_that_can_run_the_model(j
     jobs.running(SHORT, step=0, rate=1.02, model="other-model", slot=1)
     eta = await jobs.eta(asked, slots=4)
     assert eta is not None and eta.wait_seconds == pytest.approx(16.32 / 1)
+
+
+async def test_a_handed_back_job_waits_behind_the_jobs_already_waiting(jobs: Jobs) -> None:
+    history(jobs)
+    # Accepted first, but handed back at a checkpoint after the other two were accepted.
+    handed_back = jobs.add(LONG, priority="batch", step=32, total_steps=64, queued_at=jobs.now)
+    first, second = jobs.add(LONG, priority="batch"), jobs.add(LONG, priority="batch")
+    await jobs.session.flush()
+
+    positions = [await queue_position(jobs.session, job) for job in (first, second, handed_back)]
+    assert positions == [1, 2, 3]
+    eta = await jobs.eta(handed_back, slots=1)
+    # Two waiting long jobs of 64 x 7.76 + 3 s first; then its own 32 steps left.
+    assert eta == Eta(wait_seconds=pytest.approx(2 * 499.64), run_seconds=pytest.approx(32 * 7.76 + 3.0))

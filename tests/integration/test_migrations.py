@@ -7,6 +7,7 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,39 @@ async def test_upgrade_downgrade_upgrade_without_drift(scratch_url: str) -> None
     tables, drift = await inspect_database(scratch_url)
     assert tables >= TABLES
     assert drift == [], f"the migrations and services/common/readmodel.py disagree: {drift}"
+
+
+async def test_queued_at_is_filled_as_a_replay_would_fill_it(scratch_url: str) -> None:
+    """0002 on a read model with history: acceptance time, or the last counted hand-back."""
+    await alembic(scratch_url, "upgrade", "0001")
+    plain, handed_back = uuid.uuid4(), uuid.uuid4()
+    conn = await asyncpg.connect(_dsn(scratch_url))
+    try:
+        for job in (plain, handed_back):
+            await conn.execute(
+                "INSERT INTO jobs (id, tenant, status, phase, progress, priority, model, request,"
+                " request_hash, attempt, created_at, updated_at, last_seq) VALUES ($1, 't', 'queued',"
+                " 'queued', 0, 'batch', 'm', '{}', 'h', 1, $2, $2, 0)",
+                job,
+                datetime(2026, 1, 5, 12, 0, tzinfo=UTC),
+            )
+        preempted = (
+            "INSERT INTO job_events (event_id, job_id, seq, type, attempt, applied, occurred_at, payload)"
+            " VALUES ($1, $2, $3, 'job.preempted', 1, $4, $5, '{}')"
+        )
+        at = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+        for seq, minute, applied in ((1, 1, True), (2, 3, True), (3, 9, False)):  # the last one is stale
+            await conn.execute(
+                preempted, uuid.uuid4(), handed_back, seq, applied, at + timedelta(minutes=minute)
+            )
+    finally:
+        await conn.close()
+
+    await alembic(scratch_url, "upgrade", "head")
+
+    conn = await asyncpg.connect(_dsn(scratch_url))
+    try:
+        rows = await conn.fetch("SELECT id, to_char(queued_at AT TIME ZONE 'UTC', 'HH24:MI') AS at FROM jobs")
+    finally:
+        await conn.close()
+    assert {row["id"]: row["at"] for row in rows} == {plain: "12:00", handed_back: "12:03"}

@@ -50,6 +50,7 @@ def job(status: str = "queued", dispatched: bool = False) -> Job:
         request={"width": 848, "height": 480, "num_frames": 31, "num_inference_steps": 16},
         seconds_per_step=None,
         created_at=T0,
+        queued_at=T0,
         dispatched_at=T0 if dispatched else None,
     )
 

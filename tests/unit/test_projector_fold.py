@@ -266,6 +266,7 @@ def test_retrying_puts_the_job_back_in_the_queue() -> None:
         JobStatus.QUEUED, Phase.QUEUED, None, None, None,
     )  # fmt: skip
     assert view.attempt == 1  # the next dispatch sets the new attempt
+    assert view.queued_at == at(0)  # a lost attempt keeps the job's place in its lane
 
 
 def test_a_preempted_job_waits_again_with_its_progress_and_checkpoint() -> None:
@@ -280,12 +281,13 @@ def test_a_preempted_job_waits_again_with_its_progress_and_checkpoint() -> None:
         JobStatus.QUEUED, Phase.QUEUED, None, 2, 4,
     )  # fmt: skip
     assert view.checkpoint_key == "ck/2" and view.attempt == 1
+    assert view.queued_at == at(5)  # behind the jobs already waiting, as the scheduler orders it
     _, view = project([*events, dispatched(2, 6), started(2, 7)])
     assert view is not None and (view.status, view.attempt) == (JobStatus.RUNNING, 2)
     # A hand-back from an attempt that was already superseded changes nothing.
     _, view = project([*events[:-1], retrying(1, 4), dispatched(2, 4.5), handed_back])
     assert view is not None and (view.status, view.attempt) == (JobStatus.QUEUED, 2)
-    assert view.dispatched_at == at(4.5)
+    assert view.dispatched_at == at(4.5) and view.queued_at == at(0)
 
 
 def test_dispatch_and_retry_never_go_backwards() -> None:
