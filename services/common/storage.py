@@ -144,14 +144,28 @@ class Storage:
             return ObjectInfo(int(response["ContentLength"]), str(response.get("ContentType", "")))
 
     async def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under `prefix`; returns how many were deleted."""
+        """Delete every object under `prefix`; returns how many were deleted.
+
+        One request per listed page (up to 1000 keys), not one per object: a long job's eight
+        checkpoints go in two requests instead of nine.
+        """
         deleted = 0
         async with self._translated(f"delete {prefix}"), self.client() as s3:
             paginator = s3.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    await s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
-                    deleted += 1
+                keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+                if not keys:
+                    continue
+                response = await s3.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                )
+                if errors := response.get("Errors"):
+                    first = errors[0]
+                    raise StorageUnavailable(
+                        f"delete {prefix}: {len(errors)} of {len(keys)} not deleted, "
+                        f"first {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+                    )
+                deleted += len(keys)
         return deleted
 
     async def presign_get(self, key: str, expires_in: int, filename: str | None = None) -> str:

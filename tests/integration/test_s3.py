@@ -14,6 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from services.common.settings import CommonSettings
+from services.common.storage import Storage
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -124,3 +125,20 @@ async def test_request_signed_with_a_wrong_secret_is_refused(
         with pytest.raises(ClientError) as refused:
             await forged.list_objects_v2(Bucket=bucket, MaxKeys=1)
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+async def test_delete_prefix_deletes_everything_under_it_and_nothing_else(
+    settings: CommonSettings, s3_endpoint: str, s3: S3Client, bucket: str, key_prefix: str
+) -> None:
+    """What a job's end does to its checkpoints: every attempt's, in one request per listed page."""
+    under = [f"{key_prefix}job/attempt-{a}/step-{s:05d}.pt" for a in (1, 2) for s in (8, 16, 24)]
+    beside = f"{key_prefix}jobx/attempt-1/step-00008.pt"  # the same characters, another job
+    for key in [*under, beside]:
+        await s3.put_object(Bucket=bucket, Key=key, Body=b"latents")
+
+    async with Storage(settings) as storage:
+        assert await storage.delete_prefix(f"{key_prefix}job/") == len(under)
+        assert await storage.delete_prefix(f"{key_prefix}job/") == 0  # nothing left: no request fails
+
+    listing = await s3.list_objects_v2(Bucket=bucket, Prefix=key_prefix)
+    assert [item["Key"] for item in listing.get("Contents", [])] == [beside]
