@@ -77,6 +77,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-api", action="store_true", help="skip the api/projector (no api ETA)")
     p.add_argument("--api-sample", type=int, default=3, help="ask the api for the ETA of every n-th job")
     p.add_argument("--checkpoint-every", type=int, default=8, help="denoising steps")
+    p.add_argument(
+        "--checkpoint-min-seconds",
+        type=float,
+        default=0.6,
+        help="workers: no checkpoint within this long of the start or the last one (production's 30 s / 50)",
+    )
     p.add_argument("--progress-interval", type=float, default=0.5, help="seconds between progress events")
     p.add_argument(
         "--control-plane-nice",

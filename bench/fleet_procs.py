@@ -127,6 +127,8 @@ class Procs:
             str(args.scale),
             "--checkpoint-every",
             str(args.checkpoint_every),
+            "--checkpoint-min-seconds",
+            str(args.checkpoint_min_seconds),
             "--progress-interval",
             str(args.progress_interval),
             "--step-pacing",

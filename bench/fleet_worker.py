@@ -66,6 +66,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=50.0)
     p.add_argument("--model", default="mochi-1-preview")
     p.add_argument("--checkpoint-every", type=int, default=8)
+    p.add_argument(
+        "--checkpoint-min-seconds",
+        type=float,
+        default=0.6,
+        help="no checkpoint within this long of the start or the last one (production's 30 s / 50)",
+    )
     p.add_argument("--progress-interval", type=float, default=0.5)
     p.add_argument("--step-pacing", choices=PACINGS, default="gpu", help=PACING_HELP)
     p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))
@@ -81,6 +87,7 @@ def settings_of(args: argparse.Namespace, name: str) -> WorkerSettings:
         model=args.model,
         simulate=True,
         checkpoint_every=args.checkpoint_every,
+        checkpoint_min_seconds=args.checkpoint_min_seconds,
         progress_interval_seconds=args.progress_interval,
         scratch_dir=args.scratch_dir / f"{name}-{args.slot}",
     )

@@ -54,6 +54,7 @@ def make_runner(settings: WorkerSettings, args: argparse.Namespace, publish: Pub
         publish=publish,
         scratch_dir=settings.scratch_dir,
         checkpoint_every=settings.checkpoint_every,
+        checkpoint_min_seconds=settings.checkpoint_min_seconds,
         progress_interval=settings.progress_interval_seconds,
     )
 
@@ -119,6 +120,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=50.0)
     p.add_argument("--model", default="mochi-1-preview")
     p.add_argument("--checkpoint-every", type=int, default=8)
+    p.add_argument(
+        "--checkpoint-min-seconds",
+        type=float,
+        default=0.6,
+        help="no checkpoint within this long of the start or the last one (production's 30 s / 50)",
+    )
     p.add_argument("--progress-interval", type=float, default=0.5)
     p.add_argument("--step-pacing", choices=PACINGS, default="gpu", help=PACING_HELP)
     p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))

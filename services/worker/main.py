@@ -315,6 +315,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event, generator: Genera
         publish=publish,
         scratch_dir=settings.scratch_dir,
         checkpoint_every=settings.checkpoint_every,
+        checkpoint_min_seconds=settings.checkpoint_min_seconds,
         progress_interval=settings.progress_interval_seconds,
         upload_attempts=settings.upload_attempts,
     )

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ class CurrentJob:
     # Set by a preempt request (event loop), read by the generation thread: hand back at this step.
     yield_at: int | None = None
     yield_reason: str = ""
+    # When the attempt started generating or took its last checkpoint (time.monotonic()).
+    unsaved_since: float = 0.0
+    stored_checkpoints: bool = False  # this attempt began storing at least one
 
 
 class ProgressPump:
@@ -169,6 +173,7 @@ class JobRunner:
         publish: Publish,
         scratch_dir: Path,
         checkpoint_every: int = 0,
+        checkpoint_min_seconds: float = 0.0,
         progress_interval: float = 0.25,
         upload_attempts: int = 6,
     ) -> None:
@@ -179,6 +184,7 @@ class JobRunner:
         self.publish = publish
         self.scratch_dir = scratch_dir
         self.checkpoint_every = checkpoint_every if generator.supports_resume else 0
+        self.checkpoint_min_seconds = checkpoint_min_seconds
         self.progress_interval = progress_interval
         self.upload_attempts = upload_attempts
         self.state = RunState.IDLE
@@ -404,6 +410,9 @@ class JobRunner:
             loop.call_soon_threadsafe(pump.offer, self._progress(job, Phase.DENOISING, value, info))
 
         def on_checkpoint(state: ResumeState) -> None:
+            if not self._checkpoint_wanted(job, state.step):
+                return
+            job.unsaved_since, job.stored_checkpoints = time.monotonic(), True
             # Denoising goes on while the checkpoint is stored; the thread waits only for the previous
             # one (so they land in order), or for this one when shutting down, so that `Abandoned`
             # always follows a durable checkpoint.
@@ -417,6 +426,7 @@ class JobRunner:
                 if job.last_checkpoint_step == state.step:  # only after a durable checkpoint
                     raise Preempted(state.step, job.yield_reason)
 
+        job.unsaved_since = time.monotonic()
         try:
             return await asyncio.to_thread(
                 self.generator.generate,
@@ -433,6 +443,15 @@ class JobRunner:
             # the slot is freed first: `_attempt` waits for it while the video is stored.)
             await self._settled(job)
             raise
+
+    def _checkpoint_wanted(self, job: CurrentJob, step: int) -> bool:
+        """Every `checkpoint_every` steps, but not within `checkpoint_min_seconds` of the attempt's start
+        or its last checkpoint: re-running that little work after a crash costs less than storing,
+        announcing and deleting a checkpoint for every job. One the job is to stop at (a hand-back, a
+        shutdown) is always taken."""
+        if job.drain.is_set() or (job.yield_at is not None and step >= job.yield_at):
+            return True
+        return time.monotonic() - job.unsaved_since >= self.checkpoint_min_seconds
 
     async def _settled(self, job: CurrentJob) -> None:
         if job.saving is not None:
@@ -506,6 +525,9 @@ class JobRunner:
             path.unlink(missing_ok=True)
 
     async def _delete_checkpoints(self, job: CurrentJob) -> None:
+        """Delete every attempt's checkpoints; a first attempt that stored none has none to delete."""
+        if job.dispatch.attempt == 1 and not job.stored_checkpoints:
+            return
         try:
             await self.store.delete_prefix(checkpoint_prefix(job.dispatch.job_id))
         except RetryableError as e:

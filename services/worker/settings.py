@@ -34,6 +34,14 @@ class WorkerSettings(CommonSettings):
     checkpoint_every: int = Field(
         default=8, ge=0, description="Denoising steps between checkpoints; 0 = off."
     )
+    checkpoint_min_seconds: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "No checkpoint within this many seconds of the attempt's start or its last checkpoint (one "
+            "the job stops at is always taken): a job shorter than this is never checkpointed."
+        ),
+    )
     scratch_dir: Path = Path("/tmp/reelstream-worker")  # noqa: S108 - a per-pod scratch volume in production
     heartbeat_seconds: float = Field(default=1.0, gt=0)
     progress_interval_seconds: float = Field(default=0.25, ge=0)

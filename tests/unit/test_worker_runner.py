@@ -24,6 +24,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.down = False
+        self.deleted_prefixes: list[str] = []
 
     def _check(self) -> None:
         if self.down:
@@ -45,6 +46,7 @@ class MemoryStore:
 
     async def delete_prefix(self, prefix: str) -> int:
         self._check()
+        self.deleted_prefixes.append(prefix)
         doomed = [k for k in self.objects if k.startswith(prefix)]
         for key in doomed:
             del self.objects[key]
@@ -81,6 +83,7 @@ def runner(
     store: MemoryStore,
     publish: Recorder,
     checkpoint_every: int = 2,
+    checkpoint_min_seconds: float = 0.0,
 ) -> JobRunner:
     return JobRunner(
         slot=0,
@@ -89,6 +92,7 @@ def runner(
         publish=publish,
         scratch_dir=tmp_path,
         checkpoint_every=checkpoint_every,
+        checkpoint_min_seconds=checkpoint_min_seconds,
         progress_interval=0,
         upload_attempts=2,
     )
@@ -303,6 +307,59 @@ async def test_a_preempted_job_is_handed_back_after_a_durable_checkpoint_and_res
     steps = [e.step for e in publish.events if e.type is EventType.PROGRESS and e.step]
     assert min(steps) > 4
     assert not any(k.startswith(checkpoint_prefix(job.job_id)) for k in store.objects)
+
+
+async def test_a_job_shorter_than_the_checkpoint_minimum_stores_none_and_deletes_none(tmp_path: Path) -> None:
+    store, publish = MemoryStore(), Recorder()
+    job = dispatch()
+    generator = SimulatedGenerator("tiny-mochi", seconds_per_step=0.01)
+    outcome = await runner(tmp_path, generator, store, publish, checkpoint_min_seconds=60).run(job)
+    assert outcome == "succeeded"
+    assert EventType.CHECKPOINTED not in publish.types()
+    assert list(store.objects) == [video_key(job.job_id, 1), f"jobs/{job.job_id}/attempt-1/poster.jpg"]
+    assert store.deleted_prefixes == []  # a first attempt that stored no checkpoint has none to delete
+
+
+async def test_checkpoints_come_no_closer_than_the_minimum(tmp_path: Path) -> None:
+    store, publish = MemoryStore(), Recorder()
+    job = dispatch()
+    generator = SimulatedGenerator("tiny-mochi", seconds_per_step=0.05)
+    # Every 2 steps = 0.1 s; at least 0.15 s apart: every other one is skipped.
+    outcome = await runner(tmp_path, generator, store, publish, checkpoint_min_seconds=0.15).run(job)
+    assert outcome == "succeeded"
+    steps = [e.step for e in publish.events if e.type is EventType.CHECKPOINTED]
+    assert steps and steps[0] >= 4 and all(b - a >= 4 for a, b in itertools.pairwise(steps))
+    assert store.deleted_prefixes == [checkpoint_prefix(job.job_id)]
+    assert not any(k.startswith(checkpoint_prefix(job.job_id)) for k in store.objects)
+
+
+async def test_a_hand_back_or_a_shutdown_takes_its_checkpoint_within_the_minimum(tmp_path: Path) -> None:
+    store, publish = MemoryStore(), Recorder()
+    preempted, drained = dispatch(), dispatch()
+    run = runner(
+        tmp_path,
+        SimulatedGenerator("tiny-mochi", seconds_per_step=0.05),
+        store,
+        publish,
+        checkpoint_min_seconds=60,
+    )
+    task = asyncio.create_task(run.run(preempted))
+    while run.current is None:
+        await asyncio.sleep(0.005)
+    assert run.preempt(preempted.job_id, preempted.attempt, 3, "balance the batch lane")
+    assert await task == "preempted"
+    handed = publish.events[-1]
+    assert handed.type is EventType.PREEMPTED and handed.step == 4
+    assert handed.checkpoint_key in store.objects
+
+    task = asyncio.create_task(run.run(drained))
+    while run.current is None:
+        await asyncio.sleep(0.005)
+    run.drain()
+    assert await task == "abandoned"
+    last = publish.events[-1]
+    assert last.type is EventType.CHECKPOINTED and last.job_id == drained.job_id
+    assert last.checkpoint_key in store.objects
 
 
 async def test_a_superseded_attempt_stops_quietly_and_keeps_its_checkpoints(tmp_path: Path) -> None:
