@@ -1,13 +1,15 @@
 """The job state machine of one slot: run a dispatched job, report it, store its artifacts.
 
 Generation runs on a worker thread; callbacks from that thread reach the event loop only through
-`call_soon_threadsafe`/`run_coroutine_threadsafe`. Progress is throttled and droppable; terminal events are
-retried until Kafka has them. Infrastructure trouble (S3, Kafka) is kept apart from model errors.
+`call_soon_threadsafe`/`run_coroutine_threadsafe` (or the progress pump's atomic hand-over). Progress is
+throttled and droppable; terminal events are retried until Kafka has them. Infrastructure trouble (S3,
+Kafka) is kept apart from model errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import itertools
@@ -124,32 +126,55 @@ class CurrentJob:
 
 
 class ProgressPump:
-    """Publishes the newest progress at most every `interval` seconds; older unsent updates are dropped."""
+    """Publishes the newest progress at most every `interval` seconds; older unsent updates are dropped.
+
+    The generation thread offers an update at every step. It wakes the event loop only when the pump
+    is waiting for one: a step on a short job is a few hundred ms of GPU time at most, and waking the
+    loop for updates that are dropped anyway cost the slot's host a thread switch per step.
+    """
 
     def __init__(self, publish: Callable[[JobProgress], Awaitable[object]], interval: float) -> None:
         self._publish = publish
         self._interval = interval
-        self._latest: JobProgress | None = None
+        self._loop = asyncio.get_running_loop()
+        # The newest unsent update. A deque's append and popleft are atomic, so the generation thread
+        # replaces it while the loop takes it without a lock and without losing the newer one.
+        self._latest: collections.deque[JobProgress] = collections.deque(maxlen=1)
         self._wake = asyncio.Event()
+        self._waiting = False
         self._task = asyncio.create_task(self._pump(), name="progress-pump")
 
     def offer(self, event: JobProgress) -> None:
-        """Called on the event loop (use `call_soon_threadsafe` from other threads)."""
-        self._latest = event
+        """Called on the event loop."""
+        self._latest.append(event)
         self._wake.set()
 
+    def offer_threadsafe(self, event: JobProgress) -> None:
+        """Called from another thread."""
+        self._latest.append(event)
+        if self._waiting:  # read after the append: a pump that starts waiting now sees the update
+            self._loop.call_soon_threadsafe(self._wake.set)
+
     async def _send_latest(self) -> None:
-        event, self._latest = self._latest, None
-        self._wake.clear()
-        if event is not None:
-            try:
-                await self._publish(event)
-            except RetryableError as e:
-                log.warning("dropped a progress update: %s", e)
+        try:
+            event = self._latest.popleft()
+        except IndexError:
+            return
+        try:
+            await self._publish(event)
+        except RetryableError as e:
+            log.warning("dropped a progress update: %s", e)
 
     async def _pump(self) -> None:
         while True:
-            await self._wake.wait()
+            if not self._latest:
+                self._wake.clear()
+                self._waiting = True
+                try:
+                    if not self._latest:  # checked again after announcing the wait
+                        await self._wake.wait()
+                finally:
+                    self._waiting = False
             await self._send_latest()
             await asyncio.sleep(self._interval)
 
@@ -396,7 +421,7 @@ class JobRunner:
         )
 
         def on_phase(phase: Phase) -> None:
-            loop.call_soon_threadsafe(pump.offer, self._progress(job, phase, PHASE_WEIGHT.get(phase, 0.0)))
+            pump.offer_threadsafe(self._progress(job, phase, PHASE_WEIGHT.get(phase, 0.0)))
 
         def on_step(info: StepInfo) -> None:
             job.seconds_per_step = info.seconds_per_step
@@ -407,7 +432,7 @@ class JobRunner:
             if job.drain.is_set() and self.checkpoint_every == 0:
                 raise Abandoned(f"shutting down at step {info.step}")
             value = PHASE_WEIGHT[Phase.DENOISING] + 0.85 * info.step / info.total_steps
-            loop.call_soon_threadsafe(pump.offer, self._progress(job, Phase.DENOISING, value, info))
+            pump.offer_threadsafe(self._progress(job, Phase.DENOISING, value, info))
 
         def on_checkpoint(state: ResumeState) -> None:
             if not self._checkpoint_wanted(job, state.step):

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas.events import ErrorCode, EventType, JobDispatched, JobEvent
-from schemas.jobs import JobRequest, resolve
+from schemas.events import ErrorCode, EventType, JobDispatched, JobEvent, JobProgress
+from schemas.jobs import JobRequest, Phase, resolve
 from services.common.errors import StorageUnavailable
 from services.common.storage import ObjectMissing, checkpoint_prefix, video_key
 from services.worker.engine import SimulatedGenerator
-from services.worker.runner import JobRunner
+from services.worker.runner import JobRunner, ProgressPump
 
 
 class MemoryStore:
@@ -433,3 +433,43 @@ async def test_a_failed_dispatch_commit_stops_the_attempt_without_a_trace(
     assert await task == "superseded"
     assert publish.events == []
     assert not any(k.startswith(f"jobs/{job.job_id}/") for k in store.objects)
+
+
+async def test_the_progress_pump_sends_the_newest_update_from_a_thread_without_losing_the_last() -> None:
+    sent: list[JobProgress] = []
+
+    async def publish(event: JobProgress) -> object:
+        sent.append(event)
+        return None
+
+    def update(step: int) -> JobProgress:
+        return JobProgress(
+            job_id=uuid.UUID(int=1),
+            producer="worker-0",
+            attempt=1,
+            phase=Phase.DENOISING,
+            progress=0.5,
+            step=step,
+        )
+
+    pump = ProgressPump(publish, interval=0.05)
+    # Idle, a single update from the thread wakes the pump at once.
+    await asyncio.to_thread(pump.offer_threadsafe, update(0))
+    for _ in range(100):
+        if sent:
+            break
+        await asyncio.sleep(0.01)
+    assert [e.step for e in sent] == [0]
+
+    def steps() -> None:  # a fast generation thread: far more updates than intervals
+        for step in range(1, 2001):
+            pump.offer_threadsafe(update(step))
+
+    started = asyncio.get_running_loop().time()
+    await asyncio.to_thread(steps)
+    await asyncio.sleep(0.12)
+    await pump.close()
+    elapsed = asyncio.get_running_loop().time() - started
+    numbers = [e.step for e in sent]
+    assert numbers == sorted(numbers) and numbers[-1] == 2000  # the newest is never lost
+    assert len(numbers) <= 2 + elapsed / 0.05 + 1  # at most one per interval
