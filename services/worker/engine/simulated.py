@@ -78,7 +78,7 @@ class SimulatedGenerator:
     def load(self) -> None:
         """Pretend to load weights (sleeps `load_seconds` once)."""
         if not self.loaded:
-            self._sleep(self.load_seconds)
+            self._pause(self.load_seconds)
             self.loaded = True
 
     def generate(
@@ -117,23 +117,29 @@ class SimulatedGenerator:
             tracker.phase(Phase.LOADING)
             self.load()
         tracker.phase(Phase.ENCODING_PROMPT)
-        self._sleep(self.encode_prompt_seconds)
+        self._pause(self.encode_prompt_seconds)
         latents = resume.latents.clone() if resume is not None else _initial_latents(request.seed)
         tracker.phase(Phase.DENOISING)
         late = 0.0  # how late the last wake-up was, at most a step
         for step in range(tracker.start_step + 1, request.num_inference_steps + 1):
             due = self._clock() + self.seconds_per_step - late
-            self._sleep(max(0.0, due - self._clock()))
+            self._pause(due - self._clock())
             if self.discount_wakeups:
                 late = min(self.seconds_per_step, max(0.0, self._clock() - due))
             latents = latents * 0.5 + step
             if self.fail_at_step == step:
                 raise GenerationError(self.fail_code, f"simulated {self.fail_code} at step {step}")
             tracker.step_done(latents)
-        self._sleep(self.decode_seconds)
+        self._pause(self.decode_seconds)
         frames = self._frames(request.num_frames, latents)
         tracker.finish()
         return frames
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep for the simulated work, and not at all for none: on a loaded host even `sleep(0)` gives
+        the core away and may get it back milliseconds later."""
+        if seconds > 0:
+            self._sleep(seconds)
 
     def _frames(self, count: int, latents: torch.Tensor) -> Frames:
         """A moving diagonal gradient whose colour comes from the final latents."""
