@@ -50,6 +50,10 @@ log = logging.getLogger("reelstream.worker")
 
 
 GROUP = "reelstream-worker"
+# The generation thread feeds the GPU between steps. Woken by a finished step, it waits for the
+# interpreter lock until its holder (the event loop storing the last job's video, an encode) gives it
+# up, at the latest after the switch interval: with Python's 5 ms the GPU may wait that long.
+GIL_SWITCH_SECONDS = 0.001
 
 
 class Worker:
@@ -299,6 +303,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event, generator: Genera
     """Run this slot until `stop`. `generator` replaces the catalog's (benchmarks inject a simulated one)."""
     if generator is None:
         generator = await asyncio.to_thread(load_generator, settings)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     producer = make_producer(settings, f"reelstream-worker-{settings.slot_id}")
     await producer.start()
     control = await start_control(settings)
