@@ -250,13 +250,31 @@ class Worker:
     async def dispatch_loop(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, stop: asyncio.Event
     ) -> None:
+        """Handle the slot's dispatch records one at a time, reading the next while one runs.
+
+        With look-ahead the scheduler sends a slot its next job before the running one ends: read
+        while it runs, it is in hand the moment the slot is free, instead of after a round of the
+        event loop (busy storing the last video) and the consumer. Reading is not taking: only
+        `handle` commits, so a record read but not handled is read again by the slot's next process.
+        """
         self.position = await consumer.position(tp)
-        while not stop.is_set():
-            batch = await consumer.getmany(tp, timeout_ms=500, max_records=1)
-            for msg in batch.get(tp, []):
-                if stop.is_set():
-                    return  # not committed: it stays for this slot's next process
-                await self.handle(consumer, tp, msg)
+
+        def read() -> asyncio.Task[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]:
+            return asyncio.create_task(consumer.getmany(tp, timeout_ms=500, max_records=1))
+
+        ahead = None
+        try:
+            while not stop.is_set():
+                batch, ahead = await (ahead or read()), None
+                for msg in batch.get(tp, []):
+                    if stop.is_set():
+                        return  # not committed: it stays for this slot's next process
+                    ahead = read()
+                    await self.handle(consumer, tp, msg)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
 
 
 async def start_control(settings: WorkerSettings) -> AIOKafkaConsumer:
