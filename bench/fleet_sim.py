@@ -2,9 +2,10 @@
 
 The real `SchedulerState` and `plan` decide; simulated slots carry the decisions out instantly (or with
 a fixed delay and per-job overhead you choose) and answer with the events a worker sends: started,
-progress and a checkpoint every `--checkpoint-every` steps, the hand-back of a preempted job, the end
-of denoising, the terminal event. No Kafka, no processes: it isolates the policy from the machine, so
-it gives the bound that the real fleet benchmark (`fleet.py`) is compared with.
+progress and a checkpoint every `--checkpoint-every` steps, the hand-back of a preempted job (with a
+checkpoint at the step asked), the end of denoising, the terminal event. No Kafka, no processes: it
+isolates the policy from the machine, so it gives the bound that the real fleet benchmark (`fleet.py`)
+is compared with.
 
     python bench/fleet_sim.py                      # the fleet benchmark's burst, rules on and off
     python bench/fleet_sim.py --gap 0.05 --finish 0.1 --dispatch-delay 0.05
@@ -169,6 +170,8 @@ class Fleet:
             run = slot.running
             if run is not None and (run.job_id, run.attempt) == (p.job_id, p.attempt):
                 run.yield_at = p.at_step
+                slot.token += 1  # the run stops at that step now, not at its next regular checkpoint
+                self._next_checkpoint(slot, run, slot.token)
             else:
                 slot.preempts[(p.job_id, p.attempt)] = p.at_step
 
@@ -202,7 +205,10 @@ class Fleet:
 
     def _next_checkpoint(self, slot: SimSlot, run: Run, token: int) -> None:
         every = self.config.checkpoint_every
-        step = (int(run.step_at(max(self.now, run.start)) + 1e-9) // every + 1) * every
+        done = int(run.step_at(max(self.now, run.start)) + 1e-9)
+        step = (done // every + 1) * every
+        if run.yield_at is not None:  # a worker hands back at the step asked, or the next one
+            step = min(step, max(run.yield_at, done + 1))
         step = min(step, run.total)
         when = run.start + (step - run.first_step) * run.per_step
         self.at(when, lambda: self._at_step(slot, run, token, step))

@@ -168,7 +168,7 @@ class JobPreemptRequested(_Event):
     """The scheduler asks the slot running this attempt to hand it back at a checkpoint."""
 
     type: Literal[EventType.PREEMPT_REQUESTED] = EventType.PREEMPT_REQUESTED
-    at_step: int = Field(ge=1, description="Stop after the first checkpoint at or after this step.")
+    at_step: int = Field(ge=1, description="Stop after this step (or the next if past it) with a checkpoint.")
     reason: str
 
 

@@ -267,14 +267,13 @@ def balance(state: SchedulerState, now: datetime) -> list[Decision]:
     finish = max(*works, *free, (sum(free) + sum(works)) / len(alive))
     late = _late(free, queue, finish)
     gain = state.balance_gain.total_seconds()
-    every = max(state.checkpoint_steps, 1)
     best: tuple[float, Preempt] | None = None
     for running in movable:
         # Hand back so that the longest waiting job, started then, still ends by the balanced finish;
-        # at one of the two checkpoints around that moment (workers stop only at checkpoints).
+        # at one of the two steps around that moment (the worker takes a checkpoint there).
         ideal = running.step_now + max(finish - max(works), 0.0) / running.per_step
         total = running.job.request.num_inference_steps if running.job.request else 0
-        for at_step in {math.floor(ideal / every) * every, math.ceil(ideal / every) * every}:
+        for at_step in {math.floor(ideal), math.ceil(ideal)}:
             if not running.step_now < at_step < total:
                 continue
             at = (at_step - running.step_now) * running.per_step

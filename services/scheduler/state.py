@@ -166,8 +166,6 @@ class SchedulerState:
     finishing: dict[uuid.UUID, int] = field(default_factory=dict)
     # Measured seconds per step by model and size, from the workers' progress events.
     step_times: dict[StepKey, float] = field(default_factory=dict)
-    # Steps between two checkpoints, as the workers take them (a hand-back happens at one).
-    checkpoint_steps: int = 1
     # GPU time of a job beyond its steps (prompt encoding, VAE decode...) by model and size, measured
     # from its start to the end of its GPU side (its video being encoded, or its end).
     extra_seconds: dict[StepKey, float] = field(default_factory=dict)
@@ -316,8 +314,6 @@ class SchedulerState:
     def _on_attempt_event(self, job: JobEntry, event: JobEvent) -> None:
         """What the current attempt's worker reports, and the scheduler's preempt requests for it."""
         if isinstance(event, JobCheckpointed):
-            if event.step > job.resume_step:
-                self.checkpoint_steps = event.step - job.resume_step
             job.checkpoint_key, job.resume_step = event.checkpoint_key, event.step
         elif isinstance(event, JobPreemptRequested):
             job.preempt_at = event.at_step if job.preempt_at is None else min(job.preempt_at, event.at_step)

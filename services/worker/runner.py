@@ -235,7 +235,8 @@ class JobRunner:
         return found
 
     def preempt(self, job_id: uuid.UUID, attempt: int, at_step: int, reason: str) -> bool:
-        """Hand the running attempt back after its first checkpoint at or after `at_step`."""
+        """Hand the running attempt back after step `at_step` (the next step if it is past it), with a
+        checkpoint taken there."""
         job = self.current
         if job is None or job.dispatch.job_id != job_id or job.dispatch.attempt != attempt:
             return False
@@ -246,7 +247,8 @@ class JobRunner:
         return True
 
     def drain(self) -> None:
-        """Shutting down: stop the running job at its next checkpoint (or step) without ending it."""
+        """Shutting down: stop the running job after its current step (with a checkpoint, when the
+        worker takes them) without ending it."""
         if self.current is not None:
             self.current.drain.set()
 
@@ -459,7 +461,9 @@ class JobRunner:
                 on_phase=on_phase,
                 on_step=on_step,
                 resume=resume,
-                checkpoint_every=self.checkpoint_every,
+                # The engine offers a checkpoint after every step and `on_checkpoint` picks those to
+                # store: the regular ones, and the one a hand-back or a shutdown stops at, at once.
+                checkpoint_every=1 if self.checkpoint_every else 0,
                 on_checkpoint=on_checkpoint if self.checkpoint_every else None,
             )
         except BaseException:
@@ -470,12 +474,14 @@ class JobRunner:
             raise
 
     def _checkpoint_wanted(self, job: CurrentJob, step: int) -> bool:
-        """Every `checkpoint_every` steps, but not within `checkpoint_min_seconds` of the attempt's start
-        or its last checkpoint: re-running that little work after a crash costs less than storing,
-        announcing and deleting a checkpoint for every job. One the job is to stop at (a hand-back, a
-        shutdown) is always taken."""
+        """The one the job stops at (a hand-back, a shutdown), at the first step it can; otherwise every
+        `checkpoint_every` steps, but not within `checkpoint_min_seconds` of the attempt's start or its
+        last checkpoint: re-running that little work after a crash costs less than storing,
+        announcing and deleting a checkpoint for every job."""
         if job.drain.is_set() or (job.yield_at is not None and step >= job.yield_at):
             return True
+        if step % self.checkpoint_every:
+            return False
         return time.monotonic() - job.unsaved_since >= self.checkpoint_min_seconds
 
     async def _settled(self, job: CurrentJob) -> None:
