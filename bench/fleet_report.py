@@ -32,6 +32,12 @@ def _pair(d: dict[str, Any], a: str = "p50", b: str = "p95", digits: int = 1) ->
     return f"{_f(d[a], digits)} / {_f(d[b], digits)}"
 
 
+def _slot_time(s: dict[str, Any]) -> str:
+    parts = s.get("slot_time") or {}
+    names = ("generating", "between", "before_first", "end_spread", "after_last")
+    return " / ".join(_f(parts.get(name)) for name in names)
+
+
 ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("jobs succeeded / submitted", lambda s: f"{s['succeeded']} / {s['jobs']}"),
     ("makespan (s)", lambda s: _f(s["makespan_s"])),
@@ -51,6 +57,7 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("  started -> upload, beyond the work, p50 (s)", lambda s: _lanes(s, "started_to_upload_minus_work")),
     ("  upload -> succeeded p50 (s)", lambda s: _lanes(s, "upload_to_end")),
     ("GPU idle between jobs on a slot p50 / p95 (s)", lambda s: _pair(s["slot_gap"], digits=2)),
+    ("slot-s beyond the work: denoising / between / before first / end spread / last video", _slot_time),
     ("jobs handed back at a checkpoint (preemptions)", lambda s: str(s.get("preemptions", 0))),
     ("CPU-s: its 8 workers / the other design's idle 8", lambda s: _cpu(s, *_fleets(s))),
     ("CPU-s: scheduler / api / projector", lambda s: _cpu(s, "scheduler", "api", "projector")),

@@ -255,6 +255,40 @@ def slot_gaps(outcomes: Iterable[Outcome]) -> list[float]:
     return gaps
 
 
+def slot_time(outcomes: Sequence[Outcome], slots: int, scale: float) -> dict[str, float]:
+    """Where the slots' time beyond the work went, in seconds summed over the slots, from the first
+    request to the last terminal event: denoising beyond the work (callbacks, checkpoints, a host
+    late to wake; redone steps after a kill), idle between two attempts on a slot, idle before a
+    slot's first attempt, idle after a slot's last attempt while others still denoise (the end's
+    imbalance), and after the last frames while the last video is stored. They add up to
+    slots x makespan - work."""
+    done = [o for o in outcomes if o.status == "succeeded" and o.ended is not None]
+    if not done:
+        return {}
+    first = min(o.requested for o in outcomes)
+    end = max(o.ended for o in done if o.ended is not None)
+    by_slot: dict[int, list[tuple[float, float]]] = {s: [] for s in range(slots)}
+    for o in outcomes:
+        for slot, start, frames in o.spans.values():
+            if start is not None and frames is not None:
+                by_slot.setdefault(slot, []).append((start, frames))
+    spans = [span for slot_spans in by_slot.values() for span in slot_spans]
+    last_frames = max((frames for _, frames in spans), default=first)
+    parts = {"generating": 0.0, "between": 0.0, "before_first": 0.0, "end_spread": 0.0}
+    for slot_spans in by_slot.values():
+        slot_spans.sort()
+        if not slot_spans:
+            parts["before_first"] += last_frames - first
+            continue
+        parts["generating"] += sum(frames - start for start, frames in slot_spans)
+        parts["between"] += sum(max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(slot_spans))
+        parts["before_first"] += slot_spans[0][0] - first
+        parts["end_spread"] += last_frames - max(frames for _, frames in slot_spans)
+    parts["generating"] -= sum(o.kind.work(scale) for o in done)
+    parts["after_last"] = len(by_slot) * (end - last_frames)
+    return parts
+
+
 def summarize(
     outcomes: Sequence[Outcome], jobs: Sequence[BenchJob], slots: int, scale: float
 ) -> dict[str, Any]:
@@ -275,6 +309,7 @@ def summarize(
         "eta_rule": _error_stats(rule),
         "eta_api": _error_stats(api),
         "slot_gap": _spread(slot_gaps(outcomes)),
+        "slot_time": slot_time(outcomes, slots, scale),
         "preemptions": sum(o.preemptions for o in outcomes),
     }
     for lane in LANES:

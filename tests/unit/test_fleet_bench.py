@@ -137,6 +137,31 @@ def test_slot_gaps_are_the_gpu_idle_time_between_attempts_on_one_slot() -> None:
     assert sorted(fs.slot_gaps(outcomes)) == [0.0, 0.25, 0.5]
 
 
+def test_slot_time_beyond_the_work_adds_up_to_slots_times_makespan_minus_work() -> None:
+    short = fs.SHORT.work(SCALE)
+
+    def job(requested: float, *spans: tuple[int, float, float], ended: float) -> fs.Outcome:
+        o = fs.Outcome(fs.SHORT, requested, ended=ended, status="succeeded")
+        o.spans = {attempt: list(span) for attempt, span in enumerate(spans, 1)}
+        return o
+
+    # Two slots, three short jobs requested at 0: slot 0 starts at 0.1 and takes 0.05 s more than the
+    # work; slot 1 starts at 0.2, runs two jobs 0.1 s apart, and the last video is stored 0.2 s after.
+    outcomes = [
+        job(0.0, (0, 0.1, 0.1 + short + 0.05), ended=0.5),
+        job(0.0, (1, 0.2, 0.2 + short), ended=0.6),
+        job(0.0, (1, 0.3 + short, 0.3 + 2 * short), ended=0.5 + 2 * short),
+    ]
+    parts = fs.slot_time(outcomes, 2, SCALE)
+    assert parts["generating"] == pytest.approx(0.05)
+    assert parts["between"] == pytest.approx(0.1)
+    assert parts["before_first"] == pytest.approx(0.3)
+    assert parts["end_spread"] == pytest.approx((0.3 + 2 * short) - (0.15 + short))
+    assert parts["after_last"] == pytest.approx(2 * 0.2)
+    makespan = 0.5 + 2 * short
+    assert sum(parts.values()) == pytest.approx(2 * makespan - 3 * short)
+
+
 def test_overhead_splits_dispatch_generation_and_upload() -> None:
     work = fs.SHORT.work(SCALE)
     o = fs.Outcome(fs.SHORT, 0.0, dispatched=1.0, started=1.5, uploading=2.0 + work, ended=3.0 + work)
