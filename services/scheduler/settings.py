@@ -30,8 +30,8 @@ class SchedulerSettings(CommonSettings):
     balance_batch: bool = Field(
         default=True,
         description=(
-            "Preempt running batch jobs at checkpoints so the batch lane's last jobs do not run alone "
-            "on a few slots while the others idle (needs workers with checkpoints on)."
+            "Hand running batch jobs back (with a checkpoint) so the batch lane's last jobs do not run "
+            "alone on a few slots while the others idle (needs workers with checkpoints on)."
         ),
     )
     balance_min_gain_seconds: float = Field(
@@ -39,7 +39,8 @@ class SchedulerSettings(CommonSettings):
         gt=0,
         description=(
             "A preemption must cut at least this much slot time from the work predicted to end after "
-            "the balanced finish; about one checkpoint interval of a long job, the most it can waste."
+            "the balanced finish: well above what a hand-back costs (the next attempt loads the "
+            "checkpoint and encodes the prompt again) and the error of the predictions."
         ),
     )
     max_preemptions: int = Field(default=1, ge=0, description="Times one job may be handed back.")

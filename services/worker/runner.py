@@ -129,8 +129,8 @@ class ProgressPump:
     """Publishes the newest progress at most every `interval` seconds; older unsent updates are dropped.
 
     The generation thread offers an update at every step. It wakes the event loop only when the pump
-    is waiting for one: a step on a short job is a few hundred ms of GPU time at most, and waking the
-    loop for updates that are dropped anyway cost the slot's host a thread switch per step.
+    is waiting for one: waking it at every step, for updates the pump mostly drops, cost the slot's
+    host a thread switch per step while the loop was storing the previous job's video.
     """
 
     def __init__(self, publish: Callable[[JobProgress], Awaitable[object]], interval: float) -> None:
