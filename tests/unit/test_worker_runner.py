@@ -310,24 +310,27 @@ async def test_a_preempted_job_is_handed_back_after_a_durable_checkpoint_and_res
     assert not any(k.startswith(checkpoint_prefix(job.job_id)) for k in store.objects)
 
 
-async def test_a_job_shorter_than_the_checkpoint_minimum_stores_none_and_deletes_none(tmp_path: Path) -> None:
-    store, publish = MemoryStore(), Recorder()
-    job = dispatch()
-    generator = SimulatedGenerator("tiny-mochi", seconds_per_step=0.01)
-    outcome = await runner(tmp_path, generator, store, publish, checkpoint_min_seconds=60).run(job)
+async def succeed_with_minimum(
+    tmp_path: Path, seconds_per_step: float, minimum: float
+) -> tuple[JobDispatched, MemoryStore, Recorder]:
+    """A whole job with checkpoints due every 2 steps but at least `minimum` seconds apart."""
+    store, publish, job = MemoryStore(), Recorder(), dispatch()
+    generator = SimulatedGenerator("tiny-mochi", seconds_per_step=seconds_per_step)
+    outcome = await runner(tmp_path, generator, store, publish, checkpoint_min_seconds=minimum).run(job)
     assert outcome == "succeeded"
+    return job, store, publish
+
+
+async def test_a_job_shorter_than_the_checkpoint_minimum_stores_none_and_deletes_none(tmp_path: Path) -> None:
+    job, store, publish = await succeed_with_minimum(tmp_path, seconds_per_step=0.01, minimum=60)
     assert EventType.CHECKPOINTED not in publish.types()
     assert list(store.objects) == [video_key(job.job_id, 1), f"jobs/{job.job_id}/attempt-1/poster.jpg"]
     assert store.deleted_prefixes == []  # a first attempt that stored no checkpoint has none to delete
 
 
 async def test_checkpoints_come_no_closer_than_the_minimum(tmp_path: Path) -> None:
-    store, publish = MemoryStore(), Recorder()
-    job = dispatch()
-    generator = SimulatedGenerator("tiny-mochi", seconds_per_step=0.05)
     # Every 2 steps = 0.1 s; at least 0.15 s apart: every other one is skipped.
-    outcome = await runner(tmp_path, generator, store, publish, checkpoint_min_seconds=0.15).run(job)
-    assert outcome == "succeeded"
+    job, store, publish = await succeed_with_minimum(tmp_path, seconds_per_step=0.05, minimum=0.15)
     steps = [e.step for e in publish.events if e.type is EventType.CHECKPOINTED]
     assert steps and steps[0] >= 4 and all(b - a >= 4 for a, b in itertools.pairwise(steps))
     assert store.deleted_prefixes == [checkpoint_prefix(job.job_id)]
