@@ -240,19 +240,27 @@ def overheads(outcomes: Iterable[Outcome], scale: float, lane: str) -> dict[str,
     }
 
 
-def slot_gaps(outcomes: Iterable[Outcome]) -> list[float]:
-    """Idle time of a slot's GPU side: from one attempt's frames being made (or its hand-back, or its
-    end) to the start of the slot's next attempt. Encoding and storing a video overlap the next job."""
-    by_slot: dict[int, list[tuple[float, float]]] = {}
+def spans_by_slot(outcomes: Iterable[Outcome], slots: int = 0) -> dict[int, list[tuple[float, float]]]:
+    """Each slot's attempts as (started, GPU side done), in order; slots 0..`slots`-1 even if idle."""
+    by_slot: dict[int, list[tuple[float, float]]] = {s: [] for s in range(slots)}
     for o in outcomes:
         for slot, start, done in o.spans.values():
             if start is not None and done is not None:
                 by_slot.setdefault(slot, []).append((start, done))
-    gaps = []
     for spans in by_slot.values():
         spans.sort()
-        gaps += [nxt[0] - cur[1] for cur, nxt in itertools.pairwise(spans) if nxt[0] >= cur[1]]
-    return gaps
+    return by_slot
+
+
+def slot_gaps(outcomes: Iterable[Outcome]) -> list[float]:
+    """Idle time of a slot's GPU side: from one attempt's frames being made (or its hand-back, or its
+    end) to the start of the slot's next attempt. Encoding and storing a video overlap the next job."""
+    return [
+        nxt[0] - cur[1]
+        for spans in spans_by_slot(outcomes).values()
+        for cur, nxt in itertools.pairwise(spans)
+        if nxt[0] >= cur[1]
+    ]
 
 
 def slot_time(outcomes: Sequence[Outcome], slots: int, scale: float) -> dict[str, float]:
@@ -267,21 +275,15 @@ def slot_time(outcomes: Sequence[Outcome], slots: int, scale: float) -> dict[str
         return {}
     first = min(o.requested for o in outcomes)
     end = max(o.ended for o in done if o.ended is not None)
-    by_slot: dict[int, list[tuple[float, float]]] = {s: [] for s in range(slots)}
-    for o in outcomes:
-        for slot, start, frames in o.spans.values():
-            if start is not None and frames is not None:
-                by_slot.setdefault(slot, []).append((start, frames))
+    by_slot = spans_by_slot(outcomes, slots)
     spans = [span for slot_spans in by_slot.values() for span in slot_spans]
     last_frames = max((frames for _, frames in spans), default=first)
-    parts = {"generating": 0.0, "between": 0.0, "before_first": 0.0, "end_spread": 0.0}
+    parts = {"generating": 0.0, "between": sum(slot_gaps(outcomes)), "before_first": 0.0, "end_spread": 0.0}
     for slot_spans in by_slot.values():
-        slot_spans.sort()
         if not slot_spans:
             parts["before_first"] += last_frames - first
             continue
         parts["generating"] += sum(frames - start for start, frames in slot_spans)
-        parts["between"] += sum(max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(slot_spans))
         parts["before_first"] += slot_spans[0][0] - first
         parts["end_spread"] += last_frames - max(frames for _, frames in slot_spans)
     parts["generating"] -= sum(o.kind.work(scale) for o in done)

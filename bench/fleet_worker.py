@@ -59,9 +59,8 @@ class StepTimeGenerator(SimulatedGenerator):
         )
 
 
-def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--slot", type=int, required=True)
+def add_slot_options(p: argparse.ArgumentParser) -> None:
+    """What a simulated slot runs like, for this script and the naive design's workers alike."""
     p.add_argument("--slots", type=int, default=8)
     p.add_argument("--scale", type=float, default=50.0)
     p.add_argument("--model", default="mochi-1-preview")
@@ -75,6 +74,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress-interval", type=float, default=0.5)
     p.add_argument("--step-pacing", choices=PACINGS, default="gpu", help=PACING_HELP)
     p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--slot", type=int, required=True)
+    add_slot_options(p)
     return p.parse_args(argv)
 
 

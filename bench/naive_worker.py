@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from fleet_stats import PACING_HELP, PACINGS
-from fleet_worker import StepTimeGenerator, settings_of
+from fleet_worker import StepTimeGenerator, add_slot_options, settings_of
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import JobDispatched, JobEvent, JobRequested
@@ -112,23 +111,11 @@ async def _drain_on_stop(runner: JobRunner, stop: asyncio.Event) -> None:
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", type=int, required=True)
-    p.add_argument("--slots", type=int, default=8)
     p.add_argument("--topic", required=True)
     p.add_argument("--events-topic", required=True)
     p.add_argument("--group", required=True)
     p.add_argument("--state-dir", type=Path, required=True)
-    p.add_argument("--scale", type=float, default=50.0)
-    p.add_argument("--model", default="mochi-1-preview")
-    p.add_argument("--checkpoint-every", type=int, default=8)
-    p.add_argument(
-        "--checkpoint-min-seconds",
-        type=float,
-        default=0.6,
-        help="no checkpoint within this long of the start or the last one (production's 30 s / 50)",
-    )
-    p.add_argument("--progress-interval", type=float, default=0.5)
-    p.add_argument("--step-pacing", choices=PACINGS, default="gpu", help=PACING_HELP)
-    p.add_argument("--scratch-dir", type=Path, default=Path(".run/bench-fleet/scratch"))
+    add_slot_options(p)
     args = p.parse_args(argv)
     args.slot = args.index
     return args
