@@ -50,21 +50,24 @@ def _lost_reason(state: SchedulerState, job: JobEntry, now: datetime) -> str | N
     if not consumed or slot.holds(job.job_id, job.attempt):
         state.mismatch_since.pop(job.slot, None)
         return None
-    if slot.state is not SlotState.STOPPING:
-        return _dropped_after_restart(state, job, slot, now)
-    return f"slot {job.slot} stopped during the job"
+    if slot.state is SlotState.STOPPING:
+        return f"slot {job.slot} stopped during the job"
+    return _dropped(state, job, now)
 
 
-def _dropped_after_restart(state: SchedulerState, job: JobEntry, slot: Slot, now: datetime) -> str | None:
+def _dropped(state: SchedulerState, job: JobEntry, now: datetime) -> str | None:
+    """The slot has read past the job's record and does not report it. A slot reports a job from the
+    commit of its record until its terminal event is acknowledged, so either that terminal event is
+    on its way to us (it is on another topic: the grace lets it arrive) or the record was never
+    taken: a new process that lost it, or one whose consumer started past it."""
     assert job.slot is not None
-    # The same process that read the record reports it until the run ends, so only a new process
-    # (another boot id) can have dropped it; with no boot id known (after a restart), wait longer.
-    if job.boot_at_dispatch is not None and slot.boot_id == job.boot_at_dispatch:
-        return None
     since = state.mismatch_since.setdefault(job.slot, now)
-    if now - since >= state.lost_grace:
-        return f"slot {job.slot} restarted and dropped the job"
-    return None
+    if now - since < state.lost_grace:
+        return None
+    slot = state.slots[job.slot]
+    if job.boot_at_dispatch is not None and slot.boot_id == job.boot_at_dispatch:
+        return f"slot {job.slot} read past the job's dispatch record without taking it"
+    return f"slot {job.slot} restarted and dropped the job"
 
 
 def _recover(state: SchedulerState, job: JobEntry, reason: str) -> Decision:
@@ -135,7 +138,7 @@ def _takes_a_job(state: SchedulerState, slot: Slot, now: datetime) -> bool:
 def dispatches(state: SchedulerState, now: datetime) -> list[Decision]:
     """Finish cancelled waiting jobs, then give each idle live slot the job it should run next."""
     out: list[Decision] = [
-        Finish(job_id, state.jobs[job_id].attempt, cancelled=True, reason="requested by client")
+        Finish(job_id, state.jobs[job_id].live_attempt, cancelled=True, reason="requested by client")
         for job_id in sorted(state.cancel_waiting, key=str)
         if job_id in state.jobs
     ]

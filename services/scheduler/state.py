@@ -53,6 +53,9 @@ class JobEntry:
     created_at: datetime | None = None
     stage: Stage = Stage.WAITING
     attempt: int = 0
+    # The oldest attempt whose events still count: the newest dispatched or announced by a retry. The
+    # projector fences the same way, so both drop a stale attempt's late events alike.
+    fence: int = 0
     # Only waiting jobs sort; an entry known from a dispatch record alone never waits.
     slot: int | None = None
     dispatch_offset: int | None = None
@@ -79,6 +82,11 @@ class JobEntry:
         since = self.queued_at or self.created_at
         assert since is not None
         return (since, str(self.job_id))
+
+    @property
+    def live_attempt(self) -> int:
+        """The attempt an event about the job must carry to count (the one a decision should name)."""
+        return max(self.attempt, self.fence)
 
     @property
     def failed_attempts(self) -> int:
@@ -262,7 +270,7 @@ class SchedulerState:
     def on_dispatch(self, record: JobDispatched, offset: int | None) -> None:
         """An assignment: its announcement on jobs.events (offset None) or its record on jobs.dispatch."""
         job = self.entry(record.job_id)
-        if job is None or record.attempt < job.attempt:
+        if job is None or record.attempt < job.live_attempt:
             return
         if job.request is None:
             job.request = record.request
@@ -277,6 +285,7 @@ class SchedulerState:
             slot = self.slots.get(record.slot)
             job.boot_at_dispatch = slot.boot_id if slot is not None else None
         job.stage, job.attempt, job.slot, job.dispatch = Stage.ASSIGNED, record.attempt, record.slot, record
+        job.fence = max(job.fence, record.attempt)
         if offset is not None:
             job.dispatch_offset = offset
         if job.job_id in self.finishing:
@@ -304,7 +313,9 @@ class SchedulerState:
             job.cancel_requested = True
             if job.stage is Stage.WAITING:
                 self.cancel_waiting.add(job.job_id)
-        elif event.type in TERMINAL_TYPES and event.attempt >= job.attempt:
+        elif event.attempt < job.live_attempt:
+            return  # a stale attempt's late event, fenced as the projector fences it
+        elif event.type in TERMINAL_TYPES:
             if event.type is EventType.SUCCEEDED and job.job_id not in self.finishing:
                 self._measure_extra(job, event.occurred_at)
             self._finish(job)
@@ -388,7 +399,10 @@ class SchedulerState:
         return steps * per_step + self.extra_seconds.get(step_key(job.request), 0.0)
 
     def _retry(self, job: JobEntry, next_attempt: int) -> None:
-        if next_attempt <= job.attempt or job.stage is Stage.WAITING:
+        if next_attempt <= job.live_attempt:
+            return
+        job.fence = next_attempt
+        if job.stage is Stage.WAITING:
             return
         self._release(job)
         job.stage, job.slot = Stage.WAITING, None

@@ -19,6 +19,7 @@ from schemas.events import (
     JobPreemptRequested,
     JobProgress,
     JobRequested,
+    JobRetrying,
     JobStarted,
     JobSucceeded,
     SlotState,
@@ -293,15 +294,62 @@ def test_decision_events_have_ids_that_survive_a_restart() -> None:
     assert decision_event(JobCancelled, job.job_id, 2).event_id != first.event_id
 
 
-def test_same_process_reporting_no_job_is_not_taken_for_a_restart() -> None:
-    """A heartbeat between reading a record and starting it must not look like a dropped job."""
+def test_a_slot_that_has_not_read_the_record_yet_is_left_alone() -> None:
+    """Reported position at the record: read perhaps, not committed; the slot may still take it."""
     state = make_state(slots=1)
     submit(state)
     state.on_heartbeat(beat(0, T0))
     carry_out(state, plan(state, T0), offset=7)
     for s in range(1, 9):
-        state.on_heartbeat(beat(0, T0 + timedelta(seconds=s), position=8))  # same boot, no job reported
+        state.on_heartbeat(beat(0, T0 + timedelta(seconds=s), position=7))
         assert plan(state, T0 + timedelta(seconds=s)) == []
+
+
+def test_a_slot_idle_past_its_record_gets_the_job_again_within_the_grace() -> None:
+    """A fresh slot whose consumer started past its first record (the first-job hang): the same
+    process reports idle past the record it was given, so the job goes out again, not waits forever."""
+    state = make_state(slots=1)
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0), offset=7)
+    state.on_heartbeat(beat(0, T0 + timedelta(seconds=1), position=8))  # same boot, holding nothing
+    assert plan(state, T0 + timedelta(seconds=1)) == []  # its terminal event may be on its way
+    state.on_heartbeat(beat(0, T0 + timedelta(seconds=4), position=8))
+    [retry] = plan(state, T0 + timedelta(seconds=4))
+    assert isinstance(retry, Retry) and retry.job_id == job.job_id and "without taking it" in retry.reason
+    carry_out(state, [retry])
+    [again] = plan(state, T0 + timedelta(seconds=4))
+    assert isinstance(again, Dispatch) and (again.job_id, again.slot, again.attempt) == (job.job_id, 0, 2)
+
+
+def test_a_stale_attempts_terminal_event_between_retry_and_redispatch_is_fenced() -> None:
+    """job.retrying moved the job to attempt 2; attempt 1's late job.failed must not end it (the
+    projector drops it too, so ending it here would leave the read model queued for ever)."""
+    state = make_state(slots=1)
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0), offset=3)
+    state.on_event(
+        JobRetrying(job_id=job.job_id, producer="scheduler", attempt=1, next_attempt=2, reason="lost")
+    )
+    state.on_event(JobCancelled(job_id=job.job_id, producer="w", attempt=1))
+    assert job.job_id in state.jobs and job.job_id not in state.done
+    state.on_heartbeat(beat(0, T0 + timedelta(seconds=1), position=4))
+    [d] = plan(state, T0 + timedelta(seconds=1))
+    assert isinstance(d, Dispatch) and d.attempt == 2
+
+
+def test_cancelling_a_retried_waiting_job_names_the_attempt_the_projector_expects() -> None:
+    state = make_state(slots=1)
+    job = submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0), offset=3)
+    state.on_event(
+        JobRetrying(job_id=job.job_id, producer="scheduler", attempt=1, next_attempt=2, reason="lost")
+    )
+    state.on_event(JobCancelRequested(job_id=job.job_id, producer="api", attempt=1))
+    [finish] = plan(state, T0 + timedelta(seconds=1))
+    assert isinstance(finish, Finish) and finish.cancelled and finish.attempt == 2
 
 
 def test_a_scheduler_that_hears_nothing_judges_no_slot_dead() -> None:
