@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Final, Self
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from schemas.catalog import CATALOG, DEFAULT_MODEL, ModelSpec, Quality
 
@@ -45,9 +54,32 @@ class Priority(StrEnum):
     BATCH = "batch"
 
 
-Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
-MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-MetaValue = Annotated[str, StringConstraints(max_length=512)]
+# Tab, line feed and carriage return are text; every other control character is refused, NUL above
+# all: PostgreSQL cannot store it, so one such prompt would stop the read model for every job after it.
+# So is a lone surrogate (JSON lets "\ud800" through), which no UTF-8 encoder takes.
+_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_IN_NAME: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _no_controls(pattern: re.Pattern[str], allowed: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if (found := pattern.search(value)) is not None:
+            raise ValueError(
+                f"control character U+{ord(found.group()):04X} at position {found.start()} is not"
+                f" allowed (allowed: {allowed})"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+Text = _no_controls(_IN_TEXT, "printable text, tab and line breaks")
+Name = _no_controls(_IN_NAME, "printable text")
+Prompt = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS), Text
+]
+MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=64), Name]
+MetaValue = Annotated[str, StringConstraints(max_length=512), Text]
 
 
 class JobRequest(BaseModel):
@@ -56,8 +88,8 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     prompt: Prompt
-    negative_prompt: Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)] | None = None
-    model: str = DEFAULT_MODEL
+    negative_prompt: Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS), Text] | None = None
+    model: Annotated[str, Name] = DEFAULT_MODEL
     width: int | None = Field(default=None, strict=True)
     height: int | None = Field(default=None, strict=True)
     duration_seconds: float | None = Field(default=None, gt=0, le=60)

@@ -186,6 +186,20 @@ def _sides(spec: ModelSpec) -> st.SearchStrategy[int]:
     return st.integers(-(-spec.min_side // m), spec.max_side // m).map(lambda k: k * m)
 
 
+# Text a prompt may hold: anything but control characters and lone surrogates.
+PRINTABLE = st.characters(exclude_categories=("Cc", "Cs"))
+
+
+@given(st.text(PRINTABLE, max_size=20), st.characters(categories=("Cc",)), st.text(PRINTABLE, max_size=20))
+def test_a_control_character_anywhere_in_a_prompt_is_refused(before: str, ch: str, after: str) -> None:
+    prompt = f"x{before}{ch}{after}x"
+    if ch in "\t\n\r":
+        assert JobRequest(prompt=prompt).prompt == prompt
+        return
+    with pytest.raises(ValidationError, match=f"control character U\\+{ord(ch):04X}"):
+        JobRequest(prompt=prompt)
+
+
 @st.composite
 def valid_requests(draw: st.DrawFn) -> tuple[ModelSpec, JobRequest]:
     spec = draw(st.sampled_from(list(CATALOG.values())))
@@ -201,7 +215,7 @@ def valid_requests(draw: st.DrawFn) -> tuple[ModelSpec, JobRequest]:
         longest = min(60.0, spec.max_frames / fps)
         fields["duration_seconds"] = draw(st.floats(0.01, longest, allow_nan=False, allow_infinity=False))
     req = JobRequest(
-        prompt=draw(st.text(min_size=1, max_size=40).filter(str.strip)),
+        prompt=draw(st.text(PRINTABLE, min_size=1, max_size=40).filter(str.strip)),
         model=spec.name,
         width=draw(st.none() | _sides(spec)),
         height=draw(st.none() | _sides(spec)),
