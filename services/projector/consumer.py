@@ -3,7 +3,8 @@
 
 No consumer group: the offsets live in Postgres with the rows they produced (committing them to Kafka as
 well would be a second store that can disagree). Poison records go to the DLQ before the transaction that
-moves past them commits, so none is lost.
+moves past them commits, so none is lost: those that are not valid events at once, those that Postgres
+refuses (a NUL in a prompt) once a split of their batch has found them.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -25,6 +26,7 @@ from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
 from services.common.errors import BrokerUnavailable, RetryableError
 from services.common.kafka import Producer, dead_letter, make_consumer, make_producer, missed_deadline
+from services.projector.errors import RecordRefused
 from services.projector.settings import ProjectorSettings
 from services.projector.store import BatchResult, Incoming, Store, unfit
 
@@ -34,12 +36,16 @@ EVENTS_STORED = Counter(
     "reelstream_projector_events_stored_total", "Job events written to job_events.", ["applied"]
 )
 DEAD_LETTERED = Counter(
-    "reelstream_projector_dead_lettered_total", "Records that were not valid events, by topic.", ["topic"]
+    "reelstream_projector_dead_lettered_total",
+    "Records that were not valid events or that the read model refused, by topic.",
+    ["topic"],
 )
 BATCH_SECONDS = Histogram("reelstream_projector_batch_seconds", "Time to apply one consumed batch.")
 LAG = Gauge("reelstream_projector_lag_records", "Records between the position and the last known end.")
 
 Batch = Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+# A consumed record as the store gets it, with the record itself for the DLQ.
+Pending = tuple[Incoming, ConsumerRecord[Any, Any]]
 
 
 def decode(msg: ConsumerRecord[Any, Any], settings: ProjectorSettings) -> JobEvent | str:
@@ -175,20 +181,41 @@ class Projection:
     async def process(self, batch: Batch) -> BatchResult:
         """Dead-letter the poison records, then apply the batch and its offsets in one transaction."""
         started = time.perf_counter()
-        incoming: list[Incoming] = []
+        pending: list[Pending] = []
         for tp, messages in batch.items():
             for msg in messages:
                 decoded = decode(msg, self.settings)
                 if isinstance(decoded, str):
                     await self._park(msg, decoded)
-                    incoming.append(Incoming(msg.topic, msg.partition, msg.offset, None))
+                    pending.append((Incoming(msg.topic, msg.partition, msg.offset, None), msg))
                 else:
-                    incoming.append(Incoming(msg.topic, msg.partition, msg.offset, decoded))
+                    pending.append((Incoming(msg.topic, msg.partition, msg.offset, decoded), msg))
             if messages:
                 self.positions[tp] = messages[-1].offset + 1
-        result = await self.store.apply_batch(self.settings.consumer_name, incoming, notify=self._notify)
+        result = await self._apply(pending)
         self._observe(result, time.perf_counter() - started)
         return result
+
+    async def _apply(self, pending: Sequence[Pending]) -> BatchResult:
+        """Apply `pending` in one transaction. When Postgres refuses it, apply each half on its own, down
+        to the single records it refuses, which go to the DLQ while their offsets move on with the rest.
+
+        The halves keep the batch's order and every half commits before the next starts, so each
+        partition's offsets only ever move past records that were applied or parked.
+        """
+        batch = [incoming for incoming, _ in pending]
+        try:
+            return await self.store.apply_batch(self.settings.consumer_name, batch, notify=self._notify)
+        except RecordRefused as e:
+            if len(pending) > 1:
+                log.warning("read model refused a batch records=%d error=%s; splitting it", len(pending), e)
+                middle = len(pending) // 2
+                return await self._apply(pending[:middle]) + await self._apply(pending[middle:])
+            ((incoming, msg),) = pending
+            if incoming.event is None:
+                raise  # only offsets were written: the fault is not in the record
+            await self._park(msg, str(e))
+            return await self._apply([(replace(incoming, event=None), msg)])
 
     async def _park(self, msg: ConsumerRecord[Any, Any], reason: str) -> None:
         DEAD_LETTERED.labels(topic=msg.topic).inc()

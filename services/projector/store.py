@@ -23,13 +23,14 @@ from typing import Any
 import asyncpg
 from sqlalchemy import BigInteger, RowMapping, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.envelope import upcast
 from schemas.events import JOB_EVENT_ADAPTER, JobEvent, JobRequested
 from services.common.errors import DatabaseUnavailable
 from services.common.readmodel import NOTIFY_CHANNEL, Base, ConsumerOffset, Job, JobEventRow
+from services.projector.errors import refusal
 from services.projector.fold import JobView, StoredEvent, plan
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class BatchResult:
     skipped: int = 0
     jobs: int = 0
 
+    def __add__(self, other: BatchResult) -> BatchResult:
+        return BatchResult(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -103,8 +107,8 @@ def _quoted(schema: str) -> str:
 def unfit(event: JobEvent) -> str | None:
     """Why `event` does not fit the read model's columns, or None.
 
-    Such an event would fail its batch's transaction on every retry and stall the projection, so the
-    consumer dead-letters it instead.
+    Such an event would fail its batch's transaction; the consumer dead-letters it up front instead of
+    finding it by splitting the batch.
     """
     if isinstance(event, JobRequested):
         texts = {
@@ -176,7 +180,8 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction; losing Postgres becomes `DatabaseUnavailable` (retryable)."""
+        """A transaction; losing Postgres becomes `DatabaseUnavailable` (retryable), data that Postgres
+        refuses becomes `RecordRefused` (retrying the same rows would fail alike)."""
         try:
             async with self._engine.begin() as conn:
                 yield conn
@@ -188,6 +193,11 @@ class Store:
             TimeoutError,
         ) as e:
             raise DatabaseUnavailable(f"read model transaction failed: {e}") from e
+        except DBAPIError as e:
+            refused = refusal(e)
+            if refused is None:
+                raise
+            raise refused from e
 
     async def create_schema(self) -> None:
         """Drop and recreate this store's schema with empty tables (for a replay; never `public`)."""

@@ -7,6 +7,7 @@ it neither sees nor disturbs the live read model in `public`.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas.dlq import DeadLetter
-from schemas.envelope import Record
+from schemas.envelope import Record, encode_event
 from schemas.events import (
     JobCheckpointed,
     JobDispatched,
@@ -497,3 +498,54 @@ async def test_carries_on_after_postgres_closes_its_connections(
     finally:
         await own.dispose()
     assert (await checked.snapshot()).jobs[JOB]["attempt"] == 1
+
+
+def poisoned_request(job_id: uuid.UUID, poison: Callable[[dict[str, Any]], None]) -> bytes:
+    """A valid job.requested of `job_id` as JSON, with `poison` applied to its request: bytes that decode to
+    an event but that Postgres cannot store."""
+    event = requested().model_copy(update={"job_id": job_id, "event_id": uuid.uuid4()})
+    envelope = json.loads(encode_event(event).value)
+    poison(envelope["request"])
+    return json.dumps(envelope).encode()
+
+
+def nul_in_prompt(request: dict[str, Any]) -> None:
+    request["prompt"] = "fox\u0000snow"
+
+
+def nul_in_metadata_key(request: dict[str, Any]) -> None:
+    request["metadata"] = {"ke\u0000y": "v"}
+
+
+async def test_dead_letters_the_records_postgres_refuses_and_projects_the_rest(
+    topics: ProjectorSettings,
+    producer: AIOKafkaProducer,
+    new_store: Callable[[str], Awaitable[Store]],
+    kafka_admin: AIOKafkaAdminClient,
+) -> None:
+    # One batch for all three records, so that the refused ones have to be found in it.
+    settings = topics.model_copy(update={"batch_max_records": 500, "batch_interval_ms": 300})
+    live = await new_store("refused")
+    dlq_start = await dlq_end_offsets(settings, kafka_admin)
+    refused = {uuid.uuid4(): nul_in_prompt, uuid.uuid4(): nul_in_metadata_key}
+    ends: Ends = {}
+    for job_id, poison in refused.items():
+        await produce_raw(producer, settings.requested_topic, poisoned_request(job_id, poison), ends)
+    await produce(producer, settings.requested_topic, [requested()], ends)
+    async with projector(settings, live) as task:
+        await wait_consumed(live, settings, ends)
+        later = dispatched(1, 1)
+        await produce(producer, settings.events_topic, [later], ends)
+        await wait_consumed(live, settings, ends)
+        assert not task.done()
+
+    snapshot = await live.snapshot()
+    assert set(snapshot.jobs) == {JOB}, "the refused jobs have no row; the good one has"
+    assert snapshot.jobs[JOB]["dispatched_at"] == later.occurred_at, "and the projection kept going"
+    letters = await dead_letters_from(settings, dlq_start, {settings.requested_topic}, len(refused))
+    print(*(f"dead-lettered offset {letter.source_offset}: {letter.reason}" for letter in letters), sep="\n")
+    assert len(letters) == len(refused)
+    for letter in letters:
+        assert "the read model refused it" in letter.reason
+        assert "unsupported Unicode escape sequence" in letter.reason
+        assert letter.consumer == settings.consumer_name
