@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,6 +42,10 @@ DEAD_LETTERED = Counter(
 )
 BATCH_SECONDS = Histogram("reelstream_projector_batch_seconds", "Time to apply one consumed batch.")
 LAG = Gauge("reelstream_projector_lag_records", "Records between the position and the last known end.")
+STALLED = Gauge(
+    "reelstream_projector_stalled",
+    "1 while the live loop has not got through a poll-and-apply for longer than stall_seconds.",
+)
 
 Batch = Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
 # A consumed record as the store gets it, with the record itself for the DLQ.
@@ -122,6 +126,25 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
+class Progress:
+    """When the live loop last got through an iteration: it is stalled once that is `limit` seconds ago.
+
+    Judged when asked (a metrics scrape), so a transaction that hangs shows as well as one that keeps
+    failing; an idle loop still gets through an empty poll every `poll_timeout_ms`.
+    """
+
+    def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._last = clock()
+
+    def mark(self) -> None:
+        self._last = self._clock()
+
+    def stalled(self) -> bool:
+        return self._clock() - self._last > self._limit
+
+
 class Projection:
     """Consumes both topics into one `Store`: the live projector, or a replay bounded by end offsets."""
 
@@ -134,6 +157,7 @@ class Projection:
         self._notify = notify
         self.assigned: list[TopicPartition] = []
         self.positions: dict[TopicPartition, int] = {}
+        self.progress = Progress(settings.stall_seconds)
 
     @property
     def topics(self) -> tuple[str, str]:
@@ -246,6 +270,8 @@ class Projection:
         """The live loop: until `stop`, poll, apply, and pick up new partitions now and then."""
         backoff = 0.2
         next_refresh = 0.0
+        self.progress.mark()
+        STALLED.set_function(lambda: float(self.progress.stalled()))
         while not stop.is_set():
             try:
                 if time.monotonic() >= next_refresh:
@@ -253,6 +279,7 @@ class Projection:
                     next_refresh = time.monotonic() + self.settings.assignment_refresh_seconds
                 if not self.assigned:
                     await wait_or_stop(stop, self.settings.poll_timeout_ms / 1000)
+                    self.progress.mark()  # no topic yet: nothing waits
                     continue
                 batch = await self.poll()
                 if batch:
@@ -261,6 +288,7 @@ class Projection:
                     if sum(map(len, batch.values())) < self.settings.batch_max_records:
                         await self._gather(stop, taken)
                 backoff = 0.2
+                self.progress.mark()
             except RetryableError as e:
                 log.warning("projection paused error=%s retry_in=%.1fs", e, backoff)
                 await wait_or_stop(stop, backoff)

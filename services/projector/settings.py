@@ -36,6 +36,14 @@ class ProjectorSettings(CommonSettings):
     retry_max_seconds: float = Field(
         default=10.0, gt=0, description="Longest back-off after Kafka or Postgres was unavailable."
     )
+    stall_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "The live loop counts as stalled (gauge reelstream_projector_stalled) when it has not got"
+            " through a poll and its transaction for this long: Postgres or Kafka failing or hanging."
+        ),
+    )
     replay_stall_seconds: float = Field(
         default=120.0, gt=0, description="A replay that reads nothing for this long gives up."
     )

@@ -44,7 +44,7 @@ from services.common.db import make_engine
 from services.common.kafka import make_producer, publish_event, send
 from services.common.readmodel import NOTIFY_CHANNEL
 from services.common.settings import CommonSettings
-from services.projector.consumer import Projection, open_clients
+from services.projector.consumer import STALLED, Projection, open_clients
 from services.projector.fold import EMPTY_HISTORY, admit_all, fold
 from services.projector.replay import compare, replay
 from services.projector.settings import ProjectorSettings
@@ -549,3 +549,23 @@ async def test_dead_letters_the_records_postgres_refuses_and_projects_the_rest(
         assert "the read model refused it" in letter.reason
         assert "unsupported Unicode escape sequence" in letter.reason
         assert letter.consumer == settings.consumer_name
+
+
+async def test_reports_stalled_while_the_database_is_unreachable(
+    topics: ProjectorSettings, producer: AIOKafkaProducer, new_store: Callable[[str], Awaitable[Store]]
+) -> None:
+    settings = topics.model_copy(update={"retry_max_seconds": 0.5, "stall_seconds": 1.0})
+    await produce(producer, settings.requested_topic, [requested()], {})
+    async with projector(settings, await new_store("healthy")):
+        await asyncio.sleep(1.5)
+        assert STALLED.collect()[0].samples[0].value == 0
+    url = make_url(settings.database_url.get_secret_value()).set(port=1)
+    unreachable = create_async_engine(url, connect_args={"timeout": 2})
+    try:
+        async with projector(settings, Store(unreachable)):
+            await asyncio.sleep(0.5)
+            assert STALLED.collect()[0].samples[0].value == 0, "a first failure is not a stall yet"
+            await asyncio.sleep(1.5)
+            assert STALLED.collect()[0].samples[0].value == 1
+    finally:
+        await unreachable.dispose()

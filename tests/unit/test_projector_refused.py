@@ -1,4 +1,4 @@
-"""Records the read model refuses: with a fake store and producer, no Postgres or Kafka.
+"""Records the read model refuses, and the stall gauge: with a fake store and producer, no Postgres or Kafka.
 
 A batch that Postgres refuses is split until the refused records are found; they go to the DLQ and
 everything else is applied, offsets moving past both. The real database's refusal is in
@@ -23,7 +23,7 @@ from schemas.events import JobDispatched, JobEvent
 from schemas.samples import resolved_request
 from schemas.topics import DLQ
 from services.common.kafka import Producer
-from services.projector.consumer import Clients, Projection
+from services.projector.consumer import Clients, Progress, Projection
 from services.projector.errors import RecordRefused, refusal
 from services.projector.settings import ProjectorSettings
 from services.projector.store import BatchResult, Incoming, Store
@@ -147,3 +147,14 @@ def test_unavailability_and_our_own_bugs_are_not_refusals(sqlstate: str) -> None
     # Connection lost, admin shutdown, serialization failure, too many connections: retryable. A syntax
     # error is a bug: dead-lettering every record for it would empty the topic into the DLQ.
     assert refusal(dbapi_error(sqlstate)) is None
+
+
+def test_stalled_once_no_iteration_finished_for_longer_than_the_limit() -> None:
+    now = [100.0]
+    progress = Progress(5.0, clock=lambda: now[0])
+    now[0] = 105.0
+    assert not progress.stalled()
+    now[0] = 105.1
+    assert progress.stalled()
+    progress.mark()
+    assert not progress.stalled()
