@@ -9,10 +9,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.api.errors import DB_ERRORS
 from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
-from services.api.queries import DB_ERRORS
 from services.api.settings import ApiSettings
+from services.api.streams import StreamLimit
 from services.common.errors import DatabaseUnavailable
 from services.common.storage import Storage
 
@@ -25,6 +26,7 @@ class AppState:
     publisher: JobPublisher
     storage: Storage
     notifier: JobNotifier
+    streams: StreamLimit
 
 
 def get_state(request: Request) -> AppState:
@@ -41,4 +43,6 @@ async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIt
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# Closed when the route function returns, before the body is sent: a stream (SSE, a download) never
+# holds a pooled connection for its life.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.catalog import CATALOG, DEFAULT_MODEL
@@ -19,11 +21,14 @@ from services.common.errors import BrokerUnavailable, PermanentError, RetryableE
 PROBLEM = "application/problem+json"
 RETRY_AFTER_SECONDS = 5
 log = logging.getLogger(__name__)
+# What a read of the job database raises when Postgres is away, slow, or the pool has no connection left.
+DB_ERRORS = (OperationalError, DBAPIError, PoolTimeout, OSError, TimeoutError)
 
 
 class ApiError(PermanentError):
     status = 400
     title = "Bad request"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -39,6 +44,12 @@ class JobNotFound(ApiError):
 class Conflict(ApiError):
     status = 409
     title = "Conflict"
+
+
+class TooManyStreams(ApiError):
+    status = 503
+    title = "Too many open streams"
+    retry_after = RETRY_AFTER_SECONDS
 
 
 class IdempotencyMismatch(ApiError):
@@ -118,7 +129,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail, **exc.extra)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return problem(exc.status, exc.title, exc.detail, headers, **exc.extra)
 
     @app.exception_handler(JobNotCreated)
     async def _not_created(_: Request, exc: JobNotCreated) -> JSONResponse:
@@ -131,6 +143,16 @@ def install(app: FastAPI) -> None:
         log.warning("dependency unavailable: %s", exc)
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         return problem(503, "Service unavailable", str(exc), headers=headers)
+
+    # A query outside a request's session (health, SSE) that meets an unavailable database: still a
+    # 503 problem, never a bare 500.
+    for db_error in (OperationalError, DBAPIError, PoolTimeout):
+
+        @app.exception_handler(db_error)
+        async def _database(_: Request, exc: Exception) -> JSONResponse:
+            log.warning("job database unavailable: %s", exc.__class__.__name__)
+            detail = f"the job database is unavailable: {exc.__class__.__name__}"
+            return problem(503, "Service unavailable", detail, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -18,6 +18,7 @@ from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
 from services.api.routes import events, health, jobs
 from services.api.settings import ApiSettings, get_settings
+from services.api.streams import StreamLimit
 from services.common.db import make_engine, make_sessions
 from services.common.logging import configure
 from services.common.storage import Storage
@@ -34,7 +35,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         notifier = JobNotifier(settings.database_url.get_secret_value())
         await notifier.start()
         storage = Storage(settings)
-        app.state.reelstream = AppState(settings, engine, make_sessions(engine), publisher, storage, notifier)
+        streams = StreamLimit(settings.max_streams)
+        app.state.reelstream = AppState(
+            settings, engine, make_sessions(engine), publisher, storage, notifier, streams
+        )
         try:
             yield
         finally:

@@ -6,10 +6,9 @@ import base64
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import and_, func, or_, select, tuple_
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import ApiError
@@ -29,9 +28,14 @@ def encode_cursor(job: Job) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, TypeError) as e:
+        when, after = datetime.fromisoformat(created), uuid.UUID(job_id)
+        if when.tzinfo is not None:
+            when = when.astimezone(UTC)  # out of range at the calendar's ends: OverflowError
+    except (ValueError, TypeError, OverflowError) as e:
         raise BadCursor("cursor is not one this api issued; pass next_cursor back unchanged") from e
+    if when.tzinfo is None:
+        raise BadCursor("cursor is not one this api issued; pass next_cursor back unchanged")
+    return when, after
 
 
 async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
@@ -80,6 +84,3 @@ async def events_after(session: AsyncSession, job_id: uuid.UUID, after_seq: int)
         .order_by(JobEventRow.seq)
     )
     return (await session.execute(stmt)).scalars().all()
-
-
-DB_ERRORS = (OperationalError, DBAPIError, OSError, TimeoutError)

@@ -22,6 +22,7 @@ from services.api.main import create_app
 from services.api.notify import JobNotifier
 from services.api.publisher import Ack, JobPublisher
 from services.api.settings import ApiSettings
+from services.api.streams import StreamLimit
 from services.api.submit import accept_by, publish_request
 from services.common.db import make_engine, make_sessions
 from services.common.errors import BrokerUnavailable
@@ -100,6 +101,7 @@ def app_with(publisher: FakePublisher) -> httpx.AsyncClient:
         cast(JobPublisher, publisher),
         cast(Storage, None),
         JobNotifier(SETTINGS.database_url.get_secret_value()),
+        StreamLimit(SETTINGS.max_streams),
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
 

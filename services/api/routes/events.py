@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,20 +15,34 @@ from fastapi.responses import StreamingResponse
 from schemas.events import TERMINAL_TYPES
 from services.api import metrics
 from services.api.deps import AppState, SessionDep, StateDep
-from services.api.errors import ApiError
+from services.api.errors import DB_ERRORS, ApiError
 from services.api.eta import Eta, estimate
 from services.api.notify import wait_event
 from services.api.queries import events_after, get_job, queue_position
 from services.api.routes.jobs import load_job
 from services.common.readmodel import JobEventRow
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
+MAX_SEQ = 2**31 - 1  # event ids are the per-job seq, a 32-bit column
 TERMINAL = {t.value for t in TERMINAL_TYPES}
 
 
 class BadLastEventId(ApiError):
     status = 400
     title = "Invalid Last-Event-ID"
+
+
+def _last_event_id(header: str) -> int:
+    try:
+        seq = int(header)
+    except ValueError:
+        seq = -2
+    if not -1 <= seq <= MAX_SEQ:
+        raise BadLastEventId(
+            f"Last-Event-ID must be an event id this stream sent (an integer 0 to {MAX_SEQ}), got {header!r}"
+        )
+    return seq
 
 
 def frame(row: JobEventRow) -> str:
@@ -58,20 +73,29 @@ async def _rows(state: AppState, job_id: uuid.UUID, after: int) -> list[JobEvent
 
 
 async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncIterator[str]:
-    """Replay what is stored after `after`, then follow live until the terminal event has been sent."""
+    """Replay what is stored after `after`, then follow live until the terminal event has been sent.
+
+    Each read takes a pooled connection for its query only; a database that is away pauses the stream
+    (keep-alives go on) instead of ending it.
+    """
     metrics.SSE_CLIENTS.inc()
     last_position: int | None = None
     last_sent = time.monotonic()
     try:
-        with state.notifier.watch(job_id) as changed:
+        with state.streams.held(), state.notifier.watch(job_id) as changed:
             yield "retry: 2000\n\n"
             while True:
-                for row in await _rows(state, job_id, after):
+                try:
+                    rows = await _rows(state, job_id, after)
+                    position, eta = await _position(state, job_id)
+                except DB_ERRORS as e:
+                    log.warning("job=%s: SSE read failed, will retry: %s", job_id, e.__class__.__name__)
+                    rows, position, eta = [], None, None
+                for row in rows:
                     yield frame(row)
                     after, last_sent = row.seq, time.monotonic()
                     if row.type in TERMINAL:
                         return
-                position, eta = await _position(state, job_id)
                 if position is not None and position != last_position:
                     yield queue_frame(position, eta)
                     last_position, last_sent = position, time.monotonic()
@@ -92,21 +116,18 @@ async def events(
     job_id: uuid.UUID,
     state: StateDep,
     session: SessionDep,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header(max_length=16)] = None,
     after: Annotated[
-        int | None, Query(ge=-1, description="Same as Last-Event-ID, for clients without headers")
+        int | None,
+        Query(ge=-1, le=MAX_SEQ, description="Same as Last-Event-ID, for clients without headers"),
     ] = None,
 ) -> StreamingResponse:
     """One SSE event per job event (`id` = per-job sequence), keep-alives, closed after the terminal event."""
-    await load_job(state, session, job_id)
+    state.streams.check("the stream")
     start = after if after is not None else -1
     if last_event_id is not None:
-        try:
-            start = int(last_event_id)
-        except ValueError as e:
-            raise BadLastEventId(
-                f"Last-Event-ID must be an event id this stream sent, got {last_event_id!r}"
-            ) from e
+        start = _last_event_id(last_event_id)
+    await load_job(state, session, job_id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(
         event_stream(state, job_id, start), media_type="text/event-stream", headers=headers

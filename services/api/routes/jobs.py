@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from schemas.jobs import JobRequest, JobStatus, resolve
 from services.api import metrics
 from services.api.content import stream_object
 from services.api.deps import AppState, SessionDep, StateDep
-from services.api.errors import Conflict, IdempotencyMismatch, JobNotFound
+from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound
 from services.api.eta import estimate
 from services.api.ids import created_at_of, keyed_job_id, new_job_id
 from services.api.notify import wait_event
@@ -26,6 +27,7 @@ from services.api.submit import accept_by, publish_request
 from services.api.views import JobList, JobOut, job_out
 from services.common.readmodel import Job
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 TENANT = "default"
 
@@ -46,6 +48,7 @@ async def wait_projected(
         remaining = deadline - time.monotonic()
         if job is not None or remaining <= 0:
             return job
+        await session.rollback()  # the connection goes back to the pool while we wait
         await wait_event(changed, min(remaining, 0.25))
 
 
@@ -100,14 +103,20 @@ async def submit(
     )
     with state.notifier.watch(job_id) as changed:
         await publish_request(state.publisher, event, state.settings)
-        job = await wait_projected(state, session, job_id, changed)
-    response.headers["Location"] = f"/v1/jobs/{job_id}"
+        response.headers["Location"] = f"/v1/jobs/{job_id}"
+        # Kafka has the job: from here on the answer is a 202 whatever the read model does.
+        try:
+            job = await wait_projected(state, session, job_id, changed)
+            view = await _view(state, session, job) if job is not None else None
+        except DB_ERRORS as e:
+            log.warning("job=%s accepted; its projection could not be read: %s", job_id, e.__class__.__name__)
+            job = view = None
     metrics.SUBMIT_SECONDS.observe(time.perf_counter() - started)
-    if job is None:
+    if job is None or view is None:
         return _unprojected_view(state, event)
     if job.request_hash != digest:
         raise IdempotencyMismatch("this Idempotency-Key was used with a different body", job_id=str(job_id))
-    return await _view(state, session, job)
+    return view
 
 
 async def _replayed(
@@ -170,7 +179,7 @@ async def index(
     session: SessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobList:
     """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     rows, next_cursor = await list_jobs(session, status.value if status else None, limit, cursor)
@@ -214,6 +223,7 @@ async def content(
     job_id: uuid.UUID, request: Request, state: StateDep, session: SessionDep
 ) -> StreamingResponse:
     """The MP4 streamed through the api, with HTTP Range support."""
+    state.streams.check("the download")
     job = await load_job(state, session, job_id)
     key = str(_succeeded(job)["video_key"])
-    return await stream_object(state.storage, key, request.headers.get("range"))
+    return await stream_object(state.storage, key, request.headers.get("range"), state.streams)
