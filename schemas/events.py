@@ -132,6 +132,7 @@ class ErrorCode(StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL = "internal"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    QUEUE_TIMEOUT = "queue_timeout"
 
 
 class JobError(BaseModel):

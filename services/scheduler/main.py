@@ -14,7 +14,6 @@ from prometheus_client import Counter, Gauge
 
 from schemas.envelope import MalformedMessage, decode_event, decode_heartbeat
 from schemas.events import (
-    ErrorCode,
     JobCancelled,
     JobDispatched,
     JobError,
@@ -62,6 +61,10 @@ def decision_event(
     return kind(event_id=event_id, job_id=job_id, producer=PRODUCER, attempt=attempt, **fields)
 
 
+def _seconds_or_none(seconds: float) -> timedelta | None:
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
 class Scheduler:
     def __init__(self, settings: SchedulerSettings, producer: Producer, consumer: AIOKafkaConsumer) -> None:
         self.settings = settings
@@ -79,6 +82,8 @@ class Scheduler:
                 timedelta(seconds=settings.balance_min_gain_seconds) if settings.balance_batch else None
             ),
             max_preemptions=settings.max_preemptions,
+            queue_ttl=_seconds_or_none(settings.queue_ttl_seconds),
+            unserviceable_after=_seconds_or_none(settings.unserviceable_after_seconds),
             epoch=datetime.now(UTC),
         )
 
@@ -167,7 +172,7 @@ class Scheduler:
                 JobCancelled, d.job_id, d.attempt, reason=d.reason
             )
         else:
-            error = JobError(code=ErrorCode.ATTEMPTS_EXHAUSTED, message=d.reason, retryable=False)
+            error = JobError(code=d.code, message=d.reason, retryable=False)
             ended = decision_event(JobFailed, d.job_id, d.attempt, error=error)
         await self._publish(JOBS_EVENTS, ended)
         self.state.on_event(ended)

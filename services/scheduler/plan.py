@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from schemas.events import SlotState
+from schemas.events import ErrorCode, SlotState
 from schemas.jobs import Priority
 from services.scheduler.state import (
     LANES,
@@ -290,5 +290,60 @@ def balance(state: SchedulerState, now: datetime) -> list[Decision]:
 
 
 def plan(state: SchedulerState, now: datetime) -> list[Decision]:
-    """Recover, then dispatch; only a round with neither balances (it must see the dispatches made)."""
-    return recoveries(state, now) + dispatches(state, now) or balance(state, now)
+    """Recover and expire, then dispatch; only a round with none of these balances (it must see the
+    dispatches made). A round that expires jobs dispatches nothing, so no job is both."""
+    recovered, expired = recoveries(state, now), expiries(state, now)
+    if expired:
+        return recovered + expired
+    return recovered + dispatches(state, now) or balance(state, now)
+
+
+def expiries(state: SchedulerState, now: datetime) -> list[Decision]:
+    """Waiting jobs that should not wait any longer: past the queue's time limit, or for a model that no
+    live slot has served for `unserviceable_after` while others were live. A scheduler that cannot read
+    Kafka judges nothing, and every window starts again when it (re)starts reading."""
+    if state.queue_ttl is None and state.unserviceable_after is None:
+        return []
+    if state.last_input is not None and now - state.last_input > state.dead_after / 2:
+        return []
+    alive = [s for s in state.slots.values() if is_alive(state, s, now)]
+    served = {s.model for s in alive}
+    out: list[Decision] = []
+    for lane in LANES:
+        for _, job_id in state.lanes[lane]:
+            job = state.jobs[uuid.UUID(job_id)]
+            if job.cancel_requested or job.request is None or job.created_at is None:
+                continue
+            why = _expired(state, job, now, served if alive and None not in served else None)
+            if why is not None:
+                reason, code = why
+                out.append(Finish(job.job_id, job.live_attempt, cancelled=False, reason=reason, code=code))
+    return out
+
+
+def _expired(
+    state: SchedulerState, job: JobEntry, now: datetime, served: set[str | None] | None
+) -> tuple[str, ErrorCode] | None:
+    assert job.request is not None
+    assert job.created_at is not None
+    if state.queue_ttl is not None and now - job.created_at > state.queue_ttl:
+        limit = state.queue_ttl.total_seconds()
+        return f"waited longer than the queue's limit of {limit:g} s for a slot", ErrorCode.QUEUE_TIMEOUT
+    model = job.request.model
+    if state.unserviceable_after is None or served is None or model in served:
+        return None
+    starts = [
+        job.queued_at or job.created_at,
+        state.epoch,
+        state.input_resumed_at,
+        state.model_seen.get(model),
+    ]
+    since = max(t for t in starts if t is not None)
+    if now - since <= state.unserviceable_after:
+        return None
+    names = ", ".join(sorted(m for m in served if m is not None))
+    waited = state.unserviceable_after.total_seconds()
+    return (
+        f"no running slot serves model {model} (served now: {names}); waited {waited:g} s for one",
+        ErrorCode.MODEL_UNAVAILABLE,
+    )

@@ -44,4 +44,17 @@ class SchedulerSettings(CommonSettings):
         ),
     )
     max_preemptions: int = Field(default=1, ge=0, description="Times one job may be handed back.")
+    queue_ttl_seconds: float = Field(
+        default=24 * 3600,
+        ge=0,
+        description="A job waiting for a slot this long after its submit fails (queue_timeout); 0 = never.",
+    )
+    unserviceable_after_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "A waiting job whose model no live slot has served for this long, while other slots are live,"
+            " fails as model_unavailable; 0 = never. An outage of every slot is not judged."
+        ),
+    )
     tick_seconds: float = Field(default=0.5, gt=0, description="Longest wait between two planning rounds.")

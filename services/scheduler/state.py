@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from schemas.events import (
     TERMINAL_TYPES,
+    ErrorCode,
     EventType,
     JobCheckpointed,
     JobDispatched,
@@ -141,12 +142,14 @@ class Preempt:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """End a job without running it again: cancelled, or failed after its last attempt."""
+    """End a job without running it again: cancelled, or failed (after its last attempt, or never to
+    run: past the queue's time limit, or for a model no live slot serves)."""
 
     job_id: uuid.UUID
     attempt: int
     cancelled: bool
     reason: str
+    code: ErrorCode = ErrorCode.ATTEMPTS_EXHAUSTED
 
 
 Decision = Dispatch | Retry | Finish | Preempt
@@ -164,6 +167,10 @@ class SchedulerState:
     max_preemptions: int = 1
     # A slot may get its next job this long before its current one is expected to finish denoising.
     lookahead: timedelta = timedelta(0)
+    # A waiting job fails once it waited this long, or once no live slot served its model for this long
+    # while other slots were live (an outage of every slot is not judged); None: never.
+    queue_ttl: timedelta | None = None
+    unserviceable_after: timedelta | None = None
     jobs: dict[uuid.UUID, JobEntry] = field(default_factory=dict)
     done: set[uuid.UUID] = field(default_factory=set)
     slots: dict[int, Slot] = field(default_factory=dict)
@@ -178,6 +185,8 @@ class SchedulerState:
     # from its start to the end of its GPU side (its video being encoded, or its end).
     extra_seconds: dict[StepKey, float] = field(default_factory=dict)
     mismatch_since: dict[int, datetime] = field(default_factory=dict)
+    # When a live slot last reported each model.
+    model_seen: dict[str, datetime] = field(default_factory=dict)
     cancel_waiting: set[uuid.UUID] = field(default_factory=set)
     epoch: datetime | None = None
     # When records last arrived, and when they started arriving again after a gap: a scheduler that
@@ -427,6 +436,10 @@ class SchedulerState:
             beat.seconds_per_step,
             finishing,
         )
+        if beat.model is not None and beat.state is not SlotState.STOPPING:
+            self.model_seen[beat.model] = max(
+                beat.occurred_at, self.model_seen.get(beat.model, beat.occurred_at)
+            )
         for job_id, attempt in finishing:
             job = self.jobs.get(job_id)
             if job is not None and job.attempt == attempt and job.slot == beat.slot:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.events import (
+    ErrorCode,
     HeldJob,
     JobCancelled,
     JobCancelRequested,
@@ -608,3 +609,63 @@ def test_balance_asks_running_batch_jobs_back_only_when_the_lane_would_end_in_a_
         )
     )
     assert plan(state, T0) == []  # the tail is gone: nothing more to ask
+
+
+def expiring_state(**limits: timedelta) -> SchedulerState:
+    state = make_state(slots=2)
+    state.queue_ttl = limits.get("ttl")
+    state.unserviceable_after = limits.get("unserviceable")
+    return state
+
+
+def test_a_job_for_a_model_no_live_slot_serves_fails_after_the_bound_naming_the_served_ones() -> None:
+    state = expiring_state(unserviceable=timedelta(seconds=60))
+    state.on_heartbeat(beat(0, T0, model="tiny-mochi", state=SlotState.BUSY, job=(uuid.uuid4(), 1)))
+    state.on_heartbeat(beat(1, T0, model="tiny-mochi", state=SlotState.BUSY, job=(uuid.uuid4(), 1)))
+    job = request(model="wan2.1-t2v-1.3b")
+    state.on_event(job.model_copy(update={"occurred_at": T0}))
+    for s in (1, 30, 60):
+        at = T0 + timedelta(seconds=s)
+        state.on_heartbeat(beat(0, at, model="tiny-mochi", state=SlotState.BUSY, job=(uuid.uuid4(), 1)))
+        state.on_heartbeat(beat(1, at, model="tiny-mochi", state=SlotState.BUSY, job=(uuid.uuid4(), 1)))
+        assert plan(state, at) == []
+    at = T0 + timedelta(seconds=61)
+    state.on_heartbeat(beat(0, at, model="tiny-mochi", state=SlotState.BUSY, job=(uuid.uuid4(), 1)))
+    [finish] = plan(state, at)
+    assert isinstance(finish, Finish) and finish.job_id == job.job_id and not finish.cancelled
+    assert finish.code is ErrorCode.MODEL_UNAVAILABLE and "served now: tiny-mochi" in finish.reason
+
+
+def test_an_outage_of_every_slot_fails_no_waiting_job() -> None:
+    state = expiring_state(unserviceable=timedelta(seconds=60))
+    submit(state)
+    assert plan(state, T0 + timedelta(hours=1)) == []
+
+
+def test_a_job_waits_for_its_model_while_a_slot_serving_it_was_seen_recently() -> None:
+    state = expiring_state(unserviceable=timedelta(seconds=60))
+    job = request(model="wan2.1-t2v-1.3b")
+    state.on_event(job.model_copy(update={"occurred_at": T0}))
+    state.on_heartbeat(
+        beat(
+            0,
+            T0 + timedelta(seconds=50),
+            model="wan2.1-t2v-1.3b",
+            state=SlotState.BUSY,
+            job=(uuid.uuid4(), 1),
+        )
+    )
+    at = T0 + timedelta(seconds=100)
+    state.on_heartbeat(beat(1, at, model="tiny-mochi", state=SlotState.BUSY, job=(uuid.uuid4(), 1)))
+    assert plan(state, at) == []  # mochi-1 was served 50 s ago: not yet past the bound
+
+
+def test_a_job_past_the_queue_ttl_fails_and_is_never_dispatched() -> None:
+    state = expiring_state(ttl=timedelta(minutes=10))
+    job = submit(state)
+    at = T0 + timedelta(minutes=10, seconds=1)
+    state.on_heartbeat(beat(0, at))
+    state.on_input(at)
+    [finish] = plan(state, at)
+    assert isinstance(finish, Finish) and finish.job_id == job.job_id
+    assert finish.code is ErrorCode.QUEUE_TIMEOUT and "600 s" in finish.reason
