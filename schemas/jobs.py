@@ -47,6 +47,10 @@ class Phase(StrEnum):
     DECODING = "decoding"
     ENCODING_VIDEO = "encoding_video"
     UPLOADING = "uploading"
+    # Where a finished job is: past every phase of its work.
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class Priority(StrEnum):

@@ -250,17 +250,24 @@ def _apply_running(view: JobView, event: JobEvent) -> JobView:
 
 
 def _apply_terminal(view: JobView, event: JobEvent) -> JobView:
-    """The three ends of a job."""
+    """The three ends of a job; the phase ends with it (it would stay at the worker's last, `uploading`)."""
     if isinstance(event, JobSucceeded):
         result = event.result.model_dump(mode="json")
         return replace(
-            view, status=JobStatus.SUCCEEDED, progress=1.0, result=result, finished_at=event.occurred_at
+            view,
+            status=JobStatus.SUCCEEDED,
+            phase=Phase.SUCCEEDED,
+            progress=1.0,
+            result=result,
+            finished_at=event.occurred_at,
         )
     if isinstance(event, JobFailed):
         error = event.error.model_dump(mode="json")
-        return replace(view, status=JobStatus.FAILED, error=error, finished_at=event.occurred_at)
+        return replace(
+            view, status=JobStatus.FAILED, phase=Phase.FAILED, error=error, finished_at=event.occurred_at
+        )
     if isinstance(event, JobCancelled):
-        return replace(view, status=JobStatus.CANCELLED, finished_at=event.occurred_at)
+        return replace(view, status=JobStatus.CANCELLED, phase=Phase.CANCELLED, finished_at=event.occurred_at)
     return view
 
 

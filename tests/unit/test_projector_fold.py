@@ -227,6 +227,26 @@ def test_failed_and_cancelled() -> None:
     assert (view.status, view.finished_at) == (JobStatus.CANCELLED, at(1))
 
 
+def uploading(attempt: int, seconds: float) -> JobProgress:
+    return JobProgress(
+        job_id=JOB, occurred_at=at(seconds), producer="w", attempt=attempt, phase=Phase.UPLOADING,
+        progress=0.99,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("end", "status"),
+    [(succeeded, JobStatus.SUCCEEDED), (failed, JobStatus.FAILED), (cancelled, JobStatus.CANCELLED)],
+)
+def test_a_finished_job_is_past_every_phase_of_its_work(
+    end: Callable[[int, float], JobEvent], status: JobStatus
+) -> None:
+    """The worker's last phase (`uploading`) is not where a finished job is: its phase ends with it."""
+    _, view = project([requested(0), dispatched(1, 1), started(1, 2), uploading(1, 8), end(1, 9)])
+    assert view is not None
+    assert (view.status, view.phase) == (status, Phase(status.value))
+
+
 def test_a_duplicate_event_changes_nothing() -> None:
     events = lifecycle()
     rows, view = project(events)
