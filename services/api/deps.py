@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.api.admission import ProjectionLag, QueueDepth
 from services.api.errors import DB_ERRORS
 from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
-from services.api.settings import ApiSettings
+from services.api.settings import PROJECTOR, ApiSettings
 from services.api.streams import StreamLimit
 from services.common.errors import DatabaseUnavailable
 from services.common.storage import Storage
@@ -27,6 +28,8 @@ class AppState:
     storage: Storage
     notifier: JobNotifier
     streams: StreamLimit
+    queue: QueueDepth = field(default_factory=QueueDepth)
+    lag: ProjectionLag = field(default_factory=lambda: ProjectionLag(PROJECTOR))
 
 
 def get_state(request: Request) -> AppState:

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import make_asgi_app
 
 from services.api import errors, metrics
+from services.api.admission import ProjectionLag
 from services.api.deps import AppState
 from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
@@ -37,7 +38,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         storage = Storage(settings)
         streams = StreamLimit(settings.max_streams)
         app.state.reelstream = AppState(
-            settings, engine, make_sessions(engine), publisher, storage, notifier, streams
+            settings,
+            engine,
+            make_sessions(engine),
+            publisher,
+            storage,
+            notifier,
+            streams,
+            lag=ProjectionLag(settings.projector_consumer),
         )
         try:
             yield

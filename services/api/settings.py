@@ -8,6 +8,8 @@ from pydantic import Field
 
 from services.common.settings import CommonSettings
 
+PROJECTOR = "reelstream-projector"
+
 
 class ApiSettings(CommonSettings):
     service_name: str = "api"
@@ -49,6 +51,14 @@ class ApiSettings(CommonSettings):
             "SSE streams and /content downloads open at once on one api process; past it a new one gets"
             " 503 with Retry-After."
         ),
+    )
+    max_queued_jobs: int = Field(
+        default=50_000,
+        ge=1,
+        description="Jobs waiting for a slot (all tenants) past which a submit is a 429 with Retry-After.",
+    )
+    projector_consumer: str = Field(
+        default=PROJECTOR, description="The projector's key in consumer_offsets, to measure its lag."
     )
     health_timeout_seconds: float = Field(default=3.0, gt=0)
 

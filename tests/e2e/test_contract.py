@@ -81,6 +81,8 @@ async def test_health_metrics_models_and_docs(client: httpx.AsyncClient) -> None
     health = await client.get("/healthz")
     assert health.status_code == 200
     assert health.json()["checks"] == {"kafka": "ok", "postgres": "ok", "s3": "ok"}
+    lag = health.json()["read_model"]
+    assert lag["lag_seconds"] >= 0 and lag["unprojected_submits"] >= 0
     assert (await client.get("/livez")).status_code == 200
     metrics = (await client.get("/metrics/")).text
     assert "reelstream_api_submit_seconds_count" in metrics

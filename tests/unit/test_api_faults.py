@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 import uuid
 from importlib.resources import files
 from typing import cast
@@ -167,3 +168,15 @@ def test_a_range_that_is_not_one_satisfiable_span_is_refused(header: str) -> Non
 def test_the_web_page_never_turns_server_text_into_markup() -> None:
     page = files("services.api.web").joinpath("index.html").read_text()
     assert not re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write", page)
+
+
+async def test_a_full_queue_is_a_429_naming_the_limit_and_nothing_is_published() -> None:
+    publisher = FakePublisher()
+    async with app_with(publisher, max_queued_jobs=3) as client:
+        queue = client._transport.app.state.reelstream.queue  # type: ignore[attr-defined]
+        queue.value, queue._read_at = 3, time.monotonic() + 3600  # counted just now
+        response = await client.post("/v1/jobs", json=BODY)
+    problem = problem_of(response, 429)
+    assert response.headers["retry-after"] == "5"
+    assert problem["limit"] == "max_queued_jobs" and "at most 3" in str(problem["detail"])
+    assert publisher.published == []

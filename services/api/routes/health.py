@@ -1,4 +1,4 @@
-"""Liveness, readiness (Kafka, Postgres, S3 reachable) and the model catalog."""
+"""Liveness, readiness (Kafka and Postgres reachable; S3 reported), the read model's lag, the catalog."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from schemas.catalog import CATALOG, ModelSpec
+from services.api.admission import Lag
 from services.api.deps import AppState, StateDep
 
 router = APIRouter(tags=["health"])
@@ -29,26 +29,38 @@ async def _check(name: str, probe: Callable[[], Awaitable[object]], seconds: flo
         return name, f"unreachable: {e.__class__.__name__}"
 
 
-async def _db(state: AppState) -> None:
-    async with state.engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
+async def _db(state: AppState) -> Lag:
+    async with state.sessions() as session:
+        return await state.lag.measure(session)
 
 
-@router.get("/healthz")
+@router.get(
+    "/healthz",
+    responses={503: {"description": "Kafka or Postgres does not answer; the body names which"}},
+)
 async def healthz(state: StateDep) -> JSONResponse:
-    """Ready when Kafka, Postgres and S3 all answer; 503 naming the part that does not."""
+    """Ready while Kafka (a submit needs it) and Postgres (every read needs it) answer. S3 is reported but
+    does not take readiness away: a storage blip must not pull every replica out of its Service, and
+    only downloads need S3. `read_model` says how far the projector is behind this replica's submits."""
     timeout = state.settings.health_timeout_seconds
+    lag: dict[str, Lag] = {}
+
+    async def database() -> None:
+        lag["read_model"] = await _db(state)
+
     results = dict(
         await asyncio.gather(
             _check("kafka", lambda: state.publisher.ping(timeout), timeout),
-            _check("postgres", lambda: _db(state), timeout),
+            _check("postgres", database, timeout),
             _check("s3", state.storage.ping, timeout),
         )
     )
-    ready = all(v == "ok" for v in results.values())
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "checks": results}, status_code=200 if ready else 503
-    )
+    ready = results["kafka"] == "ok" and results["postgres"] == "ok"
+    status = "unavailable" if not ready else "ok" if results["s3"] == "ok" else "degraded"
+    body: dict[str, object] = {"status": status, "checks": results}
+    if (measured := lag.get("read_model")) is not None:
+        body["read_model"] = {"lag_seconds": measured.seconds, "unprojected_submits": measured.records}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/v1/models", tags=["models"])

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from schemas.events import JobCancelRequested, JobRequested, utcnow
 from schemas.jobs import JobRequest, JobStatus, resolve
 from services.api import metrics
+from services.api.admission import QueueFull
 from services.api.content import stream_object
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound
@@ -90,6 +91,7 @@ async def submit(
             return await _replayed(state, session, existing, digest, response)
     else:
         job_id = new_job_id()
+    await _check_queue(state, session)
     now = utcnow()
     event = JobRequested(
         job_id=job_id,
@@ -102,7 +104,8 @@ async def submit(
         accept_by=accept_by(state.settings, now),
     )
     with state.notifier.watch(job_id) as changed:
-        await publish_request(state.publisher, event, state.settings)
+        ack = await publish_request(state.publisher, event, state.settings)
+        state.lag.acked(ack.partition, ack.offset)
         response.headers["Location"] = f"/v1/jobs/{job_id}"
         # Kafka has the job: from here on the answer is a 202 whatever the read model does.
         try:
@@ -117,6 +120,22 @@ async def submit(
     if job.request_hash != digest:
         raise IdempotencyMismatch("this Idempotency-Key was used with a different body", job_id=str(job_id))
     return view
+
+
+async def _check_queue(state: AppState, session: SessionDep) -> None:
+    """429 once the queue holds `max_queued_jobs`; a read model that is away does not stop submits."""
+    try:
+        queued = await state.queue.current(session)
+    except DB_ERRORS as e:
+        log.warning("queue depth unknown, submit admitted: %s", e.__class__.__name__)
+        await session.rollback()
+        return
+    if queued >= state.settings.max_queued_jobs:
+        raise QueueFull(
+            f"{queued} jobs wait for a slot (at most {state.settings.max_queued_jobs});"
+            " submit again after Retry-After seconds",
+            limit="max_queued_jobs",
+        )
 
 
 async def _replayed(
