@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from services.common.errors import RetryableError
 
@@ -29,10 +33,27 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
     asyncio.run(_wrapper())
 
 
-def serve_metrics(port: int | None) -> None:
-    """Expose Prometheus metrics (any path answers, so `/livez` doubles as a liveness probe)."""
-    if port is not None:
-        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from other pods
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Probes and scrapes every few seconds: not worth a log line each."""
+
+
+def serve_metrics(port: int | None, ready: Callable[[], bool] | None = None) -> None:
+    """Expose Prometheus metrics (any path answers, so `/livez` doubles as a liveness probe). With
+    `ready`, `/readyz` answers 200 while it holds and 503 otherwise: a readiness probe."""
+    if port is None:
+        return
+    metrics = make_wsgi_app()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if ready is None or environ.get("PATH_INFO") != "/readyz":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        ok = ready()
+        start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"ready\n" if ok else b"not ready\n"]
+
+    server = make_server("0.0.0.0", port, app, ThreadingWSGIServer, _QuietHandler)  # noqa: S104 - scraped from other pods
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 async def retry(
