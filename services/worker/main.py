@@ -1,7 +1,8 @@
 """The worker process of one GPU slot: load the model once, then run what the scheduler dispatches.
 
 It reads only its own partition of jobs.dispatch, by manual assignment, so a long generation never
-trips a consumer-group timeout; it reads every partition of jobs.control to see cancels.
+trips a consumer-group timeout; it reads every partition of jobs.control to see cancels. It reports
+ready (`/readyz` on the metrics port) once its model is loaded and its dispatch position is fixed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import asyncio
 import contextlib
 import logging
 import sys
+import threading
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 import torch
@@ -56,11 +59,25 @@ GROUP = "reelstream-worker"
 GIL_SWITCH_SECONDS = 0.001
 
 
+class JobsLeftOpen(Exception):
+    """The worker stopped with jobs whose last event Kafka never took: exit non-zero, so the next
+    process of the slot comes with a new boot id and the scheduler recovers them."""
+
+
 class Worker:
-    def __init__(self, settings: WorkerSettings, producer: Producer, runner: JobRunner) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        producer: Producer,
+        runner: JobRunner,
+        ready: threading.Event | None = None,
+    ) -> None:
         self.settings = settings
         self.producer = producer
         self.runner = runner
+        # Read by the metrics server's thread: set once the slot may be sent jobs, cleared at shutdown.
+        self.ready = ready or threading.Event()
+        self.left_open: list[str] = []  # runs cut short at shutdown
         self.boot_id = uuid.uuid4()
         self.position: int | None = None
         self.stopping = False
@@ -241,11 +258,47 @@ class Worker:
             _, pending = await asyncio.wait(set(self.runs), timeout=seconds)
             for task in pending:
                 log.warning("%s still running at shutdown; cancelled", task.get_name())
+                self.left_open.append(task.get_name())
                 task.cancel()
+
+    def unfinished(self) -> list[str]:
+        """The jobs this process leaves without their last event (shutdown cut them short)."""
+        given_up = [f"job-{d.job_id}" for d in self.runner.undelivered]
+        return self.left_open + given_up
 
     async def commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         await consumer.commit({tp: offset})
         self.position = offset
+
+    async def take_position(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        self.position = await fix_position(consumer, tp)
+
+    async def operate(
+        self,
+        dispatch: AIOKafkaConsumer,
+        tp: TopicPartition,
+        control: AIOKafkaConsumer,
+        stop: asyncio.Event,
+    ) -> None:
+        """Fix the dispatch position, then announce the slot and run what it is sent until `stop`."""
+        if not await _unless_stopped(self.take_position(dispatch, tp), stop):
+            return
+        self.ready.set()
+        log.info("slot %d ready with model %s", self.settings.slot_id, self.settings.model)
+        tasks = [
+            asyncio.create_task(self.heartbeat_loop(stop), name="heartbeat"),
+            asyncio.create_task(self.control_loop(control, stop), name="control"),
+        ]
+        drain = asyncio.create_task(_drain_on_stop(self, stop), name="drain")
+        try:
+            await self.dispatch_loop(dispatch, tp, stop)
+        finally:
+            self.ready.clear()
+            stop.set()
+            self.stopping = True
+            await self.finish(self.settings.finish_timeout_seconds)
+            await asyncio.gather(*tasks, drain, *self.sending, return_exceptions=True)
+            await self.beat()
 
     async def dispatch_loop(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, stop: asyncio.Event
@@ -256,8 +309,8 @@ class Worker:
         while it runs, it is in hand the moment the slot is free, instead of after a round of the
         event loop (busy storing the last video) and the consumer. Reading is not taking: only
         `handle` commits, so a record read but not handled is read again by the slot's next process.
+        The position is fixed before (`fix_position`).
         """
-        self.position = await consumer.position(tp)
 
         def read() -> asyncio.Task[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]:
             return asyncio.create_task(consumer.getmany(tp, timeout_ms=500, max_records=1))
@@ -275,6 +328,22 @@ class Worker:
             if ahead is not None:
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
+
+
+async def fix_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+    """Resolve where the slot reads jobs.dispatch, before its first heartbeat, and commit it when the
+    group has none for the partition ("latest"), so a restart keeps it too.
+
+    The scheduler sends a job to a slot once it hears from it. A position still unresolved then (the
+    group coordinator takes seconds on a fresh broker) resolves to "latest" only after the record is
+    appended, past it: the slot would never read its job.
+    """
+    committed = await consumer.committed(tp)
+    position: int = await consumer.position(tp)
+    if committed is None:
+        await consumer.commit({tp: position})
+    log.info("slot %d reads %s from offset %d", tp.partition, tp.topic, position)
+    return position
 
 
 async def start_control(settings: WorkerSettings) -> AIOKafkaConsumer:
@@ -295,15 +364,18 @@ async def start_control(settings: WorkerSettings) -> AIOKafkaConsumer:
     return consumer
 
 
-async def start_dispatch(settings: WorkerSettings) -> tuple[AIOKafkaConsumer, TopicPartition]:
+async def start_dispatch(
+    settings: WorkerSettings, topic: str = JOBS_DISPATCH, group: str = GROUP
+) -> tuple[AIOKafkaConsumer, TopicPartition]:
+    """The slot's partition of `topic` (tests name their own topic and group)."""
     consumer = make_consumer(
         settings,
-        group_id=GROUP,
+        group_id=group,
         client_id=f"reelstream-worker-{settings.slot_id}",
         auto_offset_reset="latest",
     )
     await consumer.start()
-    tp = TopicPartition(JOBS_DISPATCH, settings.slot_id)
+    tp = TopicPartition(topic, settings.slot_id)
     consumer.assign([tp])
     return consumer, tp
 
@@ -317,8 +389,15 @@ def load_generator(settings: WorkerSettings) -> Generator:
     return generator
 
 
-async def serve(settings: WorkerSettings, stop: asyncio.Event, generator: Generator | None = None) -> None:
-    """Run this slot until `stop`. `generator` replaces the catalog's (benchmarks inject a simulated one)."""
+async def serve(
+    settings: WorkerSettings,
+    stop: asyncio.Event,
+    generator: Generator | None = None,
+    ready: threading.Event | None = None,
+) -> None:
+    """Run this slot until `stop`. `generator` replaces the catalog's (benchmarks inject a simulated one);
+    `ready` is set while the slot may be sent jobs. Raises `JobsLeftOpen` when it stops leaving jobs
+    without their last event."""
     if generator is None:
         generator = await asyncio.to_thread(load_generator, settings)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
@@ -340,31 +419,37 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event, generator: Genera
         checkpoint_every=settings.checkpoint_every,
         checkpoint_min_seconds=settings.checkpoint_min_seconds,
         progress_interval=settings.progress_interval_seconds,
-        upload_attempts=settings.upload_attempts,
+        upload_retry_seconds=settings.upload_retry_seconds,
     )
-    worker = Worker(settings, producer, runner)
-    log.info("slot %d ready with model %s", settings.slot_id, settings.model)
-    tasks = [
-        asyncio.create_task(worker.heartbeat_loop(stop), name="heartbeat"),
-        asyncio.create_task(worker.control_loop(control, stop), name="control"),
-    ]
-    drain = asyncio.create_task(_drain_on_stop(worker, stop), name="drain")
+    worker = Worker(settings, producer, runner, ready)
     try:
-        await worker.dispatch_loop(dispatch, tp, stop)
+        await worker.operate(dispatch, tp, control, stop)
     finally:
-        stop.set()
-        worker.stopping = True
-        await worker.finish(settings.finish_timeout_seconds)
-        await asyncio.gather(*tasks, drain, *worker.sending, return_exceptions=True)
-        await worker.beat()
         await dispatch.stop()
         await control.stop()
         await producer.stop()
         await storage.close()
+    if unfinished := worker.unfinished():
+        raise JobsLeftOpen(", ".join(unfinished))
+
+
+async def _unless_stopped(step: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await `step` unless `stop` comes first (a shutdown while Kafka is unreachable); True when done."""
+    task = asyncio.ensure_future(step)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    task.result()
+    return True
 
 
 async def _drain_on_stop(worker: Worker, stop: asyncio.Event) -> None:
     await stop.wait()
+    worker.ready.clear()
     worker.stopping = True
     worker.runner.drain()
 
@@ -372,12 +457,16 @@ async def _drain_on_stop(worker: Worker, stop: asyncio.Event) -> None:
 def run() -> None:
     settings = WorkerSettings()
     configure(f"worker-{settings.slot_id}", settings.log_level)
-    serve_metrics(settings.metrics_port)
+    ready = threading.Event()
+    serve_metrics(settings.metrics_port, ready=ready.is_set)
     try:
-        run_until_signalled(lambda stop: serve(settings, stop))
+        run_until_signalled(lambda stop: serve(settings, stop, ready=ready))
     except GenerationError as e:
         log.error("worker cannot start: %s", e.message)
         sys.exit(2)
+    except JobsLeftOpen as e:
+        log.error("stopped leaving jobs without their last event (the scheduler recovers them): %s", e)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

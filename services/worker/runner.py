@@ -2,8 +2,8 @@
 
 Generation runs on a worker thread; callbacks from that thread reach the event loop only through
 `call_soon_threadsafe`/`run_coroutine_threadsafe` (or the progress pump's atomic hand-over). Progress is
-throttled and droppable; terminal events are retried until Kafka has them. Infrastructure trouble (S3,
-Kafka) is kept apart from model errors.
+throttled and droppable; terminal events are retried until Kafka has them (or the worker stops), uploads for
+`upload_retry_seconds`. Infrastructure trouble (S3, Kafka) is kept apart from model errors.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -77,6 +77,24 @@ class Preempted(Exception):
 
 class Superseded(Exception):
     """The scheduler gave the job to a newer attempt (this slot was taken for dead): stop quietly."""
+
+
+class Undelivered(Exception):
+    """The worker stopped before Kafka took the attempt's last event: the scheduler must recover the job."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between tries of what must not be given up on a blip: doubling from `first` up to `cap`."""
+
+    first: float = 0.5
+    cap: float = 15.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first
+        while True:
+            yield delay
+            delay = min(delay * 2, self.cap)
 
 
 class RunState(StrEnum):
@@ -200,7 +218,8 @@ class JobRunner:
         checkpoint_every: int = 0,
         checkpoint_min_seconds: float = 0.0,
         progress_interval: float = 0.25,
-        upload_attempts: int = 6,
+        upload_retry_seconds: float = 600.0,
+        backoff: Backoff = Backoff(),
     ) -> None:
         self.slot = slot
         self.producer = f"worker-{slot}"
@@ -211,8 +230,12 @@ class JobRunner:
         self.checkpoint_every = checkpoint_every if generator.supports_resume else 0
         self.checkpoint_min_seconds = checkpoint_min_seconds
         self.progress_interval = progress_interval
-        self.upload_attempts = upload_attempts
+        self.upload_retry_seconds = upload_retry_seconds
+        self.backoff = backoff
         self.state = RunState.IDLE
+        # Set at shutdown: a terminal event still failing then is given up (see `_terminal`).
+        self.stopping = asyncio.Event()
+        self.undelivered: list[JobDispatched] = []
         # The job on the GPU, and the jobs whose video is being encoded and stored meanwhile.
         self.current: CurrentJob | None = None
         self.finishing: dict[uuid.UUID, CurrentJob] = {}
@@ -249,6 +272,7 @@ class JobRunner:
     def drain(self) -> None:
         """Shutting down: stop the running job after its current step (with a checkpoint, when the
         worker takes them) without ending it."""
+        self.stopping.set()
         if self.current is not None:
             self.current.drain.set()
 
@@ -282,7 +306,7 @@ class JobRunner:
             outcome = await self._attempt(job, on_generated)
         finally:
             await asyncio.gather(started, return_exceptions=True)
-            if outcome not in ("abandoned", "preempted", "superseded"):
+            if outcome not in ("abandoned", "preempted", "superseded", "undelivered"):
                 await self._delete_checkpoints(job)
             self.finishing.pop(dispatch.job_id, None)
             self._release(job)
@@ -293,6 +317,20 @@ class JobRunner:
             self.current, self.state = None, RunState.IDLE
 
     async def _attempt(self, job: CurrentJob, on_generated: Callable[[], object] | None) -> str:
+        """The attempt's outcome; a terminal event given up at shutdown, or one whose job was given to a
+        newer attempt while it was retried, ends it here (it may come from any branch of `_outcome`)."""
+        d = job.dispatch
+        try:
+            return await self._outcome(job, on_generated)
+        except Superseded:
+            log.warning("job=%s attempt=%d superseded while its last event was retried", d.job_id, d.attempt)
+            return "superseded"
+        except Undelivered as e:
+            log.error("job=%s attempt=%d: %s; the scheduler recovers it", d.job_id, d.attempt, e)
+            self.undelivered.append(d)
+            return "undelivered"
+
+    async def _outcome(self, job: CurrentJob, on_generated: Callable[[], object] | None) -> str:
         d = job.dispatch
         try:
             video = await self._generate(job, await self._load_resume(d))
@@ -331,25 +369,26 @@ class JobRunner:
             await self._fail(job, e.code, e.message, e.retryable)
         except RetryableError as e:
             await self._fail(job, ErrorCode.STORAGE_UNAVAILABLE, str(e), True)
+        except Undelivered:
+            raise  # the success was not told: no other ending may be told in its place
         except Exception as e:
             log.exception("job=%s failed unexpectedly", d.job_id)
             await self._fail(job, ErrorCode.INTERNAL, f"{e.__class__.__name__}: {e}", False)
         return "failed"
 
     # ---- events ------------------------------------------------------------------------------------
-    async def _emit(self, job: CurrentJob, kind: type[JobEvent], attempts: int = 6, **fields: object) -> None:
+    def _event(self, job: CurrentJob, kind: type[JobEvent], **fields: object) -> JobEvent:
+        """The attempt's next event; the caller holds `job.sending`."""
         d = job.dispatch
+        sequence = next(job.sequence)
+        return kind(job_id=d.job_id, producer=self.producer, attempt=d.attempt, sequence=sequence, **fields)
+
+    async def _emit(self, job: CurrentJob, kind: type[JobEvent], **fields: object) -> None:
         async with job.sending:
             if not job.admitted:
                 return
-            event = kind(
-                job_id=d.job_id,
-                producer=self.producer,
-                attempt=d.attempt,
-                sequence=next(job.sequence),
-                **fields,
-            )
-            await retry(f"publish {event.type}", lambda: self.publish(event), attempts=attempts)
+            event = self._event(job, kind, **fields)
+            await retry(f"publish {event.type}", lambda: self.publish(event))
 
     async def _admit(self, job: CurrentJob) -> bool:
         """Wait for the commit of the dispatch record; when it failed, stop the attempt silently."""
@@ -389,11 +428,38 @@ class JobRunner:
             return await self.publish(event.model_copy(update={"sequence": next(job.sequence)}))
 
     async def _terminal(self, job: CurrentJob, kind: type[JobEvent], **fields: object) -> None:
-        """The last event of an attempt (terminal, or the hand-back of a preempted one) is retried for
-        minutes: losing it would leave the job open forever."""
+        """The last event of an attempt (terminal, or the hand-back of a preempted one) is retried until
+        Kafka has it: losing it would leave the job open forever. Meanwhile the job stays held (current,
+        or finishing), so heartbeats keep reporting it. Only a shutdown ends the retries (`Undelivered`:
+        the process exits non-zero), or the job passing to a newer attempt (`Superseded`)."""
         if job.pump is not None:
             await job.pump.close()
-        await self._emit(job, kind, attempts=40, **fields)
+        async with job.sending:
+            if not job.admitted:
+                return
+            event = self._event(job, kind, **fields)
+            delays = self.backoff.delays()
+            while True:
+                try:
+                    await self.publish(event)
+                    return
+                except RetryableError as e:
+                    if self.stopping.is_set():
+                        raise Undelivered(f"{event.type} not published before shutdown: {e}") from e
+                    if job.superseded.is_set():
+                        raise Superseded("given to a newer attempt") from e
+                    delay = next(delays)
+                    log.warning(
+                        "job=%s: %s not published, retrying in %.1f s: %s",
+                        job.dispatch.job_id,
+                        event.type,
+                        delay,
+                        e,
+                    )
+                # A shutdown cuts the wait short: one more try, then the attempt is given up.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.stopping.wait()
 
     async def _fail(self, job: CurrentJob, code: ErrorCode, message: str, retryable: bool) -> None:
         log.warning("job=%s failed code=%s: %s", job.dispatch.job_id, code, message)
@@ -533,11 +599,11 @@ class JobRunner:
             poster = await asyncio.to_thread(poster_jpeg, video.frames)
             pump.offer(self._progress(job, Phase.UPLOADING, PHASE_WEIGHT[Phase.UPLOADING]))
             vkey, pkey = video_key(d.job_id, d.attempt), poster_key(d.job_id, d.attempt)
-            n = self.upload_attempts
             if job.superseded.is_set():
                 raise Superseded("superseded before its upload")
-            await retry("upload video", lambda: self.store.put_file(vkey, str(path), "video/mp4"), attempts=n)
-            await retry("upload poster", lambda: self.store.put_bytes(pkey, poster, "image/jpeg"), attempts=n)
+            deadline = asyncio.get_running_loop().time() + self.upload_retry_seconds
+            await self._upload(job, deadline, lambda: self.store.put_file(vkey, str(path), "video/mp4"))
+            await self._upload(job, deadline, lambda: self.store.put_bytes(pkey, poster, "image/jpeg"))
             if job.superseded.is_set():  # told during the upload: take back what this attempt stored
                 await self.store.delete_prefix(f"jobs/{d.job_id}/attempt-{d.attempt}/")
                 raise Superseded("superseded during its upload")
@@ -554,6 +620,33 @@ class JobRunner:
             )
         finally:
             path.unlink(missing_ok=True)
+
+    async def _upload(self, job: CurrentJob, deadline: float, put: Callable[[], Awaitable[None]]) -> None:
+        """Store one artifact, retried with backoff until `deadline` (loop time). The encoded video waits
+        on the scratch dir and the slot denoises its next job meanwhile: a storage outage costs a wait,
+        not the GPU work. Past the deadline the storage error stands (the job fails, retryable)."""
+        loop, delays = asyncio.get_running_loop(), self.backoff.delays()
+        while True:
+            try:
+                await put()
+                return
+            except RetryableError as e:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+                if job.superseded.is_set():
+                    raise Superseded("superseded while its upload was retried") from e
+                delay = min(next(delays), left)
+                log.warning(
+                    "job=%s: upload failed, retrying in %.1f s (%.0f s left): %s",
+                    job.dispatch.job_id,
+                    delay,
+                    left,
+                    e,
+                )
+            if job.pump is not None:  # the job is still uploading, not stuck
+                job.pump.offer(self._progress(job, Phase.UPLOADING, PHASE_WEIGHT[Phase.UPLOADING]))
+            await asyncio.sleep(delay)
 
     async def _delete_checkpoints(self, job: CurrentJob) -> None:
         """Delete every attempt's checkpoints; a first attempt that stored none has none to delete."""

@@ -46,7 +46,14 @@ class WorkerSettings(CommonSettings):
     heartbeat_seconds: float = Field(default=1.0, gt=0)
     progress_interval_seconds: float = Field(default=0.25, ge=0)
     control_lookback_seconds: int = Field(default=3600, ge=0)
-    upload_attempts: int = Field(default=6, ge=1)
+    upload_retry_seconds: float = Field(
+        default=600,
+        ge=0,
+        description=(
+            "How long a finished video waits on the scratch dir for S3 to take it (retried with backoff) "
+            "before the job fails as storage_unavailable: a storage outage must not throw GPU work away."
+        ),
+    )
     max_finishing: int = Field(
         default=2,
         ge=0,

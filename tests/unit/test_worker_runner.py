@@ -12,10 +12,10 @@ import pytest
 
 from schemas.events import ErrorCode, EventType, JobDispatched, JobEvent, JobProgress
 from schemas.jobs import JobRequest, Phase, resolve
-from services.common.errors import StorageUnavailable
+from services.common.errors import BrokerUnavailable, StorageUnavailable
 from services.common.storage import ObjectMissing, checkpoint_prefix, video_key
 from services.worker.engine import SimulatedGenerator
-from services.worker.runner import JobRunner, ProgressPump
+from services.worker.runner import Backoff, JobRunner, ProgressPump
 
 
 class MemoryStore:
@@ -65,6 +65,9 @@ class Recorder:
         return [e.type for e in self.events]
 
 
+FAST_BACKOFF = Backoff(first=0.01, cap=0.05)
+
+
 def dispatch(attempt: int = 1, resume: str | None = None) -> JobDispatched:
     request = resolve(JobRequest(prompt="a cat", model="tiny-mochi", quality="high", seed=3))
     return JobDispatched(
@@ -84,6 +87,8 @@ def runner(
     publish: Recorder,
     checkpoint_every: int = 2,
     checkpoint_min_seconds: float = 0.0,
+    upload_retry_seconds: float = 0.3,
+    backoff: Backoff = FAST_BACKOFF,
 ) -> JobRunner:
     return JobRunner(
         slot=0,
@@ -94,7 +99,8 @@ def runner(
         checkpoint_every=checkpoint_every,
         checkpoint_min_seconds=checkpoint_min_seconds,
         progress_interval=0,
-        upload_attempts=2,
+        upload_retry_seconds=upload_retry_seconds,
+        backoff=backoff,
     )
 
 
@@ -477,3 +483,106 @@ async def test_the_progress_pump_sends_the_newest_update_from_a_thread_without_l
     numbers = [e.step for e in sent]
     assert numbers == sorted(numbers) and numbers[-1] == 2000  # the newest is never lost
     assert len(numbers) <= 2 + elapsed / 0.05 + 1  # at most one per interval
+
+
+TERMINAL = {EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED, EventType.PREEMPTED}
+
+
+class FlakyPublisher(Recorder):
+    """Kafka refusing the attempt's terminal events: the first `failures` sends of one fail."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.refused = 0
+
+    async def __call__(self, event: JobEvent) -> object:
+        if event.type in TERMINAL and self.refused < self.failures:
+            self.refused += 1
+            raise BrokerUnavailable("Kafka did not acknowledge")
+        return await super().__call__(event)
+
+
+@pytest.mark.timeout(30)
+async def test_a_refused_terminal_event_is_retried_while_the_job_stays_held(tmp_path: Path) -> None:
+    """More refusals than any fixed budget: the job stays in `finishing` (heartbeats report it held)
+    until Kafka takes its one job.succeeded."""
+    publish = FlakyPublisher(failures=60)
+    run = runner(
+        tmp_path,
+        SimulatedGenerator("tiny-mochi", seconds_per_step=0),
+        MemoryStore(),
+        publish,
+        backoff=Backoff(first=0.001, cap=0.002),
+    )
+    job, held = dispatch(), []
+    task = asyncio.create_task(run.run(job))
+    while not task.done():
+        if 0 < publish.refused < 60:
+            held.append(job.job_id in run.finishing)
+        await asyncio.sleep(0.001)
+    assert await task == "succeeded"
+    assert held and all(held)
+    assert publish.refused == 60 and publish.types().count(EventType.SUCCEEDED) == 1
+    assert run.finishing == {} and run.undelivered == []
+
+
+async def test_a_terminal_event_still_refused_at_shutdown_leaves_the_job_to_the_scheduler(
+    tmp_path: Path,
+) -> None:
+    publish = FlakyPublisher(failures=10**9)
+    run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0), MemoryStore(), publish)
+    job = dispatch()
+    task = asyncio.create_task(run.run(job))
+    while publish.refused < 3:
+        await asyncio.sleep(0.005)
+    assert job.job_id in run.finishing
+    run.drain()
+    assert await asyncio.wait_for(task, 5) == "undelivered"
+    assert run.undelivered == [job] and run.finishing == {}
+    assert not TERMINAL & set(publish.types())
+
+
+class FlakyStore(MemoryStore):
+    """S3 refusing the first `failures` artifact uploads (a storage blip longer than a few retries)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def _artifact(self, key: str) -> None:
+        if key.startswith("jobs/") and self.failures > 0:
+            self.failures -= 1
+            raise StorageUnavailable("store is down")
+
+    async def put_file(self, key: str, path: str, content_type: str) -> None:
+        self._artifact(key)
+        await super().put_file(key, path, content_type)
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self._artifact(key)
+        await super().put_bytes(key, data, content_type)
+
+
+async def test_an_upload_outage_is_waited_out_with_the_slot_free(tmp_path: Path) -> None:
+    store, publish = FlakyStore(failures=12), Recorder()
+    run = runner(
+        tmp_path,
+        SimulatedGenerator("tiny-mochi", seconds_per_step=0),
+        store,
+        publish,
+        upload_retry_seconds=30,
+    )
+    job, generated = dispatch(), asyncio.Event()
+    task = asyncio.create_task(run.run(job, on_generated=generated.set))
+    await asyncio.wait_for(generated.wait(), 10)
+    while store.failures > 6:
+        await asyncio.sleep(0.005)
+    assert run.current is None and job.job_id in run.finishing  # free for the next job meanwhile
+    assert await task == "succeeded"
+    assert publish.types().count(EventType.SUCCEEDED) == 1 and EventType.FAILED not in publish.types()
+    videos = [k for k in store.objects if k.endswith(".mp4")]
+    assert videos == [video_key(job.job_id, 1)]
+    uploading = [e for e in publish.events if e.type is EventType.PROGRESS and e.phase is Phase.UPLOADING]
+    assert len(uploading) > 1  # reported again while it waits
+    assert list(tmp_path.iterdir()) == []  # the scratch copy is gone once stored
