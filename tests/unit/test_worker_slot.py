@@ -20,6 +20,7 @@ from schemas.envelope import decode_heartbeat, encode_event
 from schemas.events import EventType, JobDispatched, JobEvent, WorkerHeartbeat
 from schemas.jobs import JobRequest, resolve
 from schemas.topics import JOBS_DISPATCH, WORKERS_HEARTBEAT
+from services.common.errors import BrokerUnavailable
 from services.common.kafka import Producer
 from services.common.runtime import serve_metrics
 from services.worker.engine import SimulatedGenerator
@@ -209,6 +210,36 @@ async def test_a_stop_before_kafka_answers_ends_the_slot_without_a_heartbeat(tmp
     stop.set()
     await asyncio.wait_for(task, 5)
     assert producer.beats == [] and not worker.ready.is_set()
+
+
+class RefusingEvents(Events):
+    """Kafka refusing every terminal event of the slot."""
+
+    async def __call__(self, event: JobEvent) -> object:
+        if event.type in {EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED}:
+            raise BrokerUnavailable("Kafka did not acknowledge")
+        return await super().__call__(event)
+
+
+async def test_a_stop_with_a_terminal_event_unpublished_leaves_the_job_to_the_scheduler(
+    tmp_path: Path,
+) -> None:
+    """Until the stop the job is reported held; after it, the last beat no longer holds it and the
+    process has a job to name as left open (`serve` raises, the process exits 3)."""
+    dispatch, producer, events = FakeDispatch(delay=0.01), FakeProducer(), RefusingEvents()
+    job, value = job_record()
+    producer.on_heartbeat.append(lambda beat: dispatch.append(value) if len(producer.beats) == 1 else None)
+    worker, stop = make_worker(tmp_path, producer, events), asyncio.Event()
+    task = await operate(worker, dispatch, stop)
+    while not any(job.job_id in {h.job_id for h in beat.finishing} for beat in producer.beats):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # retried for longer than a few beats
+    assert job.job_id in {h.job_id for h in producer.beats[-1].finishing}
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert worker.unfinished() == [f"job-{job.job_id}"]
+    last = producer.beats[-1]
+    assert last.state == "stopping" and last.job_id is None and last.finishing == []
 
 
 def get(url: str) -> tuple[int, bytes]:
