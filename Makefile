@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # uv from PATH, else the module pip installed (a fresh pyenv may not have its shim yet).
 UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench
+.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench soak
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -62,3 +62,8 @@ replay: ## rebuild the read model from offset 0 into schema `replay` and compare
 
 bench: up ## the benchmarks of bench/ (numbers printed, see docs/benchmarks.md)
 	bash bench/run.sh
+
+SOAK_SECONDS ?= 600
+SOAK_SEED ?= 1
+soak: ## jobs, SSE watchers and random faults for SOAK_SECONDS (600), then every guarantee checked
+	$(UV) run --no-sync python bench/soak.py --seconds $(SOAK_SECONDS) --seed $(SOAK_SEED)

@@ -53,6 +53,10 @@ def marker(name: str) -> str:
     """What the command line of part `name` contains (the same markers infra/ uses)."""
     if name == "kafka":
         return f"{ROOT / '.cache' / 'kafka-libs'}/"
+    if name == "s3":
+        return f"{ROOT / '.cache' / 's3proxy-libs'}/"
+    if name == "postgres":  # its data folder may live outside the checkout (infra/lib/postgres.sh)
+        return "/postgres -D /"
     if name.startswith("worker-"):
         return f"services.worker.main {name}"
     return f"services.{name}.main"
@@ -345,7 +349,7 @@ class Outcome:
         return [e for e in self.events if e["applied"] and (type is None or e["type"] == type)]
 
 
-async def _read_model(job_ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, Any], dict[uuid.UUID, list[Any]]]:
+async def read_model(job_ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, Any], dict[uuid.UUID, list[Any]]]:
     engine = create_async_engine(SETTINGS.database_url.get_secret_value())
     try:
         async with engine.connect() as conn:
@@ -361,7 +365,7 @@ async def _read_model(job_ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, Any], d
     return jobs, events
 
 
-async def _keys(prefix: str) -> list[str]:
+async def object_keys(prefix: str) -> list[str]:
     keys: list[str] = []
     async with Storage(SETTINGS) as storage, storage.client() as s3:
         paginator = s3.get_paginator("list_objects_v2")
@@ -385,7 +389,7 @@ async def delivery_problems(
     except pytest.fail.Exception as e:
         return [str(e)], {}
     ids = [uuid.UUID(j) for j in job_ids]
-    jobs, events = await _read_model(ids)
+    jobs, events = await read_model(ids)
     problems: list[str] = []
     outcomes: dict[str, Outcome] = {}
     for job_id in ids:
@@ -411,7 +415,7 @@ async def delivery_problems(
         seqs = [r.seq for r in rows]
         if seqs != list(range(len(seqs))):
             problems.append(f"{job_id}: job_events seqs are not 0..n without gaps: {seqs}")
-        videos = [k for k in await _keys(f"jobs/{job_id}/") if k.endswith("/video.mp4")]
+        videos = [k for k in await object_keys(f"jobs/{job_id}/") if k.endswith("/video.mp4")]
         if job.status == "succeeded":
             wanted = f"jobs/{job_id}/attempt-{terminals[0].attempt if terminals else '?'}/video.mp4"
             if videos != [wanted]:
@@ -473,7 +477,7 @@ async def _checkpoints_left(ids: list[uuid.UUID], timeout: float = 30) -> list[s
     """Workers delete a job's checkpoints right after its terminal event, so allow them a moment."""
     deadline = time.monotonic() + timeout
     while True:
-        left = {str(j): keys for j in ids if (keys := await _keys(f"checkpoints/{j}/"))}
+        left = {str(j): keys for j in ids if (keys := await object_keys(f"checkpoints/{j}/"))}
         if not left or time.monotonic() >= deadline:
             return [f"checkpoints left {timeout:.0f}s after the jobs ended: {left}"] if left else []
         await asyncio.sleep(0.5)
@@ -519,15 +523,16 @@ async def projector_caught_up(timeout: float = 60) -> None:
         await consumer.stop()
 
 
-async def replay_differences() -> list[str]:
-    """The read model equals a replay of the topics: `reelstream-projector replay` into a scratch schema,
-    then `compare` (exit 0), then the schema is dropped. Returns what differs (empty: equal)."""
+async def replay_differences(prefix: str = "chaos") -> list[str]:
+    """The read model equals a replay of the topics: `reelstream-projector replay` into a scratch schema
+    (`<prefix>_<hex>`), then `compare` (exit 0), then the schema is dropped. Returns what differs (empty:
+    equal)."""
     started = time.monotonic()
     try:
         await projector_caught_up()
     except pytest.fail.Exception as e:
         return [str(e)]
-    schema = f"chaos_{uuid.uuid4().hex[:12]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     cli = str(ROOT / ".venv" / "bin" / "reelstream-projector")
     try:
         rc, out = await sh(cli, "replay", "--schema", schema, timeout=180)
