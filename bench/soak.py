@@ -23,11 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
+
 from bench import soak_gather as gather
 from bench.soak_check import TERMINAL_STATUSES, Observed, Submission, Verdict, WatcherResult, evaluate, table
 from bench.soak_client import Api, PlannedJob, cancel, final_read, plan_jobs, submit, watch
 from bench.soak_faults import FaultLog, plan_faults
-from tests.e2e.chaos import SERVICES, pid_of, replay_differences, restore, sh, start_services
+from tests.e2e.chaos import SERVICES, pid_of, replay_differences, restore, sh, stack_up, start_services
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -45,7 +47,8 @@ class Run:
     faults: FaultLog
     submissions: list[Submission] = dataclasses.field(default_factory=list)
     watchers: list[WatcherResult] = dataclasses.field(default_factory=list)
-    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    sent: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)  # the submits
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)  # cancels and watchers
 
     @property
     def load_end(self) -> float:
@@ -60,13 +63,9 @@ def log(run: Run, text: str) -> None:
     print(f"[{time.monotonic() - run.t0:6.1f}s] {text}", flush=True)
 
 
-async def job_life(run: Run, job: PlannedJob) -> None:
-    """Submit one planned job; then perhaps cancel it, and perhaps watch it to its end."""
-    sub = Submission(
-        job.n, f"soak-{run.name}-{job.n}", job.body["prompt"], job.body, time.monotonic() - run.t0
-    )
-    run.submissions.append(sub)
-    await submit(run.api, sub, give_up_at=run.load_end + 30)
+async def follow(run: Run, job: PlannedJob, sub: Submission, sent: asyncio.Task[None]) -> None:
+    """Once the submit is answered: perhaps cancel the job, and perhaps watch it to its end."""
+    await sent
     if sub.job_id is None:
         return
     if job.cancel_after is not None:
@@ -81,9 +80,16 @@ async def job_life(run: Run, job: PlannedJob) -> None:
 
 async def load(run: Run) -> None:
     jobs = plan_jobs(run.args.seed, run.args.seconds, run.args.mean_gap, run.args.max_jobs, run.name)
+    due = run.t0
     for job in jobs:
-        await asyncio.sleep(max(0.0, run.t0 + sum(j.gap for j in jobs[: job.n + 1]) - time.monotonic()))
-        run.tasks.append(asyncio.create_task(job_life(run, job)))
+        due += job.gap
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        key = f"soak-{run.name}-{job.n}"
+        sub = Submission(job.n, key, job.body["prompt"], job.body, time.monotonic() - run.t0)
+        run.submissions.append(sub)
+        sent = asyncio.create_task(submit(run.api, sub, give_up_at=run.load_end + 30))
+        run.sent.append(sent)
+        run.tasks.append(asyncio.create_task(follow(run, job, sub, sent)))
     log(run, f"load done: {len(jobs)} jobs submitted or on their way")
 
 
@@ -101,14 +107,21 @@ async def faults(run: Run) -> None:
 
 async def drain(run: Run) -> dict[str, str]:
     """Everything running again, then wait (bounded) until every accepted job ends and the tasks finish."""
-    await restore()
+    try:
+        if any(pid_of(part) is None for part in STACK):
+            await stack_up()
+        await restore()
+    except (AssertionError, pytest.fail.Exception) as e:
+        log(run, f"could not bring everything back before the drain: {str(e)[-800:]}")
     deadline = time.monotonic() + run.args.drain_seconds
+    if run.sent:  # submits still retrying give up at the end of the load + 30 s
+        await asyncio.wait(run.sent, timeout=max(1.0, run.load_end + 45 - time.monotonic()))
     accepted = [s.job_id for s in run.submissions if s.job_id]
     open_jobs = await gather.wait_terminal(accepted, run.args.drain_seconds)
     pending = [t for t in run.tasks if not t.done()]
     if pending:
         await asyncio.wait(pending, timeout=max(5.0, deadline - time.monotonic()))
-    for task in run.tasks:
+    for task in (*run.sent, *run.tasks):
         task.cancel()
     for result in run.watchers:
         if not result.terminals and not result.error:

@@ -114,6 +114,9 @@ class FaultLog:
                 await kill_service(fault.target, fault.downtime, record)
             else:
                 await restart_part(fault.target, fault.downtime, record)
+        except (Exception, pytest.fail.Exception) as e:  # the soak goes on; the check reports it
+            record["problems"].append(f"the fault itself failed: {type(e).__name__}: {str(e)[-800:]}")
+            await restart_services(record)
         finally:
             self._current, self._ended_at = None, time.monotonic()
             record["recovered_s"] = round(self._ended_at - self.t0 - record["at"], 1)
