@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -74,6 +75,47 @@ class JobNotCreated(BrokerUnavailable):
             " second one, and should Kafka have stored this submit after all (its acknowledgement lost on"
             " the way back) the retry returns that job."
         )
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details; `errors` lists the fields of a 422, each with what is allowed.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                    "allowed": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+_WHY: Final = {
+    400: "A header or query value this api did not issue (cursor, Last-Event-ID)",
+    404: "No such job",
+    409: "The job is not in a state that allows this",
+    413: "The request body is too large",
+    416: "The Range cannot be served",
+    422: "Invalid request: each field named, with the allowed values",
+    429: "Too many jobs wait: retry after Retry-After seconds",
+    503: "A dependency is unavailable, or too many streams are open: retry after Retry-After seconds",
+}
+
+
+def problems(*statuses: int, why: Mapping[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the problem+json answers a route gives (422 and 503 always)."""
+    described = {**_WHY, **(why or {})}
+    content = {PROBLEM: {"schema": PROBLEM_SCHEMA}}
+    return {s: {"description": described[s], "content": content} for s in sorted({*statuses, 422, 503})}
 
 
 def problem(
@@ -155,5 +197,18 @@ def install(app: FastAPI) -> None:
             return problem(503, "Service unavailable", detail, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=exc.headers)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only; a client needs them all.
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_of(request))}
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
+
+
+def _methods_of(request: Request) -> list[str]:
+    """Every method the request's path takes, from the OpenAPI document (routes stay FastAPI's own)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), request.url.path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))

@@ -68,6 +68,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.mount("/metrics", make_asgi_app())
 
     @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > settings.max_body_bytes:
+            return errors.problem(
+                413,
+                "Request body too large",
+                f"a request body holds at most {settings.max_body_bytes} bytes (Content-Length {declared})",
+            )
+        return await call_next(request)
+
+    @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
         route = request.scope.get("route")

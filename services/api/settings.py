@@ -60,6 +60,9 @@ class ApiSettings(CommonSettings):
     projector_consumer: str = Field(
         default=PROJECTOR, description="The projector's key in consumer_offsets, to measure its lag."
     )
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest request body; a larger one is a 413 problem."
+    )
     health_timeout_seconds: float = Field(default=3.0, gt=0)
 
 

@@ -180,3 +180,27 @@ async def test_a_full_queue_is_a_429_naming_the_limit_and_nothing_is_published()
     assert response.headers["retry-after"] == "5"
     assert problem["limit"] == "max_queued_jobs" and "at most 3" in str(problem["detail"])
     assert publisher.published == []
+
+
+async def test_a_body_over_the_limit_is_a_413_before_it_is_read() -> None:
+    publisher = FakePublisher()
+    async with app_with(publisher) as client:
+        response = await client.post("/v1/jobs", json={**BODY, "prompt": "x" * 70_000})
+    assert problem_of(response, 413)["title"] == "Request body too large"
+    assert publisher.published == []
+
+
+def test_every_error_answer_of_every_route_is_documented_as_problem_json() -> None:
+    spec = create_app(ApiSettings()).openapi()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if int(status) >= 400 and path != "/healthz":
+                    assert list(answer["content"]) == ["application/problem+json"], (method, path, status)
+
+
+async def test_a_method_the_path_does_not_take_is_a_405_naming_every_method_it_does() -> None:
+    async with app_with(FakePublisher()) as client:
+        response = await client.request("OPTIONS", "/v1/jobs")
+    assert problem_of(response, 405)
+    assert response.headers["allow"] == "GET, HEAD, POST"

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from schemas.events import TERMINAL_TYPES
 from services.api import metrics
 from services.api.deps import AppState, SessionDep, StateDep
-from services.api.errors import DB_ERRORS, ApiError
+from services.api.errors import DB_ERRORS, ApiError, problems
 from services.api.eta import Eta, estimate
 from services.api.notify import wait_event
 from services.api.queries import events_after, get_job, queue_position
@@ -110,7 +110,10 @@ async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncI
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"description": "The job's events", "content": {"text/event-stream": {}}},
+        **problems(400, 404),
+    },
 )
 async def events(
     job_id: uuid.UUID,

@@ -36,7 +36,12 @@ async def _db(state: AppState) -> Lag:
 
 @router.get(
     "/healthz",
-    responses={503: {"description": "Kafka or Postgres does not answer; the body names which"}},
+    responses={
+        503: {
+            "description": "Kafka or Postgres does not answer; the body names which",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
 )
 async def healthz(state: StateDep) -> JSONResponse:
     """Ready while Kafka (a submit needs it) and Postgres (every read needs it) answer. S3 is reported but

@@ -19,7 +19,7 @@ from services.api import metrics
 from services.api.admission import QueueFull
 from services.api.content import stream_object
 from services.api.deps import AppState, SessionDep, StateDep
-from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound
+from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound, problems
 from services.api.eta import estimate
 from services.api.ids import created_at_of, keyed_job_id, new_job_id
 from services.api.notify import wait_event
@@ -64,12 +64,18 @@ async def _view(state: AppState, session: SessionDep, job: Job) -> JobOut:
     response_model=JobOut,
     responses={
         202: {"description": "Accepted, durable"},
-        503: {
-            "description": (
-                "Job not created (Kafka did not take it by its submit deadline; it will never run)."
-                " Retry after Retry-After seconds with the same Idempotency-Key."
-            )
-        },
+        **problems(
+            400,
+            413,
+            429,
+            why={
+                400: "The body is not UTF-8 JSON",
+                503: (
+                    "Job not created (Kafka did not take it by its submit deadline; it will never run)."
+                    " Retry after Retry-After seconds with the same Idempotency-Key."
+                ),
+            },
+        ),
     },
 )
 async def submit(
@@ -187,12 +193,12 @@ async def load_job(state: AppState, session: SessionDep, job_id: uuid.UUID) -> J
     return job
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=problems(404))
 async def read(job_id: uuid.UUID, state: StateDep, session: SessionDep) -> JobOut:
     return await _view(state, session, await load_job(state, session, job_id))
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=problems(400))
 async def index(
     state: StateDep,
     session: SessionDep,
@@ -206,7 +212,7 @@ async def index(
     return JobList(data=data, next_cursor=next_cursor)
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=problems(404, 409))
 async def cancel(job_id: uuid.UUID, state: StateDep, session: SessionDep) -> JobOut:
     """Ask for a cancel: a queued job never starts, a running one stops within one denoising step."""
     job = await load_job(state, session, job_id)
@@ -222,7 +228,18 @@ def _succeeded(job: Job) -> dict[str, object]:
     return job.result
 
 
-@router.get("/{job_id}/result", response_model=None, responses={302: {"description": "To the MP4"}})
+@router.get(
+    "/{job_id}/result",
+    response_model=None,
+    responses={
+        200: {
+            "description": "With ?redirect=false: the presigned URL and when it expires",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        302: {"description": "To the MP4"},
+        **problems(404, 409),
+    },
+)
 async def result(
     job_id: uuid.UUID, state: StateDep, session: SessionDep, redirect: bool = True
 ) -> RedirectResponse | JSONResponse:
@@ -237,7 +254,16 @@ async def result(
     return JSONResponse({"url": url, "expires_at": expires})
 
 
-@router.get("/{job_id}/content", response_model=None)
+@router.get(
+    "/{job_id}/content",
+    response_model=None,
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "The MP4", "content": {"video/mp4": {}}},
+        206: {"description": "The asked Range of the MP4", "content": {"video/mp4": {}}},
+        **problems(404, 409, 416),
+    },
+)
 async def content(
     job_id: uuid.UUID, request: Request, state: StateDep, session: SessionDep
 ) -> StreamingResponse:
