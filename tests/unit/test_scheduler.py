@@ -323,9 +323,8 @@ def test_a_slot_idle_past_its_record_gets_the_job_again_within_the_grace() -> No
     assert isinstance(again, Dispatch) and (again.job_id, again.slot, again.attempt) == (job.job_id, 0, 2)
 
 
-def test_a_stale_attempts_terminal_event_between_retry_and_redispatch_is_fenced() -> None:
-    """job.retrying moved the job to attempt 2; attempt 1's late job.failed must not end it (the
-    projector drops it too, so ending it here would leave the read model queued for ever)."""
+def retried_once() -> tuple[SchedulerState, JobRequested]:
+    """A job dispatched as attempt 1 on slot 0 (record at offset 3), then announced retrying as attempt 2."""
     state = make_state(slots=1)
     job = submit(state)
     state.on_heartbeat(beat(0, T0))
@@ -333,6 +332,13 @@ def test_a_stale_attempts_terminal_event_between_retry_and_redispatch_is_fenced(
     state.on_event(
         JobRetrying(job_id=job.job_id, producer="scheduler", attempt=1, next_attempt=2, reason="lost")
     )
+    return state, job
+
+
+def test_a_stale_attempts_terminal_event_between_retry_and_redispatch_is_fenced() -> None:
+    """job.retrying moved the job to attempt 2; attempt 1's late job.failed must not end it (the
+    projector drops it too, so ending it here would leave the read model queued for ever)."""
+    state, job = retried_once()
     state.on_event(JobCancelled(job_id=job.job_id, producer="w", attempt=1))
     assert job.job_id in state.jobs and job.job_id not in state.done
     state.on_heartbeat(beat(0, T0 + timedelta(seconds=1), position=4))
@@ -341,13 +347,7 @@ def test_a_stale_attempts_terminal_event_between_retry_and_redispatch_is_fenced(
 
 
 def test_cancelling_a_retried_waiting_job_names_the_attempt_the_projector_expects() -> None:
-    state = make_state(slots=1)
-    job = submit(state)
-    state.on_heartbeat(beat(0, T0))
-    carry_out(state, plan(state, T0), offset=3)
-    state.on_event(
-        JobRetrying(job_id=job.job_id, producer="scheduler", attempt=1, next_attempt=2, reason="lost")
-    )
+    state, job = retried_once()
     state.on_event(JobCancelRequested(job_id=job.job_id, producer="api", attempt=1))
     [finish] = plan(state, T0 + timedelta(seconds=1))
     assert isinstance(finish, Finish) and finish.cancelled and finish.attempt == 2
