@@ -50,4 +50,3 @@ async def test_many_watchers_starve_no_read_and_every_one_sees_the_end(services:
         assert backwards.headers["content-type"] == "application/problem+json"
         ranged = await c.get(f"/v1/jobs/{job['id']}/content", headers={"Range": "bytes=0-99"})
         assert ranged.status_code == 206 and ranged.headers["content-range"].startswith("bytes 0-99/")
-
