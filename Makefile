@@ -29,7 +29,8 @@ status: ## one line per part of the local stack
 logs: ## the end of each log in .run/logs (FOLLOW=1 to follow)
 	bash infra/stack.sh logs $(if $(FOLLOW),-f)
 
-clean: ## stop the stack and delete its data and logs (.run/); downloads in .cache/ stay
+clean: ## stop the services and the stack, delete their data and logs (.run/); downloads in .cache/ stay
+	bash infra/services.sh stop
 	bash infra/stack.sh clean
 
 # --- checks -----------------------------------------------------------------------------------------
