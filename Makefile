@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # uv from PATH, else the module pip installed (a fresh pyenv may not have its shim yet).
 UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench soak
+.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench soak fuzz-api
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ lint: lint-deploy ## ruff, ruff format, mypy --strict, and the deployment checks
 
 lint-deploy: ## build every k8s overlay, validate it offline, scan manifests and Dockerfiles, check compose
 	bash infra/validate-deploy.sh
+
+fuzz-api: ## schemathesis against the running api, every check, many examples (`make services` first)
+	$(UV) run --no-sync python -m schemathesis.cli run http://127.0.0.1:8000/openapi.json --checks all \
+		--max-examples $(or $(EXAMPLES),100) --no-color
 
 test: up ## the whole test suite: unit, integration and e2e (brings the stack up first)
 	$(UV) run --no-sync pytest tests

@@ -96,12 +96,12 @@ class JobRequest(BaseModel):
     model: Annotated[str, Name] = DEFAULT_MODEL
     width: int | None = Field(default=None, strict=True)
     height: int | None = Field(default=None, strict=True)
-    duration_seconds: float | None = Field(default=None, gt=0, le=60)
+    duration_seconds: float | None = Field(default=None, gt=0, le=60, strict=True)
     num_frames: int | None = Field(default=None, strict=True)
     fps: int | None = Field(default=None, strict=True)
     quality: Quality = Quality.MEDIUM
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
-    guidance_scale: float | None = None
+    guidance_scale: float | None = Field(default=None, strict=True)
     priority: Priority = Priority.INTERACTIVE
     webhook_url: AnyHttpUrl | None = None
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
