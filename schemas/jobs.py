@@ -118,9 +118,11 @@ class ResolvedRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prompt: str
-    negative_prompt: str | None
-    model: str
+    # The same character rules as the request: a record on the topic that breaks them (written by anything
+    # but the api) is malformed for every consumer alike, never a job to one and a refusal to another.
+    prompt: Annotated[str, Text]
+    negative_prompt: Annotated[str, Text] | None
+    model: Annotated[str, Name]
     width: int
     height: int
     num_frames: int
@@ -130,8 +132,8 @@ class ResolvedRequest(BaseModel):
     seed: int
     guidance_scale: float
     priority: Priority
-    webhook_url: str | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    webhook_url: Annotated[str, Name] | None = None
+    metadata: dict[Annotated[str, Name], Annotated[str, Text]] = Field(default_factory=dict)
 
     @property
     def duration_seconds(self) -> float:

@@ -501,20 +501,20 @@ async def test_carries_on_after_postgres_closes_its_connections(
 
 
 def poisoned_request(job_id: uuid.UUID, poison: Callable[[dict[str, Any]], None]) -> bytes:
-    """A valid job.requested of `job_id` as JSON, with `poison` applied to its request: bytes that decode to
-    an event but that Postgres cannot store."""
+    """A valid job.requested of `job_id` as JSON, with `poison` applied to its envelope: bytes that decode
+    to an event but that Postgres cannot store."""
     event = requested().model_copy(update={"job_id": job_id, "event_id": uuid.uuid4()})
     envelope = json.loads(encode_event(event).value)
-    poison(envelope["request"])
+    poison(envelope)
     return json.dumps(envelope).encode()
 
 
-def nul_in_prompt(request: dict[str, Any]) -> None:
-    request["prompt"] = "fox\u0000snow"
+def nul_in_idempotency_key(envelope: dict[str, Any]) -> None:
+    envelope["idempotency_key"] = "key\u0000one"  # text cannot hold NUL
 
 
-def nul_in_metadata_key(request: dict[str, Any]) -> None:
-    request["metadata"] = {"ke\u0000y": "v"}
+def nul_in_producer(envelope: dict[str, Any]) -> None:
+    envelope["producer"] = "api\u0000"  # nor can jsonb (job_events.payload)
 
 
 async def test_dead_letters_the_records_postgres_refuses_and_projects_the_rest(
@@ -527,7 +527,7 @@ async def test_dead_letters_the_records_postgres_refuses_and_projects_the_rest(
     settings = topics.model_copy(update={"batch_max_records": 500, "batch_interval_ms": 300})
     live = await new_store("refused")
     dlq_start = await dlq_end_offsets(settings, kafka_admin)
-    refused = {uuid.uuid4(): nul_in_prompt, uuid.uuid4(): nul_in_metadata_key}
+    refused = {uuid.uuid4(): nul_in_idempotency_key, uuid.uuid4(): nul_in_producer}
     ends: Ends = {}
     for job_id, poison in refused.items():
         await produce_raw(producer, settings.requested_topic, poisoned_request(job_id, poison), ends)

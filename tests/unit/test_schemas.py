@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from schemas.envelope import (
     encode_event,
     encode_heartbeat,
 )
-from schemas.events import EVENT_CLASSES, TERMINAL_TYPES, EventType, JobProgress, WorkerHeartbeat
+from schemas.events import (
+    EVENT_CLASSES,
+    TERMINAL_TYPES,
+    EventType,
+    JobProgress,
+    JobRequested,
+    WorkerHeartbeat,
+)
 from schemas.jobs import JobRequest, JobStatus, ResolvedRequest, resolve
 
 SCHEMAS = Path(export.__file__).parent
@@ -196,6 +204,30 @@ def test_decode_event_rejects_with_a_readable_reason(value: bytes | None, reason
         decode_event(value)
     assert reason in str(info.value)
     assert len(str(info.value)) < 1000
+
+
+def _requested_with(**request: Any) -> bytes:
+    clean = resolve(JobRequest(prompt="a fox", model="tiny-mochi"))
+    event = JobRequested(job_id=uuid.uuid4(), producer="test", request=clean, request_hash="0" * 64)
+    envelope = json.loads(encode_event(event).value)
+    envelope["request"].update(request)
+    return json.dumps(envelope).encode()
+
+
+@pytest.mark.parametrize(
+    "request_fields",
+    [
+        pytest.param({"prompt": "fox\u0000snow"}, id="nul-prompt"),
+        pytest.param({"negative_prompt": "blur\u001b"}, id="escape-negative"),
+        pytest.param({"metadata": {"ke\u0000y": "v"}}, id="nul-metadata-key"),
+        pytest.param({"metadata": {"k": "\ud800"}}, id="surrogate-metadata-value"),
+    ],
+)
+def test_a_job_requested_with_control_characters_is_malformed_for_every_consumer(
+    request_fields: dict[str, Any],
+) -> None:
+    with pytest.raises(MalformedMessage, match="control character"):
+        decode_event(_requested_with(**request_fields))
 
 
 def test_decode_heartbeat_rejects_an_event() -> None:
