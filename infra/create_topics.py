@@ -26,7 +26,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
 from pydantic import Field
 
-from schemas.topics import DLQ, JOBS_EVENTS, JOBS_REQUESTED, TopicSpec, topic_specs
+from schemas.topics import DLQ, JOBS_EVENTS, JOBS_REQUESTED, TopicSpec, internal_topic_specs, topic_specs
 from services.common.settings import CommonSettings
 
 TOPIC_ALREADY_EXISTS = 36
@@ -58,7 +58,8 @@ def configs_for(spec: TopicSpec, settings: TopicSettings) -> dict[str, str]:
     """The topic-level configs we own; anything not listed keeps the broker default."""
     configs = {"min.insync.replicas": str(settings.topic_min_insync_replicas), **spec.configs}
     if spec.compacted:
-        # Only the latest heartbeat per slot matters; small segments let compaction drop old ones soon.
+        # Only the latest record per key matters (a slot's heartbeat, the scheduler's snapshot); small
+        # segments let compaction drop the older ones soon.
         configs |= {"cleanup.policy": "compact", "segment.ms": "3600000", "min.cleanable.dirty.ratio": "0.1"}
     elif spec.name in KEEP_FOREVER:
         configs |= {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
@@ -175,7 +176,7 @@ async def apply_configs(
 
 
 async def ensure_topics(settings: TopicSettings, wait_timeout_s: float) -> None:
-    specs = topic_specs(default_partitions=settings.topic_partitions)
+    specs = (*topic_specs(default_partitions=settings.topic_partitions), *internal_topic_specs())
     admin = await start_admin(settings, wait_timeout_s)
     try:
         existing = await existing_partitions(admin, [spec.name for spec in specs])

@@ -59,3 +59,22 @@ def topic_specs(default_partitions: int = 6) -> tuple[TopicSpec, ...]:
         TopicSpec(WORKERS_HEARTBEAT, "slot id", n, True, "Slot liveness, state, loaded model, s/step."),
         TopicSpec(DLQ, "original key", 1, False, "Poison messages with the reason; never silently dropped."),
     )
+
+
+SCHEDULER_SNAPSHOT: Final = f"{PREFIX}.scheduler.snapshot"
+# A snapshot holds every open job and the ids of every finished one: far above the broker's 1 MiB default.
+SNAPSHOT_MAX_BYTES: Final = 64 * 1024 * 1024
+
+
+def internal_topic_specs() -> tuple[TopicSpec, ...]:
+    """Topics a service keeps for itself: no other service reads them, so they are not in the contract."""
+    return (
+        TopicSpec(
+            SCHEDULER_SNAPSHOT,
+            "scheduler",
+            1,
+            True,
+            "The scheduler's latest state snapshot and the input offsets it reflects (services/scheduler).",
+            MappingProxyType({"max.message.bytes": str(SNAPSHOT_MAX_BYTES)}),
+        ),
+    )

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from schemas.topics import JOBS_DISPATCH, topic_specs
+from schemas.topics import JOBS_DISPATCH, internal_topic_specs, topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -199,7 +199,7 @@ def test_long_running_containers_have_probes(overlay: tuple[str, list[Doc]]) -> 
 def test_topics_match_the_contract(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
     topics = _topics(docs)
-    specs = {spec.name: spec for spec in topic_specs()}
+    specs = {spec.name: spec for spec in (*topic_specs(), *internal_topic_specs())}
     assert set(topics) == set(specs)
     for name, spec in specs.items():
         config = topics[name]["spec"]["config"]
