@@ -1,4 +1,5 @@
-"""The scheduler process: rebuild state from the topics, then fold records and carry out decisions."""
+"""The scheduler process: rebuild state (from the latest snapshot and the records after it, or from the
+topics alone), then fold records, carry out decisions and write snapshots."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from schemas.events import (
     JobPreemptRequested,
     JobRetrying,
 )
-from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH, JOBS_EVENTS, JOBS_REQUESTED, WORKERS_HEARTBEAT
 from services.common.errors import RetryableError
 from services.common.kafka import (
     Producer,
@@ -36,10 +36,12 @@ from services.common.logging import configure
 from services.common.runtime import retry, run_until_signalled, serve_metrics
 from services.scheduler.plan import is_alive, plan
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.snapshot import SnapshotError, StateSnapshot, capture, restore
 from services.scheduler.state import Decision, Dispatch, Finish, Preempt, Retry, SchedulerState, Stage
+from services.scheduler.store import SnapshotWriter, load_latest
+from services.scheduler.topics import SchedulerTopics
 
 log = logging.getLogger("reelstream.scheduler")
-TOPICS = (JOBS_REQUESTED, JOBS_EVENTS, JOBS_CONTROL, JOBS_DISPATCH, WORKERS_HEARTBEAT)
 PRODUCER = "scheduler"
 DECISIONS = Counter("reelstream_scheduler_decisions_total", "Decisions carried out", ["kind"])
 WAITING = Gauge("reelstream_scheduler_waiting_jobs", "Jobs waiting for a slot", ["lane"])
@@ -66,8 +68,15 @@ def _seconds_or_none(seconds: float) -> timedelta | None:
 
 
 class Scheduler:
-    def __init__(self, settings: SchedulerSettings, producer: Producer, consumer: AIOKafkaConsumer) -> None:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        producer: Producer,
+        consumer: AIOKafkaConsumer,
+        topics: SchedulerTopics | None = None,
+    ) -> None:
         self.settings = settings
+        self.topics = topics or SchedulerTopics()
         self.producer = producer
         self.consumer = consumer
         self.live = False
@@ -91,21 +100,22 @@ class Scheduler:
         """Fold one record into the state. Poison records are skipped (their owner dead-letters them), and
         so is a job.requested the broker appended after its `accept_by`: it is not a job (the projector
         dead-letters it)."""
+        topics = self.topics
         try:
-            if msg.topic == WORKERS_HEARTBEAT:
+            if msg.topic == topics.heartbeat:
                 self.state.on_heartbeat(decode_heartbeat(msg.value))
                 return
             event = decode_event(msg.value)
-            if msg.topic == JOBS_REQUESTED and (late := missed_deadline(event, msg)) is not None:
+            if msg.topic == topics.requested and (late := missed_deadline(event, msg)) is not None:
                 log.info("skipped job=%s offset=%s: %s", event.job_id, msg.offset, late)
                 return
-            if msg.topic == JOBS_DISPATCH:
+            if msg.topic == topics.dispatch:
                 if isinstance(event, JobDispatched):
                     self.state.on_dispatch(event, msg.offset)
                 return
             self.state.on_event(event)
         except MalformedMessage as e:
-            if self.live and msg.topic in (JOBS_CONTROL, WORKERS_HEARTBEAT):
+            if self.live and msg.topic in (topics.control, topics.heartbeat):
                 await dead_letter(self.producer, msg, str(e), "reelstream-scheduler")
             else:
                 log.debug("skipped malformed record topic=%s offset=%s", msg.topic, msg.offset)
@@ -123,9 +133,9 @@ class Scheduler:
                 reason=decision.reason,
                 next_attempt=decision.next_attempt,
             )
-            await self._publish(JOBS_EVENTS, retrying)
+            await self._publish(self.topics.events, retrying)
             # And to the slots: one that was only cut off (not dead) stops the stale attempt.
-            await self._publish(JOBS_CONTROL, retrying)
+            await self._publish(self.topics.control, retrying)
             self.state.on_event(retrying)
             log.warning(
                 "retrying job=%s next_attempt=%d reason=%s",
@@ -141,7 +151,7 @@ class Scheduler:
                 at_step=decision.at_step,
                 reason=decision.reason,
             )
-            await self._publish(JOBS_CONTROL, asked)
+            await self._publish(self.topics.control, asked)
             self.state.on_event(asked)
             log.info("asked job=%s attempt=%d back at step %d: %s", *dataclasses.astuple(decision))
         else:
@@ -159,9 +169,9 @@ class Scheduler:
         )
         # Announce first, then hand the record to the slot: consumers of jobs.events then never see a
         # job.started before its job.dispatched. A crash in between is repaired by `repair_records`.
-        await self._publish(JOBS_EVENTS, event)
+        await self._publish(self.topics.events, event)
         self.state.on_event(event)
-        meta = await self._publish(JOBS_DISPATCH, event, partition=d.slot)
+        meta = await self._publish(self.topics.dispatch, event, partition=d.slot)
         self.state.on_dispatch(event, meta.offset)
         follows = f" after job={d.after}" if d.after else ""
         log.info("dispatched job=%s slot=%d attempt=%d%s", d.job_id, d.slot, d.attempt, follows)
@@ -174,7 +184,7 @@ class Scheduler:
         else:
             error = JobError(code=d.code, message=d.reason, retryable=False)
             ended = decision_event(JobFailed, d.job_id, d.attempt, error=error)
-        await self._publish(JOBS_EVENTS, ended)
+        await self._publish(self.topics.events, ended)
         self.state.on_event(ended)
         log.info("finished job=%s as %s: %s", d.job_id, ended.type, d.reason)
 
@@ -192,7 +202,7 @@ class Scheduler:
         """Assignments announced on jobs.events whose record never reached jobs.dispatch get it now."""
         for job in list(self.state.jobs.values()):
             if job.stage is Stage.ASSIGNED and job.dispatch_offset is None and job.dispatch is not None:
-                meta = await self._publish(JOBS_DISPATCH, job.dispatch, partition=job.dispatch.slot)
+                meta = await self._publish(self.topics.dispatch, job.dispatch, partition=job.dispatch.slot)
                 self.state.on_dispatch(job.dispatch, meta.offset)
                 log.warning("re-sent the dispatch record of job=%s attempt=%d", job.job_id, job.attempt)
 
@@ -203,49 +213,123 @@ class Scheduler:
         SLOTS_ALIVE.set(sum(1 for s in self.state.slots.values() if is_alive(self.state, s, now)))
         SLOTS_BUSY.set(len(self.state.assignments))
 
+    async def snapshot(self) -> StateSnapshot:
+        """The state with the input positions it reflects. Taken between two rounds of the loop, where
+        every record before those positions is folded and none after them."""
+        positions = {
+            (tp.topic, tp.partition): await self.consumer.position(tp) for tp in self.consumer.assignment()
+        }
+        return capture(self.state, positions, datetime.now(UTC))
 
-async def assign_all(settings: SchedulerSettings, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+
+async def assign_all(scheduler: Scheduler) -> list[TopicPartition]:
     """Read every partition of our topics ourselves: the scheduler is one active instance, not a group."""
-    partitions = await partitions_of(settings, TOPICS)
-    consumer.assign(partitions)
-    await consumer.seek_to_beginning(*partitions)
+    partitions = await partitions_of(scheduler.settings, scheduler.topics.inputs)
+    scheduler.consumer.assign(partitions)
     return partitions
 
 
+async def snapshot_offsets(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], snapshot: StateSnapshot
+) -> dict[TopicPartition, int]:
+    """Where to resume each partition. A partition the snapshot does not name was added after it and is
+    read from its beginning. An offset outside its partition's log means the snapshot is not of these
+    topics as they are (recreated, or records it never saw already deleted by retention)."""
+    known = snapshot.positions()
+    ours = {(tp.topic, tp.partition) for tp in partitions}
+    if strangers := sorted(set(known) - ours):
+        raise SnapshotError(f"the snapshot names partitions we do not read: {strangers[:3]}")
+    begin = await consumer.beginning_offsets(partitions)
+    end = await consumer.end_offsets(partitions)
+    offsets: dict[TopicPartition, int] = {}
+    for tp in partitions:
+        offset = known.get((tp.topic, tp.partition), begin[tp])
+        if not begin[tp] <= offset <= end[tp]:
+            raise SnapshotError(
+                f"snapshot offset {offset} of {tp.topic}/{tp.partition} is outside [{begin[tp]}, {end[tp]}]"
+            )
+        offsets[tp] = offset
+    return offsets
+
+
+async def resume(
+    scheduler: Scheduler, partitions: list[TopicPartition], snapshot: StateSnapshot | None
+) -> bool:
+    """Load the snapshot and seek every partition to the first record it does not reflect, or, without
+    a usable snapshot, seek them to their beginning. True when the snapshot is used."""
+    consumer = scheduler.consumer
+    if snapshot is not None:
+        try:
+            offsets = await snapshot_offsets(consumer, partitions, snapshot)
+        except SnapshotError as e:
+            log.error("ignoring the latest snapshot, replaying in full: %s", e)
+        else:
+            restore(scheduler.state, snapshot)
+            for tp, offset in offsets.items():
+                consumer.seek(tp, offset)
+            log.info("resuming from the snapshot of %s", snapshot.taken_at.isoformat())
+            return True
+    await consumer.seek_to_beginning(*partitions)
+    return False
+
+
 async def rebuild(scheduler: Scheduler, partitions: list[TopicPartition], stop: asyncio.Event) -> None:
-    """Replay every topic up to the end offsets seen at start; no decision is made before that."""
-    end = await scheduler.consumer.end_offsets(partitions)
-    behind = {tp for tp, offset in end.items() if offset > 0}
+    """Fold every record from the current positions up to the end offsets seen now; no decision is
+    made before that."""
+    consumer = scheduler.consumer
+    end = await consumer.end_offsets(partitions)
+    behind = {tp for tp, offset in end.items() if offset > await consumer.position(tp)}
     folded = 0
     while behind and not stop.is_set():
-        batch = await scheduler.consumer.getmany(timeout_ms=500, max_records=5000)
+        batch = await consumer.getmany(timeout_ms=500, max_records=5000)
         for records in batch.values():
             for msg in records:
                 await scheduler.apply(msg)
             folded += len(records)
         for tp in list(behind):
-            if await scheduler.consumer.position(tp) >= end[tp]:
+            if await consumer.position(tp) >= end[tp]:
                 behind.discard(tp)
     log.info("rebuilt state from %d records: %d jobs open", folded, len(scheduler.state.jobs))
 
 
-async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
+async def prepare(scheduler: Scheduler, stop: asyncio.Event) -> bool:
+    """Everything before the first decision: the latest snapshot (unless restoring is off), then the
+    records after it. True when a snapshot was used."""
+    partitions = await assign_all(scheduler)
+    snapshot = None
+    if scheduler.settings.snapshot_restore:
+        snapshot = await load_latest(scheduler.settings, scheduler.topics.snapshot)
+    used = await resume(scheduler, partitions, snapshot)
+    await rebuild(scheduler, partitions, stop)
+    return used
+
+
+async def serve(
+    settings: SchedulerSettings, stop: asyncio.Event, topics: SchedulerTopics | None = None
+) -> None:
     producer = make_producer(settings, "reelstream-scheduler")
     consumer = make_consumer(settings, group_id=None, client_id="reelstream-scheduler")
+    scheduler = Scheduler(settings, producer, consumer, topics)
+    snapshots = SnapshotWriter(settings, scheduler.topics.snapshot)
     await producer.start()
     await consumer.start()
+    await snapshots.start()
     try:
-        scheduler = Scheduler(settings, producer, consumer)
-        await rebuild(scheduler, await assign_all(settings, consumer), stop)
+        await prepare(scheduler, stop)
+        if stop.is_set():
+            return  # an unfinished rebuild is no state to snapshot
         scheduler.live = True
-        await loop(scheduler, stop)
+        await loop(scheduler, stop, snapshots)
+        await snapshots.finish(await scheduler.snapshot())
     finally:
+        await snapshots.stop()
         await consumer.stop()
         await producer.stop()
 
 
-async def loop(scheduler: Scheduler, stop: asyncio.Event) -> None:
-    """Fold what arrived, then plan and carry out decisions; at least every tick, so silences are noticed."""
+async def loop(scheduler: Scheduler, stop: asyncio.Event, snapshots: SnapshotWriter | None = None) -> None:
+    """Fold what arrived, then plan and carry out decisions; at least every tick, so silences are noticed.
+    Between two rounds, when one is due, hand a snapshot to the writer."""
     tick_ms = int(scheduler.settings.tick_seconds * 1000)
     while not stop.is_set():
         batch = await scheduler.consumer.getmany(timeout_ms=tick_ms, max_records=2000)
@@ -262,6 +346,8 @@ async def loop(scheduler: Scheduler, stop: asyncio.Event) -> None:
             log.error("could not carry out a decision, will plan again: %s", e)
             await asyncio.sleep(1)
         scheduler.observe()
+        if snapshots is not None and snapshots.due():
+            snapshots.submit(await scheduler.snapshot())
 
 
 def run() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from schemas.topics import SNAPSHOT_MAX_BYTES
 from services.common.settings import CommonSettings
 
 
@@ -58,3 +59,32 @@ class SchedulerSettings(CommonSettings):
         ),
     )
     tick_seconds: float = Field(default=0.5, gt=0, description="Longest wait between two planning rounds.")
+    snapshot_interval_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How often the live scheduler writes its state and input offsets to the snapshot topic (and"
+            " once more at a clean shutdown), so a restart folds only the records after them; 0 = never."
+        ),
+    )
+    snapshot_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description=(
+            "Longest wait for the broker to acknowledge one snapshot, or to hand back the latest at start;"
+            " a snapshot that misses it is skipped (the next one, or a full replay, stands in)."
+        ),
+    )
+    snapshot_restore: bool = Field(
+        default=True,
+        description="Start from the latest snapshot; false replays every topic from its beginning.",
+    )
+    snapshot_max_bytes: int = Field(
+        default=SNAPSHOT_MAX_BYTES,
+        ge=1024 * 1024,
+        le=SNAPSHOT_MAX_BYTES,
+        description=(
+            "Largest snapshot the producer sends and the reader fetches: at most the snapshot topic's"
+            " max.message.bytes. A larger one is not written (logged); restarts then replay further."
+        ),
+    )
