@@ -8,16 +8,19 @@ projector's own `Store.apply_batch` into a scratch schema, once per batch size, 
 wall time, the projector's CPU and Postgres's CPU. Live, the batches are small (each `getmany` returns
 what arrived while the last transaction ran); a replay reads 500 at a time.
 
-Kafka is left out on purpose: its cost per record does not depend on the projector's code.
+Kafka is left out of that table on purpose: its cost per record does not depend on the projector's code.
+A second table (`bench/projector_throughput.py`) then measures the whole path, Kafka to Postgres, in
+events per second against the projector's target of 10,000.
 
-    .venv/bin/python bench/projector.py                  # 300 jobs, batches of 1, 4, 16 and 500
-    .venv/bin/python bench/projector.py --jobs 100 --batches 4
+    .venv/bin/python bench/projector.py            # 300 jobs, batches of 1, 4, 16, 500; 100,000 events
+    .venv/bin/python bench/projector.py --jobs 100 --batches 4 --e2e-events 0
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import random
 import subprocess
@@ -26,6 +29,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from schemas.events import (
@@ -177,6 +181,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 4, 16, 500])
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--e2e-events", type=int, default=100_000, help="events for the Kafka-to-Postgres run (0: skip it)"
+    )
     return p.parse_args(argv)
 
 
@@ -194,7 +201,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
         print("| " + " | ".join(str(c) for c in cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.e2e_events:
+        print()
+        throughput().main(["--events", str(args.e2e_events)])
     return results
+
+
+def throughput() -> ModuleType:
+    """bench/projector_throughput.py, loaded by path: bench/ is not a package."""
+    path = Path(__file__).with_name("projector_throughput.py")
+    spec = importlib.util.spec_from_file_location("projector_throughput", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":
