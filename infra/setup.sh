@@ -41,6 +41,8 @@ install_system_packages() {
     command -v mvn >/dev/null || wanted+=(maven)
     command -v ss >/dev/null || wanted+=(iproute2)
     command -v setpriv >/dev/null || wanted+=(util-linux)
+    # The Celery+Redis peer that the benchmarks run beside reelstream (bench/peer_api.py).
+    command -v redis-server >/dev/null || wanted+=(redis-server)
     if ((${#wanted[@]})); then
         apt_install "${wanted[@]}"
     fi

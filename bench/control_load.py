@@ -1,0 +1,164 @@
+"""Load primitives of the control-plane benchmark: closed-loop submitters, readers and SSE watchers.
+
+aiohttp rather than httpx: the load generator shares the machine's two cores with the whole stack, and
+aiohttp spends about a third of httpx's CPU per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of `values`; NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@dataclass
+class Submits:
+    """What a closed-loop submit run saw."""
+
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # of the 202s
+    statuses: Counter[int] = field(default_factory=Counter)
+    ids: list[str] = field(default_factory=list)
+    read_after: Counter[int] = field(default_factory=Counter)  # GET right after a 202, by status
+
+    @property
+    def rate(self) -> float:
+        return len(self.ids) / self.seconds if self.seconds else 0.0
+
+
+async def submit_load(
+    http: aiohttp.ClientSession,
+    base: str,
+    body: Callable[[int], dict[str, Any]],
+    *,
+    clients: int,
+    seconds: float,
+    read_every: int = 10,
+) -> Submits:
+    """`clients` loops POSTing for `seconds`; every `read_every`-th 202 is read back at once (a 404 there
+    breaks read-your-writes)."""
+    out = Submits()
+    counter = iter(range(10**9))
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def one_client() -> None:
+        while time.perf_counter() < deadline:
+            n = next(counter)
+            t0 = time.perf_counter()
+            try:
+                async with http.post(f"{base}/v1/jobs", json=body(n)) as response:
+                    payload = await response.read()
+                    status = response.status
+            except aiohttp.ClientError:
+                status = 0
+            out.statuses[status] += 1
+            if status != 202:
+                await asyncio.sleep(0.05)
+                continue
+            out.latencies.append(time.perf_counter() - t0)
+            job_id = json.loads(payload)["id"]
+            out.ids.append(job_id)
+            if n % read_every == 0:
+                async with http.get(f"{base}/v1/jobs/{job_id}") as read:
+                    await read.read()
+                    out.read_after[read.status] += 1
+
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    out.seconds = time.perf_counter() - started
+    return out
+
+
+async def read_load(
+    http: aiohttp.ClientSession, base: str, ids: list[str], *, clients: int, seconds: float
+) -> dict[str, list[float]]:
+    """Closed-loop readers alternating GET job (a random one of `ids`) and GET list; latencies by kind."""
+    took: dict[str, list[float]] = {"get": [], "list": [], "errors": []}
+    deadline = time.perf_counter() + seconds
+    rng = random.Random(1)
+
+    async def one_client(k: int) -> None:
+        turn = k
+        while time.perf_counter() < deadline:
+            kind = "get" if turn % 2 == 0 else "list"
+            turn += 1
+            url = f"{base}/v1/jobs/{rng.choice(ids)}" if kind == "get" else f"{base}/v1/jobs?limit=20"
+            t0 = time.perf_counter()
+            async with http.get(url) as response:
+                await response.read()
+                if response.status != 200:
+                    took["errors"].append(response.status)
+                    continue
+            took[kind].append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(one_client(k) for k in range(clients)))
+    return took
+
+
+def _occurred(data: dict[str, Any]) -> float | None:
+    stamp = data.get("occurred_at")
+    return datetime.fromisoformat(stamp).timestamp() if isinstance(stamp, str) else None
+
+
+@dataclass
+class Watch:
+    """One SSE stream's view of its job."""
+
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    delays: list[float] = field(default_factory=list)  # receipt - occurred_at, per job event
+    types: list[str] = field(default_factory=list)
+    terminal: str | None = None
+    terminal_at: float | None = None  # wall clock of the terminal event's receipt
+    error: str | None = None
+
+
+TERMINAL = ("job.succeeded", "job.failed", "job.cancelled")
+
+
+async def watch(http: aiohttp.ClientSession, base: str, job_id: str, into: Watch, within: float) -> None:
+    """Follow the job's SSE stream until its terminal event (or `within` seconds), timing each job event."""
+    kind = ""
+    try:
+        async with asyncio.timeout(within):
+            async with http.get(f"{base}/v1/jobs/{job_id}/events") as response:
+                if response.status != 200:
+                    into.error = f"HTTP {response.status}"
+                    return
+                into.connected.set()
+                async for raw in response.content:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif (
+                        line.startswith("data: ") and kind.startswith("job.") and kind != "job.queue_position"
+                    ):
+                        received = time.time()
+                        occurred = _occurred(json.loads(line[6:]))
+                        into.types.append(kind)
+                        if occurred is not None:
+                            into.delays.append(received - occurred)
+                        if kind in TERMINAL:
+                            into.terminal, into.terminal_at = kind, received
+                            return
+    except TimeoutError:
+        into.error = "no terminal event in time"
+    except aiohttp.ClientError as e:
+        into.error = f"{type(e).__name__}: {e}"
+    finally:
+        into.connected.set()

@@ -1,0 +1,428 @@
+"""Control-plane benchmark: what the api, projector and scheduler cost a user, from outside, on the local
+stack, with the workers on the simulated generator (so that the CPU the tiny model would burn does not
+count), beside the seed's Celery+Redis design behind a REST face of the same shape (bench/peer_celery.py).
+
+    .venv/bin/python bench/control_plane.py [--seconds 20] [--clients 32] [--watchers 2000]
+
+Phases, in this order so that each starts from an idle queue where it should:
+1. per-job overhead at 10 jobs/s: submit -> worker start (started_at - created_at) and worker end ->
+   `job.succeeded` seen by an SSE client (receipt - the event's occurred_at);
+2. watchers: N SSE streams on one job opened while no worker runs, then the workers come back; delay of
+   every event to every client, and how many streams saw the terminal event;
+3. submit: `--clients` closed-loop clients POST for `--seconds`; every 10th 202 is read back at once;
+4. reads: GET job and GET list while the jobs of phase 3 wait (their number is printed);
+5. the peer: submit rate and per-job overhead of Celery+Redis on the same loads.
+
+It holds `.run/services.lock`, restarts the services with simulated workers, and restarts them as they
+were at the end. It prints one table (measured, target, ratio) and writes raw JSON under out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from bench.control_load import Submits, Watch, pct, read_load, submit_load, watch
+
+ROOT = Path(__file__).resolve().parents[1]
+API = "http://127.0.0.1:8000"
+PEER_API = "http://127.0.0.1:8100"
+PEER_REDIS_PORT = 6390
+DSN = "postgresql://reelstream:reelstream@127.0.0.1:5432/reelstream"
+SIMULATED = {
+    "REELSTREAM_SIMULATE": "true",
+    "REELSTREAM_SIMULATED_SECONDS_PER_STEP": "0.02",
+}
+
+
+def job_body(n: int, priority: str = "batch", quality: str = "low") -> dict[str, Any]:
+    return {
+        "prompt": f"control plane #{n}: a harbour at dawn",
+        "model": "tiny-mochi",
+        "quality": quality,
+        "num_frames": 7,
+        "width": 64,
+        "height": 64,
+        "priority": priority,
+    }
+
+
+# --- the services ----------------------------------------------------------------------------------
+
+
+def services(command: str, env: dict[str, str] | None = None) -> None:
+    run = subprocess.run(
+        ["bash", "infra/services.sh", command],
+        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if run.returncode != 0:
+        sys.exit(f"infra/services.sh {command} failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def worker_pids() -> list[int]:
+    pids = []
+    for pid_file in (ROOT / ".run").glob("worker-*.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            pids.append(int(pid_file.read_text().strip()))
+    return pids
+
+
+def stop_workers() -> None:
+    """SIGTERM every worker and wait until they are gone (the other services stay up)."""
+    pids = worker_pids()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def services_lock() -> Iterator[None]:
+    lock = ROOT / ".run" / "services.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with lock.open("w") as handle:
+        print("waiting for .run/services.lock ...", flush=True)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+# --- phases ----------------------------------------------------------------------------------------
+
+
+async def overhead(http: aiohttp.ClientSession, rate: float, seconds: float) -> dict[str, Any]:
+    """Jobs at `rate`/s, each followed over SSE; per job submit -> start and end -> seen."""
+    watches: list[tuple[str, Watch]] = []
+    tasks = []
+    for n in range(int(rate * seconds)):
+        async with http.post(f"{API}/v1/jobs", json=job_body(n, priority="interactive")) as response:
+            job_id = (await response.json())["id"]
+        w = Watch()
+        watches.append((job_id, w))
+        tasks.append(asyncio.create_task(watch(http, API, job_id, w, within=120)))
+        await asyncio.sleep(1 / rate)
+    await asyncio.gather(*tasks)
+    to_start, to_seen = [], []
+    for job_id, w in watches:
+        async with http.get(f"{API}/v1/jobs/{job_id}") as response:
+            job = await response.json()
+        if job["status"] != "succeeded" or w.terminal != "job.succeeded" or not w.delays:
+            continue
+        created = datetime.fromisoformat(job["created_at"])
+        to_start.append((datetime.fromisoformat(job["started_at"]) - created).total_seconds())
+        to_seen.append(w.delays[-1])
+    return {
+        "jobs": len(watches),
+        "succeeded": len(to_start),
+        "submit_to_start": to_start,
+        "end_to_seen": to_seen,
+    }
+
+
+async def watchers(http: aiohttp.ClientSession, count: int) -> dict[str, Any]:
+    """`count` streams on one job, opened while no worker runs; then the workers come back."""
+    await asyncio.to_thread(stop_workers)
+    async with http.post(f"{API}/v1/jobs", json=job_body(0, "interactive", "high")) as response:
+        job_id = (await response.json())["id"]
+    streams = [Watch() for _ in range(count)]
+    tasks = []
+    opened = time.perf_counter()
+    for w in streams:
+        tasks.append(asyncio.create_task(watch(http, API, job_id, w, within=240)))
+        await asyncio.sleep(0)  # let each connect in turn rather than 2,000 handshakes at once
+    await asyncio.gather(*(w.connected.wait() for w in streams))
+    open_seconds = time.perf_counter() - opened
+    rss = api_rss_mib()
+    await asyncio.to_thread(services, "start", SIMULATED)
+    await asyncio.gather(*tasks)
+    delays = [d for w in streams for d in w.delays]
+    return {
+        "streams": count,
+        "open_seconds": open_seconds,
+        "api_rss_mib_with_streams": rss,
+        "terminal_seen": sum(w.terminal is not None for w in streams),
+        "errors": sorted({w.error for w in streams if w.error}),
+        "delays": delays,
+    }
+
+
+def api_rss_mib() -> float | None:
+    pid_file = ROOT / ".run" / "api.pid"
+    with contextlib.suppress(OSError, ValueError):
+        status = Path(f"/proc/{int(pid_file.read_text())}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+async def queued_count() -> int:
+    conn = await asyncpg.connect(DSN)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'queued'"))
+    finally:
+        await conn.close()
+
+
+async def cancel_all(http: aiohttp.ClientSession, ids: list[str]) -> None:
+    """Cancel what phase 3 left waiting, so that the stack ends idle."""
+    conn = await asyncpg.connect(DSN)
+    try:
+        rows = await conn.fetch(
+            "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND id = ANY($1::uuid[])", ids
+        )
+    finally:
+        await conn.close()
+    pending = [str(r["id"]) for r in rows]
+    limit = asyncio.Semaphore(16)
+
+    async def cancel(job_id: str) -> None:
+        async with limit, http.post(f"{API}/v1/jobs/{job_id}/cancel") as response:
+            await response.read()
+
+    await asyncio.gather(*(cancel(job_id) for job_id in pending))
+
+
+# --- the peer --------------------------------------------------------------------------------------
+
+
+def peer_commands(slots: int) -> list[list[str]]:
+    """redis-server, one solo Celery worker per slot, and the peer's REST face."""
+    redis_server = f"redis-server --port {PEER_REDIS_PORT} --bind 127.0.0.1 --save '' --appendonly no"
+    celery = "-m celery -A bench.peer_celery worker --pool solo -Q peer --without-heartbeat --without-gossip"
+    workers = [
+        [sys.executable, *celery.split(), "--without-mingle", "--loglevel", "WARNING", "-n", f"peer{slot}@%h"]
+        for slot in range(slots)
+    ]
+    api = "-m uvicorn bench.peer_celery:api --port 8100 --log-level warning --no-access-log"
+    return [shlex.split(redis_server), *workers, [sys.executable, *api.split()]]
+
+
+def start_peer(slots: int) -> list[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "PEER_REDIS_URL": f"redis://127.0.0.1:{PEER_REDIS_PORT}/0",
+        "PEER_STEP_SECONDS": SIMULATED["REELSTREAM_SIMULATED_SECONDS_PER_STEP"],
+    }
+    procs = []
+    for argv in peer_commands(slots):
+        procs.append(
+            subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+        if argv[0] == "redis-server":
+            time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while not answers(f"{PEER_API}/openapi.json"):
+        if time.monotonic() > deadline:
+            stop_peer(procs)
+            sys.exit("the Celery peer did not start")
+        time.sleep(0.3)
+    time.sleep(3)  # the Celery workers connect
+    return procs
+
+
+def stop_peer(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def peer(slots: int) -> AsyncIterator[None]:
+    procs = await asyncio.to_thread(start_peer, slots)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(stop_peer, procs)
+
+
+async def peer_overhead(http: aiohttp.ClientSession, rate: float, seconds: float) -> dict[str, Any]:
+    """The same jobs at `rate`/s on the peer; the end is seen by polling its GET every 20 ms (it has no
+    stream)."""
+
+    async def one(n: int) -> tuple[float, float] | None:
+        async with http.post(f"{PEER_API}/v1/jobs", json=job_body(n, priority="interactive")) as response:
+            job_id = (await response.json())["id"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            async with http.get(f"{PEER_API}/v1/jobs/{job_id}") as response:
+                job = await response.json()
+            if job.get("status") == "succeeded":
+                return job["started"] - job["created"], time.time() - job["finished"]
+            await asyncio.sleep(0.02)
+        return None
+
+    tasks = []
+    for n in range(int(rate * seconds)):
+        tasks.append(asyncio.create_task(one(n)))
+        await asyncio.sleep(1 / rate)
+    done = [r for r in await asyncio.gather(*tasks) if r is not None]
+    return {
+        "jobs": len(tasks),
+        "succeeded": len(done),
+        "submit_to_start": [a for a, _ in done],
+        "end_to_seen": [b for _, b in done],
+    }
+
+
+# --- the table -------------------------------------------------------------------------------------
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, float, float, str, str]]:
+    """(what, measured, target, unit, better) for every target."""
+    sub: Submits = r["submit"]
+    over, peer_over, w, reads = r["overhead"], r["peer_overhead"], r["watchers"], r["reads"]
+    ms = 1000
+    out = [
+        ("submit: accepted/s (32 clients)", sub.rate, 500, "/s", "higher"),
+        ("submit: p99 latency", pct(sub.latencies, 99) * ms, 50, "ms", "lower"),
+        ("submit: GET right after 202 is 404", sub.read_after.get(404, 0), 0, "", "lower"),
+        ("watchers: event -> client p99", pct(w["delays"], 99) * ms, 100, "ms", "lower"),
+        ("watchers: streams without the terminal event", w["streams"] - w["terminal_seen"], 0, "", "lower"),
+        (f"reads: GET job p99 ({reads['queued']} queued)", pct(reads["get"], 99) * ms, 20, "ms", "lower"),
+        (f"reads: GET list p99 ({reads['queued']} queued)", pct(reads["list"], 99) * ms, 20, "ms", "lower"),
+        ("overhead: submit -> worker start p50", pct(over["submit_to_start"], 50) * ms, 50, "ms", "lower"),
+        ("overhead: worker end -> succeeded seen p50", pct(over["end_to_seen"], 50) * ms, 50, "ms", "lower"),
+    ]
+    if r.get("peer_submit") is not None:
+        ps: Submits = r["peer_submit"]
+        out += [
+            ("peer (Celery+Redis): accepted/s", ps.rate, 500, "/s", "higher"),
+            ("peer: submit p99 latency", pct(ps.latencies, 99) * ms, 50, "ms", "lower"),
+            (
+                "peer: submit -> worker start p50",
+                pct(peer_over["submit_to_start"], 50) * ms,
+                50,
+                "ms",
+                "lower",
+            ),
+            (
+                "peer: worker end -> seen p50 (20 ms polls)",
+                pct(peer_over["end_to_seen"], 50) * ms,
+                50,
+                "ms",
+                "lower",
+            ),
+        ]
+    return out
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = ["| what | measured | target | ratio | met |", "|---|---:|---:|---:|:-:|"]
+    for what, measured, target, unit, better in rows(r):
+        if better == "higher":
+            ratio, met = (measured / target if target else float("inf")), measured >= target
+        else:
+            ratio, met = (measured / target if target else float(measured)), measured <= target
+        verdict = "yes" if met else "NO"
+        lines.append(f"| {what} | {measured:,.1f} {unit} | {target:,} {unit} | {ratio:.2f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def raw(r: dict[str, Any]) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, Submits):
+            return {
+                "seconds": value.seconds,
+                "rate": value.rate,
+                "statuses": dict(value.statuses),
+                "read_after": dict(value.read_after),
+                "latencies": value.latencies,
+            }
+        return value
+
+    return {k: plain(v) for k, v in r.items()}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    r: dict[str, Any] = {"args": vars(args)}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        print("1. per-job overhead at 10 jobs/s", flush=True)
+        r["overhead"] = await overhead(http, 10, args.seconds)
+        print(f"2. {args.watchers} watchers on one job", flush=True)
+        r["watchers"] = await watchers(http, args.watchers)
+        print(f"3. submit: {args.clients} clients for {args.seconds:.0f} s", flush=True)
+        r["submit"] = await submit_load(http, API, job_body, clients=args.clients, seconds=args.seconds)
+        queued = await queued_count()
+        print(f"4. reads with {queued} jobs queued", flush=True)
+        r["reads"] = {"queued": queued, **await read_load(http, API, r["submit"].ids, clients=8, seconds=10)}
+        await cancel_all(http, r["submit"].ids)
+        r["peer_submit"] = None
+        if args.peer:
+            print("5. the Celery+Redis peer: overhead at 10 jobs/s, then submit", flush=True)
+            async with peer(slots=2):
+                r["peer_overhead"] = await peer_overhead(http, 10, args.seconds)
+                r["peer_submit"] = await submit_load(
+                    http, PEER_API, job_body, clients=args.clients, seconds=args.seconds
+                )
+    return r
+
+
+def commit() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--watchers", type=int, default=2000)
+    parser.add_argument("--no-peer", dest="peer", action="store_false")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    with services_lock():
+        were_running = answers(f"{API}/healthz")
+        services("stop")
+        services("start", SIMULATED)
+        try:
+            result = asyncio.run(run(args))
+        finally:
+            services("stop")
+            if were_running:
+                services("start")
+    print(table(result))
+    path = args.json or ROOT / "out" / f"control_plane-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.parent.mkdir(exist_ok=True)
+    meta = {"commit": commit(), "date": datetime.now(UTC).isoformat(), "cores": os.cpu_count()}
+    path.write_text(json.dumps({**meta, **raw(result)}, indent=1, default=str))
+    print(f"raw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
