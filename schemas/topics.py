@@ -66,9 +66,23 @@ SCHEDULER_SNAPSHOT: Final = f"{PREFIX}.scheduler.snapshot"
 SNAPSHOT_MAX_BYTES: Final = 64 * 1024 * 1024
 
 
+SCHEDULER_QUEUE: Final = f"{PREFIX}.scheduler.queue"
+# The queue view lists every waiting job (about 60 bytes each): 50,000 of them pass the 1 MiB default.
+QUEUE_VIEW_MAX_BYTES: Final = 16 * 1024 * 1024
+
+
 def internal_topic_specs() -> tuple[TopicSpec, ...]:
-    """Topics a service keeps for itself: no other service reads them, so they are not in the contract."""
+    """Topics among reelstream's own services (the scheduler's state for itself, its queue view for the
+    api): their format may change with any release, so they are not in the public contract."""
     return (
+        TopicSpec(
+            SCHEDULER_QUEUE,
+            "queue",
+            1,
+            True,
+            "The scheduler's queue view: each waiting job's position and ETA (schemas/queue.py).",
+            MappingProxyType({"max.message.bytes": str(QUEUE_VIEW_MAX_BYTES)}),
+        ),
         TopicSpec(
             SCHEDULER_SNAPSHOT,
             "scheduler",

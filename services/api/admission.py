@@ -61,11 +61,23 @@ class ProjectionLag:
     def acked(self, partition: int, offset: int) -> None:
         self._acked.setdefault(partition, deque(maxlen=self._keep)).append((offset, time.monotonic()))
 
-    async def measure(self, session: AsyncSession) -> Lag:
+    def newest(self) -> dict[int, int]:
+        """The newest acknowledged offset per partition still waiting for the projector (as last seen)."""
+        return {partition: acks[-1][0] for partition, acks in self._acked.items() if acks}
+
+    async def projected(self, session: AsyncSession, marks: dict[int, int]) -> bool:
+        """Whether the projector has passed every offset in `marks`."""
+        passed = await self._passed(session)
+        return all(passed.get(partition, 0) > offset for partition, offset in marks.items())
+
+    async def _passed(self, session: AsyncSession) -> dict[int, int]:
         stmt = select(ConsumerOffset.partition, ConsumerOffset.next_offset).where(
             ConsumerOffset.consumer == self.consumer, ConsumerOffset.topic == JOBS_REQUESTED
         )
-        passed = dict((await session.execute(stmt)).tuples().all())
+        return dict((await session.execute(stmt)).tuples().all())
+
+    async def measure(self, session: AsyncSession) -> Lag:
+        passed = await self._passed(session)
         now, oldest, waiting = time.monotonic(), math.inf, 0
         for partition, acks in self._acked.items():
             while acks and acks[0][0] < passed.get(partition, 0):

@@ -11,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.api.admission import ProjectionLag, QueueDepth
 from services.api.errors import DB_ERRORS
+from services.api.feeds import JobFeeds
 from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
+from services.api.queue_view import QueueViewFollower
 from services.api.settings import PROJECTOR, ApiSettings
 from services.api.streams import StreamLimit
 from services.common.errors import DatabaseUnavailable
@@ -28,6 +30,8 @@ class AppState:
     storage: Storage
     notifier: JobNotifier
     streams: StreamLimit
+    feeds: JobFeeds
+    queue_view: QueueViewFollower
     queue: QueueDepth = field(default_factory=QueueDepth)
     lag: ProjectionLag = field(default_factory=lambda: ProjectionLag(PROJECTOR))
 

@@ -11,18 +11,49 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client import make_asgi_app
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schemas.topics import SCHEDULER_QUEUE
 from services.api import errors, metrics
 from services.api.admission import ProjectionLag
 from services.api.deps import AppState
+from services.api.feeds import JobFeeds, database_rows, queue_places
 from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
+from services.api.queue_view import QueueViewFollower
 from services.api.routes import events, health, jobs
 from services.api.settings import ApiSettings, get_settings
 from services.api.streams import StreamLimit
 from services.common.db import make_engine, make_sessions
 from services.common.logging import configure
 from services.common.storage import Storage
+
+
+def app_state(
+    settings: ApiSettings,
+    engine: AsyncEngine,
+    publisher: JobPublisher,
+    storage: Storage,
+    notifier: JobNotifier,
+    *,
+    streams: StreamLimit | None = None,
+) -> AppState:
+    """What every request handler shares, around the clients the lifespan (or a test) made."""
+    sessions = make_sessions(engine)
+    queue = QueueViewFollower(settings, SCHEDULER_QUEUE, settings.queue_view_max_age_seconds)
+    feeds = JobFeeds(notifier, database_rows(sessions), queue_places(queue), settings.sse_poll_seconds)
+    return AppState(
+        settings,
+        engine,
+        sessions,
+        publisher,
+        storage,
+        notifier,
+        streams or StreamLimit(settings.max_streams),
+        feeds,
+        queue,
+        lag=ProjectionLag(settings.projector_consumer),
+    )
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -36,20 +67,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         notifier = JobNotifier(settings.database_url.get_secret_value())
         await notifier.start()
         storage = Storage(settings)
-        streams = StreamLimit(settings.max_streams)
-        app.state.reelstream = AppState(
-            settings,
-            engine,
-            make_sessions(engine),
-            publisher,
-            storage,
-            notifier,
-            streams,
-            lag=ProjectionLag(settings.projector_consumer),
-        )
+        app.state.reelstream = state = app_state(settings, engine, publisher, storage, notifier)
+        await state.queue_view.start()
         try:
             yield
         finally:
+            await state.queue_view.stop()
+            await state.feeds.stop()
             await storage.close()
             await notifier.stop()
             await publisher.stop()

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, func, or_, select, tuple_
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import ApiError
@@ -45,20 +45,6 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
 async def find_by_idempotency_key(session: AsyncSession, tenant: str, key: str) -> Job | None:
     stmt = select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)
     return (await session.execute(stmt)).scalar_one_or_none()
-
-
-async def queue_position(session: AsyncSession, job: Job) -> int | None:
-    """1-based place among the jobs of the same lane that wait for a slot, in the scheduler's order: by
-    acceptance time, a handed-back job by the time it was handed back."""
-    if job.status != "queued" or job.dispatched_at is not None:
-        return None
-    ahead = select(func.count()).where(
-        Job.status == "queued",
-        Job.dispatched_at.is_(None),
-        Job.priority == job.priority,
-        tuple_(Job.queued_at, Job.id) < tuple_(job.queued_at, job.id),
-    )
-    return int((await session.execute(ahead)).scalar_one()) + 1
 
 
 async def list_jobs(

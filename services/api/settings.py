@@ -42,6 +42,11 @@ class ApiSettings(CommonSettings):
     recent_job_seconds: float = Field(
         default=60.0, ge=0, description="A GET for an unknown id this recent waits for the projection."
     )
+    queue_view_max_age_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A queue view older than this (the scheduler is away) gives no positions or ETAs.",
+    )
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
     sse_poll_seconds: float = Field(default=2.0, gt=0, description="Fallback re-read if a NOTIFY is missed.")
     max_streams: int = Field(

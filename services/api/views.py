@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.events import JobError, VideoResult
 from schemas.jobs import JobStatus, Phase, ResolvedRequest
-from services.api.eta import Eta
+from services.api.queue_view import Eta
 from services.common.readmodel import Job
 
 

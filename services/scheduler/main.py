@@ -35,6 +35,7 @@ from services.common.kafka import (
 from services.common.logging import configure
 from services.common.runtime import retry, run_until_signalled, serve_metrics
 from services.scheduler.plan import is_alive, plan
+from services.scheduler.queue_publish import QueueViewWriter
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.snapshot import SnapshotError, StateSnapshot, capture, restore
 from services.scheduler.state import Decision, Dispatch, Finish, Preempt, Retry, SchedulerState, Stage
@@ -311,25 +312,33 @@ async def serve(
     consumer = make_consumer(settings, group_id=None, client_id="reelstream-scheduler")
     scheduler = Scheduler(settings, producer, consumer, topics)
     snapshots = SnapshotWriter(settings, scheduler.topics.snapshot)
+    views = QueueViewWriter(settings, scheduler.topics.queue)
     await producer.start()
     await consumer.start()
     await snapshots.start()
+    await views.start()
     try:
         await prepare(scheduler, stop)
         if stop.is_set():
             return  # an unfinished rebuild is no state to snapshot
         scheduler.live = True
-        await loop(scheduler, stop, snapshots)
+        await loop(scheduler, stop, snapshots, views)
         await snapshots.finish(await scheduler.snapshot())
     finally:
+        await views.stop()
         await snapshots.stop()
         await consumer.stop()
         await producer.stop()
 
 
-async def loop(scheduler: Scheduler, stop: asyncio.Event, snapshots: SnapshotWriter | None = None) -> None:
+async def loop(
+    scheduler: Scheduler,
+    stop: asyncio.Event,
+    snapshots: SnapshotWriter | None = None,
+    views: QueueViewWriter | None = None,
+) -> None:
     """Fold what arrived, then plan and carry out decisions; at least every tick, so silences are noticed.
-    Between two rounds, when one is due, hand a snapshot to the writer."""
+    Between two rounds, when one is due, hand a snapshot to its writer and offer the queue view to its."""
     tick_ms = int(scheduler.settings.tick_seconds * 1000)
     while not stop.is_set():
         batch = await scheduler.consumer.getmany(timeout_ms=tick_ms, max_records=2000)
@@ -348,6 +357,8 @@ async def loop(scheduler: Scheduler, stop: asyncio.Event, snapshots: SnapshotWri
         scheduler.observe()
         if snapshots is not None and snapshots.due():
             snapshots.submit(await scheduler.snapshot())
+        if views is not None:
+            views.offer(scheduler.state)
 
 
 def run() -> None:

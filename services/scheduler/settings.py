@@ -79,6 +79,20 @@ class SchedulerSettings(CommonSettings):
         default=True,
         description="Start from the latest snapshot; false replays every topic from its beginning.",
     )
+    queue_view_interval_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        description=(
+            "How often the queue view (positions and ETAs of the waiting jobs, read by the api) is computed"
+            " and, when the order changed, published; 0 = never (the api then shows no positions)."
+        ),
+    )
+    queue_view_refresh_seconds: float = Field(
+        default=5.0, gt=0, description="Longest time between two published queue views, changed or not."
+    )
+    queue_view_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Longest wait for the broker to acknowledge one queue view."
+    )
     snapshot_max_bytes: int = Field(
         default=SNAPSHOT_MAX_BYTES,
         ge=1024 * 1024,

@@ -9,6 +9,7 @@ from schemas.topics import (
     JOBS_DISPATCH,
     JOBS_EVENTS,
     JOBS_REQUESTED,
+    SCHEDULER_QUEUE,
     SCHEDULER_SNAPSHOT,
     WORKERS_HEARTBEAT,
 )
@@ -22,6 +23,7 @@ class SchedulerTopics:
     dispatch: str = JOBS_DISPATCH
     heartbeat: str = WORKERS_HEARTBEAT
     snapshot: str = SCHEDULER_SNAPSHOT
+    queue: str = SCHEDULER_QUEUE
 
     @property
     def inputs(self) -> tuple[str, ...]:

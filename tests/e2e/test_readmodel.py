@@ -54,7 +54,10 @@ async def test_queued_job_has_a_position_and_an_eta(client: httpx.AsyncClient) -
     await wait_terminal(client, (await submit(client, seed=21))["id"])  # something measured
     blockers = [await submit(client, width=256, height=256, num_frames=49, quality="high") for _ in range(3)]
     waiting = await submit(client)
-    job = (await client.get(f"/v1/jobs/{waiting['id']}")).json()
+    # The position comes from the scheduler's queue view, published within half a second of a change.
+    async with asyncio.timeout(10):
+        while (job := (await client.get(f"/v1/jobs/{waiting['id']}")).json())["queue_position"] is None:
+            await asyncio.sleep(0.1)
     try:
         if job["status"] == "queued" and job["queue_position"] is not None:
             assert job["queue_position"] >= 1

@@ -19,13 +19,12 @@ import pytest
 from pydantic import SecretStr
 
 from services.api.content import RangeNotSatisfiable, _check_range
-from services.api.deps import AppState
-from services.api.main import create_app
+from services.api.main import app_state, create_app
 from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
 from services.api.settings import ApiSettings
 from services.api.streams import StreamLimit
-from services.common.db import make_engine, make_sessions
+from services.common.db import make_engine
 from services.common.storage import Storage
 from tests.unit.test_api_submit import FakePublisher
 
@@ -39,14 +38,13 @@ def app_with(
     settings = ApiSettings(database_url=NOWHERE, projection_wait_seconds=0.5, **overrides)  # type: ignore[arg-type]
     app = create_app(settings)
     engine = make_engine(settings)
-    app.state.reelstream = AppState(
+    app.state.reelstream = app_state(
         settings,
         engine,
-        make_sessions(engine),
         cast(JobPublisher, publisher),
         cast(Storage, None),
         JobNotifier(settings.database_url.get_secret_value()),
-        streams or StreamLimit(settings.max_streams),
+        streams=streams,
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
 

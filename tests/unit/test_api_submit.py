@@ -16,15 +16,13 @@ import pytest
 
 from schemas.events import JobRequested, utcnow
 from schemas.jobs import JobRequest, resolve
-from services.api.deps import AppState
 from services.api.errors import JobNotCreated
-from services.api.main import create_app
+from services.api.main import app_state, create_app
 from services.api.notify import JobNotifier
 from services.api.publisher import Ack, JobPublisher
 from services.api.settings import ApiSettings
-from services.api.streams import StreamLimit
 from services.api.submit import accept_by, publish_request
-from services.common.db import make_engine, make_sessions
+from services.common.db import make_engine
 from services.common.errors import BrokerUnavailable
 from services.common.storage import Storage
 
@@ -94,14 +92,12 @@ def app_with(publisher: FakePublisher) -> httpx.AsyncClient:
     """The real app with a fake publisher; the lifespan (Kafka, Postgres, S3 clients) does not run."""
     app = create_app(SETTINGS)
     engine = make_engine(SETTINGS)
-    app.state.reelstream = AppState(
+    app.state.reelstream = app_state(
         SETTINGS,
         engine,
-        make_sessions(engine),
         cast(JobPublisher, publisher),
         cast(Storage, None),
         JobNotifier(SETTINGS.database_url.get_secret_value()),
-        StreamLimit(SETTINGS.max_streams),
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
 

@@ -20,12 +20,11 @@ from services.api.admission import QueueFull
 from services.api.content import stream_object
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound, problems
-from services.api.eta import estimate
 from services.api.ids import created_at_of, keyed_job_id, new_job_id
 from services.api.notify import wait_event
-from services.api.queries import find_by_idempotency_key, get_job, list_jobs, queue_position
+from services.api.queries import find_by_idempotency_key, get_job, list_jobs
 from services.api.submit import accept_by, publish_request
-from services.api.views import JobList, JobOut, job_out
+from services.api.views import JobList, JobOut, job_out, links
 from services.common.readmodel import Job
 
 log = logging.getLogger(__name__)
@@ -53,9 +52,10 @@ async def wait_projected(
         await wait_event(changed, min(remaining, 0.25))
 
 
-async def _view(state: AppState, session: SessionDep, job: Job) -> JobOut:
-    eta = await estimate(session, job, state.settings.gpu_slots)
-    return job_out(job, state.settings.public_base_url, await queue_position(session, job), eta)
+def _view(state: AppState, job: Job) -> JobOut:
+    """The job as stored, with its place in the scheduler's queue view (a lookup, no query)."""
+    position, eta = (None, None) if JobStatus(job.status).is_terminal() else state.queue_view.lookup(job.id)
+    return job_out(job, state.settings.public_base_url, position, eta)
 
 
 @router.post(
@@ -109,14 +109,19 @@ async def submit(
         request_hash=digest,
         accept_by=accept_by(state.settings, now),
     )
+    if idempotency_key is None:
+        # A fresh UUIDv7: nothing to compare with, and a read of it waits for its projection (`load_job`),
+        # so the 202 need not.
+        await _publish(state, event, response)
+        metrics.SUBMIT_SECONDS.observe(time.perf_counter() - started)
+        return _unprojected_view(state, event)
     with state.notifier.watch(job_id) as changed:
-        ack = await publish_request(state.publisher, event, state.settings)
-        state.lag.acked(ack.partition, ack.offset)
-        response.headers["Location"] = f"/v1/jobs/{job_id}"
-        # Kafka has the job: from here on the answer is a 202 whatever the read model does.
+        await _publish(state, event, response)
+        # Kafka has the job: from here on the answer is a 202 whatever the read model does. A keyed job
+        # waits for its row, which tells whether a concurrent twin with another body got there first.
         try:
             job = await wait_projected(state, session, job_id, changed)
-            view = await _view(state, session, job) if job is not None else None
+            view = _view(state, job) if job is not None else None
         except DB_ERRORS as e:
             log.warning("job=%s accepted; its projection could not be read: %s", job_id, e.__class__.__name__)
             job = view = None
@@ -126,6 +131,12 @@ async def submit(
     if job.request_hash != digest:
         raise IdempotencyMismatch("this Idempotency-Key was used with a different body", job_id=str(job_id))
     return view
+
+
+async def _publish(state: AppState, event: JobRequested, response: Response) -> None:
+    ack = await publish_request(state.publisher, event, state.settings)
+    state.lag.acked(ack.partition, ack.offset)
+    response.headers["Location"] = f"/v1/jobs/{event.job_id}"
 
 
 async def _check_queue(state: AppState, session: SessionDep) -> None:
@@ -151,11 +162,12 @@ async def _replayed(
         raise IdempotencyMismatch("this Idempotency-Key was used with a different body", job_id=str(job.id))
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     response.headers["Idempotent-Replayed"] = "true"
-    return await _view(state, session, job)
+    return _view(state, job)
 
 
 def _unprojected_view(state: AppState, event: JobRequested) -> JobOut:
-    """The job is durable in Kafka but not yet in the read model: answer from the request itself."""
+    """The job is durable in Kafka but not yet in the read model: answer from the request itself. Its
+    queue position is not known yet (null); a read or the event stream gives it."""
     now = event.occurred_at
     return JobOut(
         id=event.job_id,
@@ -174,7 +186,7 @@ def _unprojected_view(state: AppState, event: JobRequested) -> JobOut:
         request=event.request,
         result=None,
         error=None,
-        links={"self": f"{state.settings.public_base_url}/v1/jobs/{event.job_id}"},
+        links=links(state.settings.public_base_url, event.job_id, succeeded=False),
     )
 
 
@@ -195,7 +207,19 @@ async def load_job(state: AppState, session: SessionDep, job_id: uuid.UUID) -> J
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(404))
 async def read(job_id: uuid.UUID, state: StateDep, session: SessionDep) -> JobOut:
-    return await _view(state, session, await load_job(state, session, job_id))
+    return _view(state, await load_job(state, session, job_id))
+
+
+async def _own_submits_projected(state: AppState, session: SessionDep) -> None:
+    """Read-your-writes for lists: a 202 does not wait for the read model, so a list waits until the
+    projector has passed this process's submits acknowledged so far (nothing to wait for when idle)."""
+    marks = state.lag.newest()
+    deadline = time.monotonic() + state.settings.projection_wait_seconds
+    while marks and time.monotonic() < deadline:
+        if await state.lag.projected(session, marks):
+            return
+        await session.rollback()  # the connection goes back to the pool while we wait
+        await asyncio.sleep(0.02)
 
 
 @router.get("", response_model=JobList, responses=problems(400))
@@ -206,9 +230,11 @@ async def index(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobList:
-    """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page. The jobs this api
+    process accepted before the request are in it (it waits, bounded, for their projection)."""
+    await _own_submits_projected(state, session)
     rows, next_cursor = await list_jobs(session, status.value if status else None, limit, cursor)
-    data = [await _view(state, session, job) for job in rows]
+    data = [_view(state, job) for job in rows]
     return JobList(data=data, next_cursor=next_cursor)
 
 
@@ -219,7 +245,7 @@ async def cancel(job_id: uuid.UUID, state: StateDep, session: SessionDep) -> Job
     if JobStatus(job.status).is_terminal():
         raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be cancelled")
     await state.publisher.control(JobCancelRequested(job_id=job_id, producer="api", attempt=job.attempt))
-    return await _view(state, session, job)
+    return _view(state, job)
 
 
 def _succeeded(job: Job) -> dict[str, object]:

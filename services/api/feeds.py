@@ -1,0 +1,175 @@
+"""One reader per followed job, fanned out in memory to every SSE stream of that job.
+
+A stream used to query the database on each wake-up: with 2,000 streams on one job, every event cost
+2,000 times four queries, and the events reached the last clients seconds late. Now the first stream of
+a job starts a `JobFeed`; it reads the job's new events and queue position once per NOTIFY (or poll),
+keeps each event as its ready-made SSE frame, and wakes its streams, which only copy frames from memory.
+The feed ends with its last stream. No stream holds a database connection, and a slow client only
+slows its own stream (each is its own task, writing at its own pace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from schemas.events import TERMINAL_TYPES
+from services.api.errors import DB_ERRORS
+from services.api.notify import JobNotifier, wait_event
+from services.api.queries import events_after
+from services.api.queue_view import Eta, QueueViewFollower
+from services.common.readmodel import JobEventRow
+
+log = logging.getLogger(__name__)
+TERMINAL = {t.value for t in TERMINAL_TYPES}
+
+ReadRows = Callable[[uuid.UUID, int], Awaitable[Sequence[JobEventRow]]]
+ReadPosition = Callable[[uuid.UUID], Awaitable[tuple[int | None, Eta | None]]]
+
+
+def frame(row: JobEventRow) -> str:
+    data = json.dumps({"seq": row.seq, **row.payload}, separators=(",", ":"))
+    return f"id: {row.seq}\nevent: {row.type}\ndata: {data}\n\n"
+
+
+def queue_frame(position: int, eta: Eta | None) -> str:
+    data: dict[str, object] = {"queue_position": position}
+    if eta is not None:
+        data["eta"] = {"wait_seconds": round(eta.wait_seconds, 2), "run_seconds": round(eta.run_seconds, 2)}
+    return f"event: job.queue_position\ndata: {json.dumps(data)}\n\n"
+
+
+@dataclass(slots=True)
+class JobFeed:
+    """What is known of one job, as SSE frames; `tick` is set (and replaced) whenever it grows."""
+
+    job_id: uuid.UUID
+    seqs: list[int] = field(default_factory=list)
+    frames: list[str] = field(default_factory=list)
+    ended: bool = False  # the terminal event is among the frames
+    position: str | None = None  # the latest job.queue_position frame, None once the job left the queue
+    position_version: int = 0
+    tick: asyncio.Event = field(default_factory=asyncio.Event)
+    streams: int = 0
+    task: asyncio.Task[None] | None = None
+
+    def after(self, seq: int) -> list[tuple[int, str]]:
+        """The frames of the events after `seq`, in order."""
+        start = bisect.bisect_right(self.seqs, seq)
+        return list(zip(self.seqs[start:], self.frames[start:], strict=True))
+
+    def done_after(self, seq: int) -> bool:
+        """Whether a stream that sent up to `seq` has sent the terminal event."""
+        return self.ended and seq >= self.seqs[-1]
+
+    def add(self, rows: Sequence[JobEventRow], position: int | None, eta: Eta | None) -> bool:
+        grew = False
+        for row in rows:
+            if self.seqs and row.seq <= self.seqs[-1]:
+                continue
+            self.seqs.append(row.seq)
+            self.frames.append(frame(row))
+            self.ended = self.ended or row.type in TERMINAL
+            grew = True
+        text = queue_frame(position, eta) if position is not None and not self.ended else None
+        if text != self.position:
+            self.position, self.position_version = text, self.position_version + 1
+            grew = True
+        if grew:
+            woken, self.tick = self.tick, asyncio.Event()
+            woken.set()
+        return grew
+
+
+async def woken(tick: asyncio.Event, seconds: float) -> bool:
+    """Wait for `tick` at most `seconds`; True when it was set. Unlike `wait_event` it leaves the event
+    set: every stream of the feed waits on the same one."""
+    try:
+        async with asyncio.timeout(max(seconds, 0)):
+            await tick.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+def database_rows(sessions: async_sessionmaker[AsyncSession]) -> ReadRows:
+    """The feeds' read of new events: a pooled connection for the query only."""
+
+    async def rows(job_id: uuid.UUID, after: int) -> Sequence[JobEventRow]:
+        async with sessions() as session:
+            return await events_after(session, job_id, after)
+
+    return rows
+
+
+def queue_places(view: QueueViewFollower) -> ReadPosition:
+    """The feeds' queue position and ETA: a lookup in the scheduler's view, no query."""
+
+    async def position(job_id: uuid.UUID) -> tuple[int | None, Eta | None]:
+        place, eta = view.lookup(job_id)
+        return (place, eta) if place is not None else (None, None)
+
+    return position
+
+
+class JobFeeds:
+    """The feeds of the jobs that have streams on this api process."""
+
+    def __init__(
+        self, notifier: JobNotifier, read_rows: ReadRows, read_position: ReadPosition, poll_seconds: float
+    ) -> None:
+        self._notifier = notifier
+        self._read_rows = read_rows
+        self._read_position = read_position
+        self._poll = poll_seconds
+        self._feeds: dict[uuid.UUID, JobFeed] = {}
+
+    @contextlib.contextmanager
+    def follow(self, job_id: uuid.UUID) -> Iterator[JobFeed]:
+        """The job's feed, started by its first stream and stopped after its last."""
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            feed = self._feeds[job_id] = JobFeed(job_id)
+            feed.task = asyncio.create_task(self._read(feed), name=f"feed-{job_id}")
+        feed.streams += 1
+        try:
+            yield feed
+        finally:
+            feed.streams -= 1
+            if feed.streams == 0:
+                del self._feeds[job_id]
+                if feed.task is not None:
+                    feed.task.cancel()
+
+    async def stop(self) -> None:
+        tasks = [feed.task for feed in self._feeds.values() if feed.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, feed: JobFeed) -> None:
+        """Read new events and the queue position after each NOTIFY of the job, or each poll interval;
+        a database that is away pauses the feed (the streams send keep-alives) instead of ending it."""
+        with self._notifier.watch(feed.job_id) as changed:
+            while not feed.ended:
+                after = feed.seqs[-1] if feed.seqs else -1
+                try:
+                    rows = await self._read_rows(feed.job_id, after)
+                    position, eta = await self._read_position(feed.job_id)
+                except DB_ERRORS as e:
+                    log.warning("job=%s: feed read failed, will retry: %s", feed.job_id, e.__class__.__name__)
+                else:
+                    feed.add(rows, position, eta)
+                if not feed.ended:
+                    await wait_event(changed, self._poll)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
