@@ -125,7 +125,7 @@ async def overhead(http: aiohttp.ClientSession, rate: float, seconds: float) -> 
             job_id = (await response.json())["id"]
         w = Watch()
         watches.append((job_id, w))
-        tasks.append(asyncio.create_task(watch(http, API, job_id, w, within=120)))
+        tasks.append(asyncio.create_task(watch(API, job_id, w, within=120)))
         await asyncio.sleep(1 / rate)
     await asyncio.gather(*tasks)
     to_start, to_seen = [], []
@@ -152,9 +152,10 @@ async def watchers(http: aiohttp.ClientSession, count: int) -> dict[str, Any]:
         job_id = (await response.json())["id"]
     streams = [Watch() for _ in range(count)]
     tasks = []
+    rss_before = api_rss_mib()
     opened = time.perf_counter()
     for w in streams:
-        tasks.append(asyncio.create_task(watch(http, API, job_id, w, within=240)))
+        tasks.append(asyncio.create_task(watch(API, job_id, w, within=240)))
         await asyncio.sleep(0)  # let each connect in turn rather than 2,000 handshakes at once
     await asyncio.gather(*(w.connected.wait() for w in streams))
     open_seconds = time.perf_counter() - opened
@@ -165,6 +166,7 @@ async def watchers(http: aiohttp.ClientSession, count: int) -> dict[str, Any]:
     return {
         "streams": count,
         "open_seconds": open_seconds,
+        "api_rss_mib_before": rss_before,
         "api_rss_mib_with_streams": rss,
         "terminal_seen": sum(w.terminal is not None for w in streams),
         "errors": sorted({w.error for w in streams if w.error}),
@@ -312,6 +314,11 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, float, str, str]]:
         ("overhead: submit -> worker start p50", pct(over["submit_to_start"], 50) * ms, 50, "ms", "lower"),
         ("overhead: worker end -> succeeded seen p50", pct(over["end_to_seen"], 50) * ms, 50, "ms", "lower"),
     ]
+    before, after = w.get("api_rss_mib_before"), w.get("api_rss_mib_with_streams")
+    if before is not None and after is not None:
+        out.append(
+            ("watchers: api memory per idle stream", (after - before) * 1024 / w["streams"], 0, "KiB", "info")
+        )
     if r.get("peer_submit") is not None:
         ps: Submits = r["peer_submit"]
         out += [
@@ -338,6 +345,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, float, str, str]]:
 def table(r: dict[str, Any]) -> str:
     lines = ["| what | measured | target | ratio | met |", "|---|---:|---:|---:|:-:|"]
     for what, measured, target, unit, better in rows(r):
+        if better == "info":
+            lines.append(f"| {what} | {measured:,.1f} {unit} | | | |")
+            continue
         if better == "higher":
             ratio, met = (measured / target if target else float("inf")), measured >= target
         else:

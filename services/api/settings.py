@@ -50,7 +50,7 @@ class ApiSettings(CommonSettings):
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
     sse_poll_seconds: float = Field(default=2.0, gt=0, description="Fallback re-read if a NOTIFY is missed.")
     max_streams: int = Field(
-        default=1000,
+        default=4000,
         ge=1,
         description=(
             "SSE streams and /content downloads open at once on one api process; past it a new one gets"
