@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from prometheus_client import make_asgi_app
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.topics import SCHEDULER_QUEUE
 from services.api import errors, metrics
@@ -56,6 +58,45 @@ def app_state(
     )
 
 
+class Guard:
+    """Refuses a declared body over the limit (413) and counts every answer by route and status.
+
+    Plain ASGI, not `@app.middleware("http")`: Starlette's BaseHTTPMiddleware passes every body chunk
+    (each SSE frame of each stream) through a memory stream and a task of its own.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            declared = Headers(scope=scope).get("content-length", "0")
+            if not declared.isdigit() or int(declared) > self.max_body_bytes:
+                too_large = errors.problem(
+                    413,
+                    "Request body too large",
+                    f"a request body holds at most {self.max_body_bytes} bytes (Content-Length {declared})",
+                )
+                await too_large(scope, receive, counted)
+                return
+            await self.app(scope, receive, counted)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            metrics.REQUESTS.labels(scope["method"], path, str(status)).inc()
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -91,24 +132,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.mount("/metrics", make_asgi_app())
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        declared = request.headers.get("content-length", "0")
-        if not declared.isdigit() or int(declared) > settings.max_body_bytes:
-            return errors.problem(
-                413,
-                "Request body too large",
-                f"a request body holds at most {settings.max_body_bytes} bytes (Content-Length {declared})",
-            )
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)
 
     page = files("services.api.web").joinpath("index.html").read_text()
 
