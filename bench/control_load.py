@@ -118,7 +118,8 @@ class Watch:
     """One SSE stream's view of its job."""
 
     connected: asyncio.Event = field(default_factory=asyncio.Event)
-    delays: list[float] = field(default_factory=list)  # receipt - occurred_at, per job event
+    opened_at: float = 0.0  # wall clock when the stream answered 200
+    delays: list[float] = field(default_factory=list)  # receipt - occurred_at, per live job event
     types: list[str] = field(default_factory=list)
     terminal: str | None = None
     terminal_at: float | None = None  # wall clock of the terminal event's receipt
@@ -150,6 +151,7 @@ async def watch(base: str, job_id: str, into: Watch, within: float) -> None:
                 if b" 200 " not in status:
                     into.error = status.decode(errors="replace").strip()
                     return
+                into.opened_at = time.time()
                 into.connected.set()
                 await _frames(reader, into)
             finally:
@@ -174,8 +176,11 @@ async def _frames(reader: asyncio.StreamReader, into: Watch) -> None:
             if kind == "job.queue_position":
                 continue
             into.types.append(kind)
-            if (stamp := OCCURRED.search(match[2])) is not None:
-                into.delays.append(received - datetime.fromisoformat(stamp[1].decode()).timestamp())
+            stamp = OCCURRED.search(match[2])
+            occurred = datetime.fromisoformat(stamp[1].decode()).timestamp() if stamp else None
+            # Live delivery only: an event from before the stream opened is replayed, not delivered.
+            if occurred is not None and occurred >= into.opened_at:
+                into.delays.append(received - occurred)
             if kind in TERMINAL:
                 into.terminal, into.terminal_at = kind, received
                 return

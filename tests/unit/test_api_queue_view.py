@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import pytest
+
 from schemas.events import utcnow
 from schemas.jobs import Priority
 from schemas.queue import QueueView
-from services.api.queue_view import Eta, QueueViewFollower, place_of
+from services.api.queue_view import Eta, QueueViewFollower, parse_view, place_of
 from services.common.settings import CommonSettings
 
 A, B, RUNNING = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -21,7 +23,7 @@ def follower(age_seconds: float, max_age: float = 30.0) -> QueueViewFollower:
         held=[(RUNNING, 0.0, 10.0)],
     )
     queue = QueueViewFollower(CommonSettings(), "unused", max_age_seconds=max_age)
-    queue.take(view)
+    queue.take(view.model_dump_json().encode())
     return queue
 
 
@@ -50,3 +52,8 @@ def test_an_unknown_job_or_a_stale_view_gives_nothing() -> None:
 def test_time_past_the_wait_is_spent_from_the_run() -> None:
     assert place_of((1, 10.0, 20.0), age=15.0) == (1, Eta(wait_seconds=0.0, run_seconds=15.0))
     assert place_of((1, 10.0, 20.0), age=50.0) == (1, Eta(wait_seconds=0.0, run_seconds=0.0))
+
+
+def test_a_view_of_another_schema_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="schema_version"):
+        parse_view(b'{"schema_version": 2, "generated_at": "2026-12-05T00:00:00Z", "lanes": {}}')
