@@ -161,7 +161,9 @@ async def watchers(http: aiohttp.ClientSession, count: int) -> dict[str, Any]:
     open_seconds = time.perf_counter() - opened
     rss = api_rss_mib()
     await asyncio.to_thread(services, "start", SIMULATED)
+    cpu_before = api_cpu_seconds()
     await asyncio.gather(*tasks)
+    cpu = api_cpu_seconds() - cpu_before
     delays = [d for w in streams for d in w.delays]
     return {
         "streams": count,
@@ -171,7 +173,18 @@ async def watchers(http: aiohttp.ClientSession, count: int) -> dict[str, Any]:
         "terminal_seen": sum(w.terminal is not None for w in streams),
         "errors": sorted({w.error for w in streams if w.error}),
         "delays": delays,
+        "api_cpu_seconds": cpu,
+        "api_cpu_us_per_frame": 1e6 * cpu / max(len(delays), 1),
     }
+
+
+def api_cpu_seconds() -> float:
+    """User and system CPU of the api process so far (0 when it cannot be read)."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((ROOT / ".run" / "api.pid").read_text())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def api_rss_mib() -> float | None:
@@ -319,6 +332,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, float, str, str]]:
         out.append(
             ("watchers: api memory per idle stream", (after - before) * 1024 / w["streams"], 0, "KiB", "info")
         )
+    cpu = w["api_cpu_us_per_frame"]
+    out.append(("watchers: api CPU per live frame delivered", cpu, 0, "µs", "info"))
     if r.get("peer_submit") is not None:
         ps: Submits = r["peer_submit"]
         out += [

@@ -35,16 +35,17 @@ ReadRows = Callable[[uuid.UUID, int], Awaitable[Sequence[JobEventRow]]]
 ReadPosition = Callable[[uuid.UUID], Awaitable[tuple[int | None, Eta | None]]]
 
 
-def frame(row: JobEventRow) -> str:
+def frame(row: JobEventRow) -> bytes:
+    """One SSE frame, encoded once for every stream that sends it."""
     data = json.dumps({"seq": row.seq, **row.payload}, separators=(",", ":"))
-    return f"id: {row.seq}\nevent: {row.type}\ndata: {data}\n\n"
+    return f"id: {row.seq}\nevent: {row.type}\ndata: {data}\n\n".encode()
 
 
-def queue_frame(position: int, eta: Eta | None) -> str:
+def queue_frame(position: int, eta: Eta | None) -> bytes:
     data: dict[str, object] = {"queue_position": position}
     if eta is not None:
         data["eta"] = {"wait_seconds": round(eta.wait_seconds, 2), "run_seconds": round(eta.run_seconds, 2)}
-    return f"event: job.queue_position\ndata: {json.dumps(data)}\n\n"
+    return f"event: job.queue_position\ndata: {json.dumps(data)}\n\n".encode()
 
 
 @dataclass(slots=True)
@@ -53,15 +54,15 @@ class JobFeed:
 
     job_id: uuid.UUID
     seqs: list[int] = field(default_factory=list)
-    frames: list[str] = field(default_factory=list)
+    frames: list[bytes] = field(default_factory=list)
     ended: bool = False  # the terminal event is among the frames
-    position: str | None = None  # the latest job.queue_position frame, None once the job left the queue
+    position: bytes | None = None  # the latest job.queue_position frame, None once the job left the queue
     position_version: int = 0
     tick: asyncio.Event = field(default_factory=asyncio.Event)
     streams: int = 0
     task: asyncio.Task[None] | None = None
 
-    def after(self, seq: int) -> list[tuple[int, str]]:
+    def after(self, seq: int) -> list[tuple[int, bytes]]:
         """The frames of the events after `seq`, in order."""
         start = bisect.bisect_right(self.seqs, seq)
         return list(zip(self.seqs[start:], self.frames[start:], strict=True))

@@ -58,7 +58,7 @@ def notify(notifier: JobNotifier, job_id: uuid.UUID = JOB) -> None:
     notifier._on_notify(None, 0, "reelstream_jobs", str(job_id))
 
 
-async def follower(feeds: JobFeeds, after: int, seen: list[str], started: asyncio.Event) -> None:
+async def follower(feeds: JobFeeds, after: int, seen: list[bytes], started: asyncio.Event) -> None:
     """A stream's loop in small: every frame after `after`, until the terminal one."""
     with feeds.follow(JOB) as feed:
         started.set()
@@ -76,7 +76,7 @@ async def test_two_hundred_streams_on_one_job_share_one_reader() -> None:
     model = FakeReadModel()
     model.rows = [row(1, "job.dispatched")]
     feeds, notifier = feeds_on(model)
-    seen: list[list[str]] = [[] for _ in range(200)]
+    seen: list[list[bytes]] = [[] for _ in range(200)]
     started = [asyncio.Event() for _ in seen]
     tasks = [asyncio.create_task(follower(feeds, -1, s, e)) for s, e in zip(seen, started, strict=True)]
     await asyncio.gather(*(e.wait() for e in started))
@@ -86,7 +86,7 @@ async def test_two_hundred_streams_on_one_job_share_one_reader() -> None:
     model.rows += [row(2), row(3), row(4, "job.succeeded")]
     notify(notifier)
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
-    assert all(len(s) == 4 and "event: job.succeeded" in s[-1] for s in seen)
+    assert all(len(s) == 4 and b"event: job.succeeded" in s[-1] for s in seen)
     assert model.reads - reads_before <= 2, "one read per change, not one per stream"
     assert len(feeds) == 0, "the feed ends with its last stream"
 
@@ -95,9 +95,9 @@ async def test_a_late_stream_replays_exactly_after_its_last_event_id() -> None:
     model = FakeReadModel()
     model.rows = [row(1, "job.dispatched"), row(2), row(4), row(5, "job.succeeded")]  # 3 was not applied
     feeds, _ = feeds_on(model)
-    seen: list[str] = []
+    seen: list[bytes] = []
     await asyncio.wait_for(follower(feeds, 2, seen, asyncio.Event()), 5)
-    assert [text.split("\n")[0] for text in seen] == ["id: 4", "id: 5"]
+    assert [text.split(b"\n")[0] for text in seen] == [b"id: 4", b"id: 5"]
 
 
 async def test_the_queue_position_frame_changes_only_when_the_position_does() -> None:
@@ -107,7 +107,7 @@ async def test_the_queue_position_frame_changes_only_when_the_position_does() ->
     assert not feed.add([], 3, None), "the same position wakes nobody"
     assert feed.add([], 2, Eta(wait_seconds=10, run_seconds=5))
     assert feed.position_version == version + 1
-    assert feed.position is not None and '"queue_position": 2' in feed.position
+    assert feed.position is not None and b'"queue_position": 2' in feed.position
     assert feed.add([row(1, "job.dispatched")], None, None)
     assert feed.position is None
 
@@ -116,7 +116,7 @@ async def test_a_database_away_pauses_the_feed_and_it_goes_on_after() -> None:
     model = FakeReadModel()
     model.failing = True
     feeds, notifier = feeds_on(model, poll=0.05)
-    seen: list[str] = []
+    seen: list[bytes] = []
     task = asyncio.create_task(follower(feeds, -1, seen, asyncio.Event()))
     await asyncio.sleep(0.2)
     assert not task.done() and seen == []

@@ -39,7 +39,7 @@ def _last_event_id(header: str) -> int:
     return seq
 
 
-async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncIterator[str]:
+async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncIterator[bytes]:
     """Replay what is stored after `after`, then follow live until the terminal event has been sent.
 
     The frames come from the job's feed (`feeds.py`), shared by every stream of the job on this process.
@@ -49,12 +49,13 @@ async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncI
     last_sent = time.monotonic()
     try:
         with state.streams.held(), state.feeds.follow(job_id) as feed:
-            yield "retry: 2000\n\n"
+            yield b"retry: 2000\n\n"
             while True:
                 tick = feed.tick
-                for seq, text in feed.after(after):
-                    yield text
-                    after, last_sent = seq, time.monotonic()
+                if frames := feed.after(after):
+                    # What arrived since the last wake-up goes out as one write.
+                    yield b"".join(text for _, text in frames)
+                    after, last_sent = frames[-1][0], time.monotonic()
                 if feed.seqs and feed.done_after(after):
                     return
                 if feed.position is not None and feed.position_version != position_sent:
@@ -62,7 +63,7 @@ async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncI
                     position_sent, last_sent = feed.position_version, time.monotonic()
                 waited = state.settings.sse_keepalive_seconds - (time.monotonic() - last_sent)
                 if not await woken(tick, waited):
-                    yield ": keep-alive\n\n"
+                    yield b": keep-alive\n\n"
                     last_sent = time.monotonic()
     finally:
         metrics.SSE_CLIENTS.dec()
