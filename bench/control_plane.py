@@ -205,6 +205,21 @@ async def queued_count() -> int:
         await conn.close()
 
 
+async def wait_idle(within: float) -> int:
+    """Wait until no job waits or runs (a run's leftovers being cancelled would delay the next phase);
+    returns how many still did at the end."""
+    conn = await asyncpg.connect(DSN)
+    deadline = time.monotonic() + within
+    try:
+        while True:
+            left = int(await conn.fetchval("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"))
+            if left == 0 or time.monotonic() > deadline:
+                return left
+            await asyncio.sleep(1)
+    finally:
+        await conn.close()
+
+
 async def cancel_all(http: aiohttp.ClientSession, ids: list[str]) -> None:
     """Cancel what phase 3 left waiting, so that the stack ends idle."""
     conn = await asyncpg.connect(DSN)
@@ -392,6 +407,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        if left := await wait_idle(300):
+            print(f"warning: {left} jobs still open before the run", flush=True)
         print("1. per-job overhead at 10 jobs/s", flush=True)
         r["overhead"] = await overhead(http, 10, args.seconds)
         print(f"2. {args.watchers} watchers on one job", flush=True)
@@ -402,6 +419,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"4. reads with {queued} jobs queued", flush=True)
         r["reads"] = {"queued": queued, **await read_load(http, API, r["submit"].ids, clients=8, seconds=10)}
         await cancel_all(http, r["submit"].ids)
+        r["left_open_after_cancel"] = await wait_idle(300)
         r["peer_submit"] = None
         if args.peer:
             print("5. the Celery+Redis peer: overhead at 10 jobs/s, then submit", flush=True)
