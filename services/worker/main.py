@@ -64,6 +64,25 @@ class JobsLeftOpen(Exception):
     process of the slot comes with a new boot id and the scheduler recovers them."""
 
 
+MAX_CANCELS_KEPT = 100_000
+
+
+def remember_cancel(
+    cancelled: dict[uuid.UUID, datetime], job_id: uuid.UUID, now: datetime, lookback_seconds: float
+) -> None:
+    """Keep a cancel for a dispatch that may still come, oldest first out: past the look-back, or past
+    `MAX_CANCELS_KEPT`. Amortised O(1) per cancel; rebuilding the map on each cancel once it was full
+    made a burst of 30,000 cancels cost the slot minutes of CPU and its heartbeats."""
+    cancelled.pop(job_id, None)
+    cancelled[job_id] = now
+    horizon = now - timedelta(seconds=lookback_seconds)
+    while cancelled:
+        oldest = next(iter(cancelled))
+        if cancelled[oldest] > horizon and len(cancelled) <= MAX_CANCELS_KEPT:
+            break
+        del cancelled[oldest]
+
+
 class Worker:
     def __init__(
         self,
@@ -169,12 +188,11 @@ class Worker:
             self._apply_preempt()
             return
         if event.type is EventType.CANCEL_REQUESTED:
-            self.cancelled[event.job_id] = datetime.now(UTC)
+            remember_cancel(
+                self.cancelled, event.job_id, datetime.now(UTC), self.settings.control_lookback_seconds
+            )
             if self.runner.cancel(event.job_id):
                 log.info("cancelling running job=%s", event.job_id)
-        horizon = datetime.now(UTC) - timedelta(seconds=self.settings.control_lookback_seconds)
-        if len(self.cancelled) > 10_000:
-            self.cancelled = {k: v for k, v in self.cancelled.items() if v > horizon}
 
     async def control_loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
