@@ -6,10 +6,10 @@ SHELL := /bin/bash
 # uv from PATH, else the module pip installed (a fresh pyenv may not have its shim yet).
 UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench soak fuzz-api
+.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench soak fuzz-api test-unit
 
 help: ## list the targets
-	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 # --- environment and local stack --------------------------------------------------------------------
 
@@ -44,6 +44,9 @@ lint-deploy: ## build every k8s overlay, validate it offline, scan manifests and
 fuzz-api: ## schemathesis against the running api, every check, many examples (`make services` first)
 	$(UV) run --no-sync python -m schemathesis.cli run http://127.0.0.1:8000/openapi.json --checks all \
 		--max-examples $(or $(EXAMPLES),100) --no-color
+
+test-unit: ## the unit tests only: no stack, no services (seconds to a minute)
+	$(UV) run --no-sync pytest tests/unit
 
 test: up ## the whole test suite: unit, integration and e2e (brings the stack up first)
 	$(UV) run --no-sync pytest tests

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -260,7 +260,3 @@ class WorkerHeartbeat(BaseModel):
             "already runs the next one (`job_id`)."
         ),
     )
-
-
-def event_type_of(payload: dict[str, Any]) -> str:
-    return str(payload.get("type", ""))

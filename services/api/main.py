@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -146,7 +145,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 def run() -> None:
     settings = get_settings()
     configure("api", settings.log_level)
-    started = time.monotonic()
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -155,7 +153,6 @@ def run() -> None:
         timeout_graceful_shutdown=10,
         access_log=False,
     )
-    del started
 
 
 if __name__ == "__main__":
