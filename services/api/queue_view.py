@@ -104,10 +104,6 @@ class QueueViewFollower:
             return None, None
         return place_of(entry, max(age, 0.0))
 
-    @property
-    def generated_at(self) -> datetime | None:
-        return self._generated_at
-
     async def start(self) -> None:
         self._task = asyncio.create_task(self._follow_forever(), name="queue-view")
 

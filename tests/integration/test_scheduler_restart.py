@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -18,18 +16,12 @@ from services.scheduler.settings import SchedulerSettings
 from services.scheduler.store import KEY, load_latest
 from services.scheduler.topics import SchedulerTopics
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "scheduler_restart.py"
 TopicFactory = Callable[[int, Mapping[str, str] | None], Awaitable[str]]
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("scheduler_restart", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("bench.scheduler_restart")
 
 
 @pytest.fixture

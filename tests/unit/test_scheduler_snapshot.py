@@ -7,10 +7,8 @@ import dataclasses
 import importlib.util
 import json
 import random
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
@@ -33,7 +31,6 @@ from services.scheduler.snapshot import (
 )
 from services.scheduler.topics import SchedulerTopics
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "scheduler_restart.py"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SLOTS = 4
 KINDS = ("succeeded", "retried", "preempted", "cancelled", "waiting", "running", "handed_back")
@@ -41,12 +38,7 @@ KINDS = ("succeeded", "retried", "preempted", "cancelled", "waiting", "running",
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("scheduler_restart", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("bench.scheduler_restart")
 
 
 Msg = SimpleNamespace
