@@ -35,7 +35,7 @@ clean: ## stop the services and the stack, delete their data and logs (.run/); d
 
 # --- checks -----------------------------------------------------------------------------------------
 
-lint: lint-deploy ## ruff, ruff format, mypy --strict, and the deployment checks
+lint: ## ruff, ruff format --check, mypy --strict (the deployment checks are `make lint-deploy`)
 	$(UV) run --no-sync ruff check . && $(UV) run --no-sync ruff format --check . && $(UV) run --no-sync mypy schemas services
 
 lint-deploy: ## build every k8s overlay, validate it offline, scan manifests and Dockerfiles, check compose
