@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -58,6 +59,21 @@ class Priority(StrEnum):
     BATCH = "batch"
 
 
+class WebhookEvent(StrEnum):
+    """What a job's webhook may be called for: `job.<value>` events of `reelstream.jobs.events`."""
+
+    STARTED = "started"
+    PROGRESS = "progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# A client that names none hears how its job ended, not each step of the way.
+DEFAULT_WEBHOOK_EVENTS: Final = (WebhookEvent.SUCCEEDED, WebhookEvent.FAILED, WebhookEvent.CANCELLED)
+_WEBHOOK_EVENT_NAMES: Final = ", ".join(e.value for e in WebhookEvent)
+
+
 # Tab, line feed and carriage return are text; every other control character is refused, NUL above
 # all: PostgreSQL cannot store it, so one such prompt would stop the read model for every job after it.
 # So is a lone surrogate (JSON lets "\ud800" through), which no UTF-8 encoder takes.
@@ -84,6 +100,7 @@ Prompt = Annotated[
 ]
 MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=64), Name]
 MetaValue = Annotated[str, StringConstraints(max_length=512), Text]
+_WEBHOOK_EVENT_SCHEMA: Final = WithJsonSchema({"type": "string", "enum": [e.value for e in WebhookEvent]})
 
 
 class JobRequest(BaseModel):
@@ -104,6 +121,14 @@ class JobRequest(BaseModel):
     guidance_scale: float | None = Field(default=None, strict=True)
     priority: Priority = Priority.INTERACTIVE
     webhook_url: AnyHttpUrl | None = None
+    # Plain strings checked by `resolve()`, so that an unknown one is a 422 naming the allowed values.
+    webhook_events: (
+        list[Annotated[str, StringConstraints(max_length=32), Name, _WEBHOOK_EVENT_SCHEMA]] | None
+    ) = Field(
+        default=None,
+        max_length=len(WebhookEvent),
+        description=f"Events the webhook is called for ({_WEBHOOK_EVENT_NAMES}); default: the terminal ones.",
+    )
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
 
     @model_validator(mode="after")
@@ -133,6 +158,10 @@ class ResolvedRequest(BaseModel):
     guidance_scale: float
     priority: Priority
     webhook_url: Annotated[str, Name] | None = None
+    webhook_events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
+        description="Events the webhook is called for (absent in records older than the field: the default).",
+    )
     metadata: dict[Annotated[str, Name], Annotated[str, Text]] = Field(default_factory=dict)
 
     @property
@@ -181,6 +210,17 @@ def _resolve_frames(spec: ModelSpec, req: JobRequest, fps: int) -> tuple[int | N
     return spec.default_frames, None
 
 
+def _resolve_webhook_events(names: list[str] | None) -> tuple[list[WebhookEvent], FieldProblem | None]:
+    """The events a job's webhook is called for, each once in a fixed order; the default when unnamed."""
+    if names is None:
+        return list(DEFAULT_WEBHOOK_EVENTS), None
+    unknown = [name for name in names if name not in WebhookEvent.__members__.values()]
+    if unknown:
+        listed = ", ".join(repr(name) for name in unknown)
+        return [], FieldProblem("webhook_events", f"unknown webhook event {listed}", _WEBHOOK_EVENT_NAMES)
+    return [event for event in WebhookEvent if event.value in names], None
+
+
 def resolve(req: JobRequest, seed_source: random.Random | None = None) -> ResolvedRequest:
     """Check `req` against its model's limits and fill every default. Raises `RequestRejected`."""
     spec = CATALOG.get(req.model)
@@ -202,6 +242,9 @@ def resolve(req: JobRequest, seed_source: random.Random | None = None) -> Resolv
     if not spec.min_guidance <= guidance <= spec.max_guidance:
         allowed = f"{spec.min_guidance} to {spec.max_guidance}"
         problems.append(FieldProblem("guidance_scale", f"{guidance} is out of range", allowed))
+    webhook_events, events_problem = _resolve_webhook_events(req.webhook_events)
+    if events_problem is not None:
+        problems.append(events_problem)
     if problems or frames is None:
         raise RequestRejected(problems)
     seed = req.seed if req.seed is not None else (seed_source or random.SystemRandom()).randint(0, MAX_SEED)
@@ -219,5 +262,6 @@ def resolve(req: JobRequest, seed_source: random.Random | None = None) -> Resolv
         guidance_scale=guidance,
         priority=req.priority,
         webhook_url=str(req.webhook_url) if req.webhook_url is not None else None,
+        webhook_events=webhook_events,
         metadata=dict(req.metadata),
     )
