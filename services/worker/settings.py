@@ -6,31 +6,21 @@ import re
 from pathlib import Path
 from typing import Self
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from schemas.catalog import CATALOG, DEFAULT_MODEL
 from services.common.settings import CommonSettings
-from services.worker.engine.generator import CompileMode, DType, EngineSettings, Offload
+from services.worker.engine.generator import EngineOptions, EngineSettings
 
 
-class WorkerSettings(CommonSettings):
+class WorkerSettings(CommonSettings, EngineOptions):
+    """The slot, its model and the worker's own settings; how the engine runs is `EngineOptions`."""
+
     service_name: str = "worker"
     slot: int | None = Field(default=None, ge=0, description="GPU slot = partition of jobs.dispatch.")
     hostname: str = Field(default="", validation_alias=AliasChoices("HOSTNAME", "REELSTREAM_HOSTNAME"))
     model: str = DEFAULT_MODEL
-    model_dir: Path | None = None
-    hf_token: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("HF_TOKEN", "REELSTREAM_HF_TOKEN")
-    )
-    device: str = "auto"
-    dtype: DType = DType.AUTO
-    offload: Offload = Offload.NONE
-    vae_tiling: bool = True
-    compile: CompileMode = CompileMode.NONE
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch (CPU runs).")
-    tiny_cache_dir: Path | None = None
-    simulate: bool = False
-    simulated_seconds_per_step: float = Field(default=0.5, ge=0)
     checkpoint_every: int = Field(
         default=8, ge=0, description="Denoising steps between checkpoints; 0 = off."
     )
@@ -90,16 +80,6 @@ class WorkerSettings(CommonSettings):
         return self.slot
 
     def engine(self) -> EngineSettings:
-        extra = {"tiny_cache_dir": self.tiny_cache_dir} if self.tiny_cache_dir else {}
-        return EngineSettings(
-            device=self.device,
-            dtype=self.dtype,
-            model_dir=self.model_dir,
-            hf_token=self.hf_token,
-            offload=self.offload,
-            vae_tiling=self.vae_tiling,
-            compile=self.compile,
-            simulate=self.simulate,
-            simulated_seconds_per_step=self.simulated_seconds_per_step,
-            **extra,
+        return EngineSettings.model_validate(
+            {name: getattr(self, name) for name in EngineOptions.model_fields}
         )

@@ -18,7 +18,7 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.events import ErrorCode
 from schemas.jobs import Phase, ResolvedRequest
@@ -195,7 +195,25 @@ def _default_tiny_cache() -> Path:
     return Path.home() / ".cache" / "reelstream" / "tiny-models"
 
 
-class EngineSettings(BaseModel):
+class EngineOptions(BaseModel):
+    """The engine settings a deployment sets: `EngineSettings` has them, and the worker's settings
+    class reads them from the environment (`REELSTREAM_<FIELD>`, the token also as `HF_TOKEN`)."""
+
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: DType = DType.AUTO
+    model_dir: Path | None = None
+    hf_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("hf_token", "HF_TOKEN", "REELSTREAM_HF_TOKEN")
+    )
+    offload: Offload = Offload.NONE
+    vae_tiling: bool = Field(default=True, description="163 Mochi frames do not decode untiled in 80 GB.")
+    compile: CompileMode = CompileMode.NONE
+    tiny_cache_dir: Path = Field(default_factory=_default_tiny_cache)
+    simulate: bool = Field(default=False, description="Build a SimulatedGenerator instead (fleet tests).")
+    simulated_seconds_per_step: float = Field(default=0.5, ge=0)
+
+
+class EngineSettings(EngineOptions):
     """How the engine runs. Built by the worker's settings class; the engine never reads the environment.
 
     `device="auto"` picks CUDA when present; `dtype="auto"` is bfloat16 on CUDA and float32 on the CPU.
@@ -206,17 +224,7 @@ class EngineSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    dtype: DType = DType.AUTO
-    model_dir: Path | None = None
     hf_cache_dir: Path | None = None
-    hf_token: SecretStr | None = None
     allow_download: bool = False
     variant: str | None = Field(default=None, description="Weights variant, e.g. 'bf16' for Mochi's repo.")
-    offload: Offload = Offload.NONE
-    vae_tiling: bool = Field(default=True, description="163 Mochi frames do not decode untiled in 80 GB.")
-    compile: CompileMode = CompileMode.NONE
     compile_backend: str = "inductor"
-    tiny_cache_dir: Path = Field(default_factory=_default_tiny_cache)
-    simulate: bool = Field(default=False, description="Build a SimulatedGenerator instead (fleet tests).")
-    simulated_seconds_per_step: float = Field(default=0.5, ge=0)
