@@ -24,12 +24,17 @@ from services.common.settings import CommonSettings
 S3Client = Any
 
 
+def attempt_prefix(job_id: uuid.UUID, attempt: int) -> str:
+    """Where one attempt's video and poster live."""
+    return f"jobs/{job_id}/attempt-{attempt}/"
+
+
 def video_key(job_id: uuid.UUID, attempt: int) -> str:
-    return f"jobs/{job_id}/attempt-{attempt}/video.mp4"
+    return f"{attempt_prefix(job_id, attempt)}video.mp4"
 
 
 def poster_key(job_id: uuid.UUID, attempt: int) -> str:
-    return f"jobs/{job_id}/attempt-{attempt}/poster.jpg"
+    return f"{attempt_prefix(job_id, attempt)}poster.jpg"
 
 
 def checkpoint_prefix(job_id: uuid.UUID) -> str:

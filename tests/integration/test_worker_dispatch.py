@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services.worker.main import fix_position, start_dispatch
+from services.worker.main import start_dispatch
 from services.worker.settings import WorkerSettings
+from services.worker.slot import fix_position
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.worker import main
-from services.worker.main import remember_cancel
+from services.worker import slot
+from services.worker.slot import remember_cancel
 
 T0 = datetime(2026, 12, 5, tzinfo=UTC)
 
@@ -32,7 +32,7 @@ def test_a_repeated_cancel_moves_to_the_newest_end() -> None:
 
 
 def test_a_burst_of_cancels_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(main, "MAX_CANCELS_KEPT", 1_000)
+    monkeypatch.setattr(slot, "MAX_CANCELS_KEPT", 1_000)
     kept: dict[uuid.UUID, datetime] = {}
     ids = [uuid.uuid4() for _ in range(30_000)]
     for i, job_id in enumerate(ids):

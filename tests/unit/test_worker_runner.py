@@ -7,6 +7,7 @@ import itertools
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from schemas.events import ErrorCode, EventType, JobDispatched, JobEvent, JobPro
 from schemas.jobs import JobRequest, Phase, resolve
 from services.common.errors import BrokerUnavailable, StorageUnavailable
 from services.common.storage import ObjectMissing, checkpoint_prefix, video_key
+from services.worker.attempt import Attempt
 from services.worker.engine import SimulatedGenerator
 from services.worker.runner import Backoff, JobRunner, ProgressPump
 
@@ -166,7 +168,7 @@ async def test_store_down_is_retried_then_fails_as_storage_unavailable(tmp_path:
     assert failed.error.code is ErrorCode.STORAGE_UNAVAILABLE and failed.error.retryable
 
 
-async def test_drain_hands_the_job_back_at_a_checkpoint_without_a_terminal_event(tmp_path: Path) -> None:
+async def test_drain_stops_the_job_at_a_checkpoint_without_a_terminal_event(tmp_path: Path) -> None:
     store, publish = MemoryStore(), Recorder()
     job = dispatch()
     run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0.05), store, publish)
@@ -213,7 +215,9 @@ class SlowCheckpointStore(MemoryStore):
         self.puts.append((key, asked, asyncio.get_running_loop().time()))
 
 
-async def test_denoising_goes_on_while_a_checkpoint_is_stored(tmp_path: Path) -> None:
+async def test_denoising_goes_on_while_a_checkpoint_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Checkpoints every 2 steps take 0.3 s to store: steps are taken while each one is in flight;
     they still land in order, each before the next is asked for, and all are gone at the end."""
     store, publish = SlowCheckpointStore(delay=0.3), Recorder()
@@ -221,13 +225,13 @@ async def test_denoising_goes_on_while_a_checkpoint_is_stored(tmp_path: Path) ->
     run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0.05), store, publish)
     loop = asyncio.get_running_loop()
     stepped: list[float] = []
-    progress = run._progress
+    progress = Attempt.progress
 
-    def timed(*args: object, **kwargs: object) -> object:
+    def timed(self: Attempt, *args: Any, **kwargs: Any) -> JobProgress:
         stepped.append(loop.time())  # called by the generation thread's step callback
-        return progress(*args, **kwargs)  # type: ignore[arg-type]
+        return progress(self, *args, **kwargs)
 
-    run._progress = timed  # type: ignore[method-assign]
+    monkeypatch.setattr(Attempt, "progress", timed)
     assert await run.run(job) == "succeeded"
     checkpoints = [p for p in store.puts if p[0].startswith("checkpoints/")]
     assert len(checkpoints) == (job.request.num_inference_steps - 1) // 2
@@ -292,7 +296,7 @@ async def test_the_next_job_denoises_while_the_previous_stores_its_video(tmp_pat
         assert len(ends) == 1 and video_key(job.job_id, 1) in store.objects
 
 
-async def test_a_preempted_job_is_handed_back_after_a_durable_checkpoint_and_resumes(tmp_path: Path) -> None:
+async def test_a_preempted_job_stops_after_a_durable_checkpoint_and_resumes(tmp_path: Path) -> None:
     store, publish = MemoryStore(), Recorder()
     job = dispatch()
     run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0.05), store, publish)
@@ -302,18 +306,36 @@ async def test_a_preempted_job_is_handed_back_after_a_durable_checkpoint_and_res
     assert not run.preempt(job.job_id, job.attempt + 1, 3, "wrong attempt")
     assert run.preempt(job.job_id, job.attempt, 3, "balance the batch lane")
     assert await task == "preempted"
-    handed = publish.events[-1]
-    assert handed.type is EventType.PREEMPTED
+    preempted = publish.events[-1]
+    assert preempted.type is EventType.PREEMPTED
     # At the step asked, though the regular checkpoints come every 2 steps: a checkpoint is taken there.
-    assert handed.step == 3 and handed.reason == "balance the batch lane"
-    assert handed.checkpoint_key in store.objects
+    assert preempted.step == 3 and preempted.reason == "balance the batch lane"
+    assert preempted.checkpoint_key in store.objects
     assert not any(k.startswith(f"jobs/{job.job_id}/") for k in store.objects)  # no video
-    resumed = job.model_copy(update={"attempt": 2, "resume_checkpoint": handed.checkpoint_key})
+    resumed = job.model_copy(update={"attempt": 2, "resume_checkpoint": preempted.checkpoint_key})
     publish.events.clear()
     assert await run.run(resumed) == "succeeded"
     steps = [e.step for e in publish.events if e.type is EventType.PROGRESS and e.step]
     assert min(steps) > 3
     assert not any(k.startswith(checkpoint_prefix(job.job_id)) for k in store.objects)
+
+
+async def test_every_event_of_an_attempt_carries_the_tenant_of_its_dispatch(tmp_path: Path) -> None:
+    store, publish = MemoryStore(), Recorder()
+    job = dispatch().model_copy(update={"tenant": "acme"})
+    run = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0), store, publish)
+    assert await run.run(job) == "succeeded"
+    preempted = dispatch().model_copy(update={"tenant": "acme"})
+    slow = runner(tmp_path, SimulatedGenerator("tiny-mochi", seconds_per_step=0.05), store, publish)
+    task = asyncio.create_task(slow.run(preempted))
+    while slow.current is None:
+        await asyncio.sleep(0.005)
+    assert slow.preempt(preempted.job_id, preempted.attempt, 3, "balance the batch lane")
+    assert await task == "preempted"
+    types = set(publish.types())
+    assert {EventType.STARTED, EventType.PROGRESS, EventType.CHECKPOINTED, EventType.SUCCEEDED} <= types
+    assert EventType.PREEMPTED in types
+    assert {e.tenant for e in publish.events} == {"acme"}
 
 
 async def succeed_with_minimum(
@@ -343,7 +365,7 @@ async def test_checkpoints_come_no_closer_than_the_minimum(tmp_path: Path) -> No
     assert not any(k.startswith(checkpoint_prefix(job.job_id)) for k in store.objects)
 
 
-async def test_a_hand_back_or_a_shutdown_takes_its_checkpoint_within_the_minimum(tmp_path: Path) -> None:
+async def test_a_preemption_or_a_shutdown_takes_its_checkpoint_within_the_minimum(tmp_path: Path) -> None:
     store, publish = MemoryStore(), Recorder()
     preempted, drained = dispatch(), dispatch()
     run = runner(
@@ -358,9 +380,9 @@ async def test_a_hand_back_or_a_shutdown_takes_its_checkpoint_within_the_minimum
         await asyncio.sleep(0.005)
     assert run.preempt(preempted.job_id, preempted.attempt, 3, "balance the batch lane")
     assert await task == "preempted"
-    handed = publish.events[-1]
-    assert handed.type is EventType.PREEMPTED and handed.step == 3
-    assert handed.checkpoint_key in store.objects
+    preempted = publish.events[-1]
+    assert preempted.type is EventType.PREEMPTED and preempted.step == 3
+    assert preempted.checkpoint_key in store.objects
 
     task = asyncio.create_task(run.run(drained))
     while run.current is None:

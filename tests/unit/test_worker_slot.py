@@ -24,9 +24,9 @@ from services.common.errors import BrokerUnavailable
 from services.common.kafka import Producer
 from services.common.runtime import serve_metrics
 from services.worker.engine import SimulatedGenerator
-from services.worker.main import Worker
 from services.worker.runner import Backoff, JobRunner
 from services.worker.settings import WorkerSettings
+from services.worker.slot import Slot
 
 TP = TopicPartition(JOBS_DISPATCH, 0)
 
@@ -108,7 +108,7 @@ class Events:
         return None
 
 
-def make_worker(tmp_path: Path, producer: FakeProducer, events: Events) -> Worker:
+def make_worker(tmp_path: Path, producer: FakeProducer, events: Events) -> Slot:
     settings = WorkerSettings(slot=0, model="tiny-mochi", heartbeat_seconds=0.05, finish_timeout_seconds=5)
     runner = JobRunner(
         slot=0,
@@ -119,7 +119,7 @@ def make_worker(tmp_path: Path, producer: FakeProducer, events: Events) -> Worke
         progress_interval=0,
         backoff=Backoff(first=0.01, cap=0.05),
     )
-    return Worker(settings, cast(Producer, producer), runner)
+    return Slot(settings, cast(Producer, producer), runner)
 
 
 class MemoryStore:
@@ -145,7 +145,7 @@ def job_record() -> tuple[JobDispatched, bytes]:
     return job, encode_event(job).value
 
 
-async def operate(worker: Worker, dispatch: FakeDispatch, stop: asyncio.Event) -> asyncio.Task[None]:
+async def operate(worker: Slot, dispatch: FakeDispatch, stop: asyncio.Event) -> asyncio.Task[None]:
     consumer = cast(AIOKafkaConsumer, dispatch)
     return asyncio.create_task(worker.operate(consumer, TP, cast(AIOKafkaConsumer, FakeControl()), stop))
 

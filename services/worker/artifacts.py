@@ -1,0 +1,187 @@
+"""What an attempt stores: its checkpoints while it denoises, then its video and poster.
+
+Object keys come from `services.common.storage` only. Checkpoints are stored while denoising goes on
+(at most one in flight, so they land in order); the encoded video waits on the scratch dir while its
+upload is retried, so a storage outage costs a wait, not the GPU work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+from schemas.events import JobCheckpointed, JobDispatched, VideoResult
+from schemas.jobs import Phase
+from services.common.errors import ReelstreamError, RetryableError
+from services.common.runtime import retry
+from services.common.storage import (
+    attempt_prefix,
+    checkpoint_key,
+    checkpoint_prefix,
+    poster_key,
+    video_key,
+)
+from services.worker.attempt import Attempt, Backoff, Superseded
+from services.worker.engine.generator import GeneratedVideo, ResumeState
+from services.worker.engine.video import encode_mp4, poster_jpeg
+
+log = logging.getLogger("reelstream.worker")
+
+
+class ArtifactStore(Protocol):
+    async def put_file(self, key: str, path: str, content_type: str) -> None: ...
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+    async def get_bytes(self, key: str) -> bytes: ...
+    async def delete_prefix(self, prefix: str) -> int: ...
+
+
+class Artifacts:
+    """The slot's checkpoints and results in the object store."""
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        scratch_dir: Path,
+        *,
+        checkpoint_every: int,
+        checkpoint_min_seconds: float,
+        upload_retry_seconds: float,
+        backoff: Backoff,
+    ) -> None:
+        self.store = store
+        self.scratch_dir = scratch_dir
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_min_seconds = checkpoint_min_seconds
+        self.upload_retry_seconds = upload_retry_seconds
+        self.backoff = backoff
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    async def load_resume(self, d: JobDispatched) -> ResumeState | None:
+        """The checkpoint the dispatch resumes from; none (start over) when it cannot be read."""
+        if d.resume_checkpoint is None:
+            return None
+        try:
+            data = await retry("read checkpoint", lambda: self.store.get_bytes(str(d.resume_checkpoint)))
+            state = await asyncio.to_thread(ResumeState.from_bytes, data)
+        except (ReelstreamError, ValueError) as e:
+            log.warning("job=%s starts over: checkpoint %s unusable: %s", d.job_id, d.resume_checkpoint, e)
+            return None
+        log.info("job=%s attempt=%d resumes at step %d", d.job_id, d.attempt, state.step)
+        return state
+
+    def checkpoint_wanted(self, attempt: Attempt, step: int) -> bool:
+        """The one the attempt stops at (a preemption, a shutdown), at the first step it can; otherwise
+        every `checkpoint_every` steps, but not within `checkpoint_min_seconds` of the attempt's start
+        or its last checkpoint: re-running that little work after a crash costs less than storing,
+        announcing and deleting a checkpoint for every job."""
+        if attempt.drain.is_set() or (attempt.preempt_at is not None and step >= attempt.preempt_at):
+            return True
+        if step % self.checkpoint_every:
+            return False
+        return time.monotonic() - attempt.unsaved_since >= self.checkpoint_min_seconds
+
+    def start_checkpoint(self, attempt: Attempt, state: ResumeState, loop: asyncio.AbstractEventLoop) -> None:
+        """From the generation thread: store `state` while denoising goes on, once the previous
+        checkpoint has landed (they land in order)."""
+        attempt.unsaved_since, attempt.stored_checkpoints = time.monotonic(), True
+        self.settle(attempt)
+        attempt.saving = asyncio.run_coroutine_threadsafe(self._save_checkpoint(attempt, state), loop)
+
+    async def _save_checkpoint(self, attempt: Attempt, state: ResumeState) -> int:
+        d = attempt.dispatch
+        key = checkpoint_key(d.job_id, d.attempt, state.step)
+        data = await asyncio.to_thread(state.to_bytes)
+        await retry("save checkpoint", lambda: self.store.put_bytes(key, data, "application/octet-stream"))
+        await attempt.emit(
+            JobCheckpointed, step=state.step, total_steps=state.total_steps, checkpoint_key=key
+        )
+        return state.step
+
+    @staticmethod
+    def settle(attempt: Attempt) -> None:
+        """Wait (on a thread, never the loop) for the checkpoint in flight, if any."""
+        saving, attempt.saving = attempt.saving, None
+        if saving is None:
+            return
+        try:
+            attempt.last_checkpoint_step = saving.result(timeout=120)
+        except (RetryableError, TimeoutError) as e:
+            log.warning("a checkpoint of job=%s was not saved: %s", attempt.job_id, e)
+
+    async def settled(self, attempt: Attempt) -> None:
+        """From the event loop: wait for the checkpoint in flight, if any."""
+        if attempt.saving is not None:
+            await asyncio.to_thread(self.settle, attempt)
+
+    async def delete_checkpoints(self, attempt: Attempt) -> None:
+        """Delete every attempt's checkpoints; a first attempt that stored none has none to delete."""
+        if attempt.dispatch.attempt == 1 and not attempt.stored_checkpoints:
+            return
+        try:
+            await self.store.delete_prefix(checkpoint_prefix(attempt.job_id))
+        except RetryableError as e:
+            log.warning("checkpoints of job=%s not deleted: %s", attempt.job_id, e)
+
+    # ---- the result ------------------------------------------------------------------------------------
+    async def store_video(self, attempt: Attempt, video: GeneratedVideo) -> VideoResult:
+        """Encode the MP4 and the poster and upload both under the attempt's keys."""
+        d = attempt.dispatch
+        attempt.offer(Phase.ENCODING_VIDEO)
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        path = self.scratch_dir / f"{d.job_id}-attempt-{d.attempt}.mp4"
+        try:
+            await asyncio.to_thread(encode_mp4, video.frames, video.fps, path)
+            poster = await asyncio.to_thread(poster_jpeg, video.frames)
+            attempt.offer(Phase.UPLOADING)
+            vkey, pkey = video_key(d.job_id, d.attempt), poster_key(d.job_id, d.attempt)
+            if attempt.superseded.is_set():
+                raise Superseded("superseded before its upload")
+            deadline = asyncio.get_running_loop().time() + self.upload_retry_seconds
+            await self._upload(attempt, deadline, lambda: self.store.put_file(vkey, str(path), "video/mp4"))
+            await self._upload(attempt, deadline, lambda: self.store.put_bytes(pkey, poster, "image/jpeg"))
+            if attempt.superseded.is_set():  # told during the upload: take back what this attempt stored
+                await self.store.delete_prefix(attempt_prefix(d.job_id, d.attempt))
+                raise Superseded("superseded during its upload")
+            frames, height, width = video.frames.shape[0], video.frames.shape[1], video.frames.shape[2]
+            return VideoResult(
+                video_key=vkey,
+                poster_key=pkey,
+                size_bytes=path.stat().st_size,
+                width=width - width % 2,
+                height=height - height % 2,
+                fps=video.fps,
+                frames=frames,
+                duration_seconds=frames / video.fps,
+            )
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _upload(self, attempt: Attempt, deadline: float, put: Callable[[], Awaitable[None]]) -> None:
+        """Store one artifact, retried with backoff until `deadline` (loop time). The encoded video waits
+        on the scratch dir and the slot denoises its next job meanwhile. Past the deadline the storage
+        error stands (the job fails, retryable)."""
+        loop, delays = asyncio.get_running_loop(), self.backoff.delays()
+        while True:
+            try:
+                await put()
+                return
+            except RetryableError as e:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+                if attempt.superseded.is_set():
+                    raise Superseded("superseded while its upload was retried") from e
+                delay = min(next(delays), left)
+                log.warning(
+                    "job=%s: upload failed, retrying in %.1f s (%.0f s left): %s",
+                    attempt.job_id,
+                    delay,
+                    left,
+                    e,
+                )
+            attempt.offer(Phase.UPLOADING)  # the job is still uploading, not stuck
+            await asyncio.sleep(delay)

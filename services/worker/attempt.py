@@ -1,0 +1,290 @@
+"""One attempt of a job on this slot: its state, its events and the pump that sends its progress.
+
+Every event the worker emits for an attempt is built here (`Attempt.event`, `attempt_event`), so each
+carries the job, the attempt, the producer and the tenant of its dispatch. An attempt's events are
+numbered and handed to the producer one at a time, so the log holds them in `sequence` order although
+progress, checkpoints and the end are sent by different tasks. Progress is throttled and droppable; the
+last event of an attempt is retried until Kafka has it (or the worker stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from schemas.events import JobDispatched, JobEvent, JobProgress, JobStarted
+from schemas.jobs import Phase
+from services.common.errors import RetryableError
+from services.common.runtime import retry
+from services.worker.engine.generator import StepInfo
+
+log = logging.getLogger("reelstream.worker")
+
+Publish = Callable[[JobEvent], Awaitable[object]]
+E = TypeVar("E", bound=JobEvent)
+
+PHASE_WEIGHT = {  # share of the progress bar each phase ends at
+    Phase.LOADING: 0.0,
+    Phase.ENCODING_PROMPT: 0.02,
+    Phase.DENOISING: 0.05,
+    Phase.DECODING: 0.90,
+    Phase.ENCODING_VIDEO: 0.95,
+    Phase.UPLOADING: 0.98,
+}
+
+
+class Abandoned(Exception):
+    """The worker is shutting down: stop without a terminal event so the scheduler runs it elsewhere."""
+
+
+class Preempted(Exception):
+    """The scheduler preempted the attempt: it stops after a durable checkpoint; the job resumes there."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"preempted after the checkpoint at step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+class Superseded(Exception):
+    """The scheduler gave the job to a newer attempt (this slot was taken for dead): stop quietly."""
+
+
+class Undelivered(Exception):
+    """The worker stopped before Kafka took the attempt's last event: the scheduler must recover the job."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between tries of what must not be given up on a blip: doubling from `first` up to `cap`."""
+
+    first: float = 0.5
+    cap: float = 15.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first
+        while True:
+            yield delay
+            delay = min(delay * 2, self.cap)
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+def attempt_event(
+    dispatch: JobDispatched, kind: type[E], producer: str, sequence: int | None = None, **fields: object
+) -> E:
+    """An event of the attempt `dispatch` names, stamped with its job, attempt and tenant."""
+    return kind(
+        job_id=dispatch.job_id,
+        producer=producer,
+        attempt=dispatch.attempt,
+        tenant=dispatch.tenant,
+        sequence=sequence,
+        **fields,
+    )
+
+
+@dataclass
+class Attempt:
+    """The attempt a slot holds, from its dispatch to its last event.
+
+    `cancel`, `drain`, `superseded`, `preempt_at` and `saving` are read from the generation thread.
+    """
+
+    dispatch: JobDispatched
+    producer: str
+    publish: Publish
+    backoff: Backoff = field(default_factory=Backoff)
+    # Set at shutdown: a last event still failing then is given up (see `terminal`).
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    drain: threading.Event = field(default_factory=threading.Event)
+    superseded: threading.Event = field(default_factory=threading.Event)
+    # The commit of the attempt's dispatch record, which goes on while the attempt starts. Nothing of
+    # the attempt is published before it lands; if it fails the attempt stops and publishes nothing at
+    # all (`admitted` turns False), and the slot's next process reads the record again.
+    admission: asyncio.Future[None] | None = None
+    admitted: bool = True
+    # itertools.count is safe to share between the loop and the generation thread.
+    sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
+    seconds_per_step: float | None = None
+    last_checkpoint_step: int = -1
+    pump: ProgressPump | None = None
+    # The checkpoint being stored while denoising goes on; at most one is in flight.
+    saving: concurrent.futures.Future[int] | None = None
+    # Set by a preempt request (event loop), read by the generation thread: stop at this step.
+    preempt_at: int | None = None
+    preempt_reason: str = ""
+    # When the attempt started generating or took its last checkpoint (time.monotonic()).
+    unsaved_since: float = 0.0
+    stored_checkpoints: bool = False  # this attempt began storing at least one
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        return self.dispatch.job_id
+
+    def event(self, kind: type[E], **fields: object) -> E:
+        """The attempt's next event; the caller holds `sending`."""
+        return attempt_event(self.dispatch, kind, self.producer, next(self.sequence), **fields)
+
+    def progress(self, phase: Phase, value: float, step: StepInfo | None = None) -> JobProgress:
+        """A progress update, numbered only when it is sent (`send_progress`): most are dropped."""
+        return attempt_event(
+            self.dispatch,
+            JobProgress,
+            self.producer,
+            phase=phase,
+            progress=min(max(value, 0.0), 1.0),
+            step=step.step if step else None,
+            total_steps=step.total_steps if step else None,
+            seconds_per_step=self.seconds_per_step,
+        )
+
+    def phase_progress(self, phase: Phase) -> JobProgress:
+        return self.progress(phase, PHASE_WEIGHT.get(phase, 0.0))
+
+    async def admit(self) -> bool:
+        """Wait for the commit of the dispatch record; when it failed, stop the attempt silently."""
+        if self.admission is not None and self.admitted:
+            await asyncio.wait({self.admission})
+            failed = self.admission.cancelled() or self.admission.exception() is not None
+            if failed and self.admitted:
+                log.error("job=%s: dispatch record not committed; stopped silently", self.job_id)
+                self.admitted = False
+                self.superseded.set()
+        return self.admitted
+
+    async def send_started(self, slot: int) -> None:
+        """Send job.started once the dispatch record is committed; the caller acquired `sending`."""
+        try:
+            if not await self.admit():
+                return
+            event = self.event(JobStarted, slot=slot, worker_id=self.producer)
+            await retry(f"publish {event.type}", lambda: self.publish(event))
+        except RetryableError as e:
+            log.warning("job.started of job=%s not sent: %s", self.job_id, e)
+        finally:
+            self.sending.release()
+
+    async def emit(self, kind: type[JobEvent], **fields: object) -> None:
+        async with self.sending:
+            if not self.admitted:
+                return
+            event = self.event(kind, **fields)
+            await retry(f"publish {event.type}", lambda: self.publish(event))
+
+    async def send_progress(self, event: JobProgress) -> object:
+        async with self.sending:
+            if not self.admitted:
+                return None
+            return await self.publish(event.model_copy(update={"sequence": next(self.sequence)}))
+
+    def start_pump(self, interval: float) -> ProgressPump:
+        self.pump = ProgressPump(self.send_progress, interval)
+        return self.pump
+
+    def offer(self, phase: Phase) -> None:
+        """Progress from the event loop (encoding and storing the video)."""
+        if self.pump is not None:
+            self.pump.offer(self.phase_progress(phase))
+
+    async def terminal(self, kind: type[JobEvent], **fields: object) -> None:
+        """The last event of the attempt (terminal, or `job.preempted`) is retried until Kafka has it:
+        losing it would leave the job open forever. Meanwhile the job stays held (current, or
+        finishing), so heartbeats keep reporting it. Only a shutdown ends the retries (`Undelivered`:
+        the process exits non-zero), or the job passing to a newer attempt (`Superseded`)."""
+        if self.pump is not None:
+            await self.pump.close()
+        async with self.sending:
+            if not self.admitted:
+                return
+            event = self.event(kind, **fields)
+            delays = self.backoff.delays()
+            while True:
+                try:
+                    await self.publish(event)
+                    return
+                except RetryableError as e:
+                    if self.stopping.is_set():
+                        raise Undelivered(f"{event.type} not published before shutdown: {e}") from e
+                    if self.superseded.is_set():
+                        raise Superseded("given to a newer attempt") from e
+                    delay = next(delays)
+                    log.warning(
+                        "job=%s: %s not published, retrying in %.1f s: %s", self.job_id, event.type, delay, e
+                    )
+                # A shutdown cuts the wait short: one more try, then the attempt is given up.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.stopping.wait()
+
+
+class ProgressPump:
+    """Publishes the newest progress at most every `interval` seconds; older unsent updates are dropped.
+
+    The generation thread offers an update at every step. It wakes the event loop only when the pump
+    is waiting for one: a wake-up per step, for updates the pump mostly drops, would cost the slot's
+    host a thread switch per step while the loop stores the previous job's video.
+    """
+
+    def __init__(self, publish: Callable[[JobProgress], Awaitable[object]], interval: float) -> None:
+        self._publish = publish
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        # The newest unsent update. A deque's append and popleft are atomic, so the generation thread
+        # replaces it while the loop takes it without a lock and without losing the newer one.
+        self._latest: collections.deque[JobProgress] = collections.deque(maxlen=1)
+        self._wake = asyncio.Event()
+        self._waiting = False
+        self._task = asyncio.create_task(self._pump(), name="progress-pump")
+
+    def offer(self, event: JobProgress) -> None:
+        """Called on the event loop."""
+        self._latest.append(event)
+        self._wake.set()
+
+    def offer_threadsafe(self, event: JobProgress) -> None:
+        """Called from another thread."""
+        self._latest.append(event)
+        if self._waiting:  # read after the append: a pump that starts waiting now sees the update
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _send_latest(self) -> None:
+        try:
+            event = self._latest.popleft()
+        except IndexError:
+            return
+        try:
+            await self._publish(event)
+        except RetryableError as e:
+            log.warning("dropped a progress update: %s", e)
+
+    async def _pump(self) -> None:
+        while True:
+            if not self._latest:
+                self._wake.clear()
+                self._waiting = True
+                try:
+                    if not self._latest:  # checked again after announcing the wait
+                        await self._wake.wait()
+                finally:
+                    self._waiting = False
+            await self._send_latest()
+            await asyncio.sleep(self._interval)
+
+    async def close(self) -> None:
+        """Stop the pump and send what is still pending, so progress never follows the terminal event."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._send_latest()
