@@ -1,0 +1,1 @@
+"""The webhook notifier: Standard Webhooks for job events, from a Postgres outbox."""

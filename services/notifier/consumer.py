@@ -1,0 +1,200 @@
+"""The notifier's Kafka side: every partition of `jobs.requested` and `jobs.events` by manual assignment,
+positions kept in `consumer_offsets` (consumer `reelstream-notifier`) and written in the same transaction
+as the deliveries they queue, so a crash anywhere redoes a batch without losing or doubling a delivery.
+
+Delivery settings: `make_consumer` (auto-commit off, read_committed, explicit timeouts) with no group; the
+offsets in Postgres are the only ones. The two topics are read independently, so a job's events may come
+before its `job.requested` (catching up after downtime): they are parked until it comes.
+
+A record that is not a valid event is skipped with a warning: the projector reads the same topics and puts
+it on the DLQ already, once. A `job.requested` that missed its submit deadline is not a job (the projector
+dead-letters it) and is skipped too; events of its job stay parked until a retried submit of the same
+job comes, or until they are purged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Gauge
+
+from schemas.envelope import MalformedMessage, decode_event
+from schemas.events import EventType, JobEvent
+from services.common.errors import BrokerUnavailable, RetryableError
+from services.common.kafka import make_consumer, missed_deadline
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import Incoming, Store
+
+log = logging.getLogger(__name__)
+
+RECORDS = Counter(
+    "reelstream_notifier_records_total", "Records the notifier consumed, by what became of them.", ["result"]
+)
+QUEUED = Counter("reelstream_notifier_deliveries_queued_total", "Deliveries the consumer queued.")
+LAG = Gauge("reelstream_notifier_lag_records", "Records between the consumer's position and the known end.")
+
+
+def decode(msg: ConsumerRecord[Any, Any], settings: NotifierSettings) -> JobEvent | str:
+    """The event in `msg`, or why it is skipped."""
+    try:
+        event = decode_event(msg.value)
+    except MalformedMessage as e:
+        return str(e)
+    is_request = event.type is EventType.REQUESTED
+    if (msg.topic == settings.requested_topic) != is_request:
+        return f"{event.type.value} does not belong on {msg.topic}"
+    return missed_deadline(event, msg) or event
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, waking early when `stop` is set."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+async def discover(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of those `topics` that exist (describing all topics never auto-creates one)."""
+    wanted = set(topics)
+    try:
+        described = await admin.describe_topics()
+    except KafkaError as e:
+        raise BrokerUnavailable(f"cannot read topic metadata: {e}") from e
+    return sorted(
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["topic"] in wanted and t["error_code"] == 0
+        for p in t["partitions"]
+    )
+
+
+@asynccontextmanager
+async def open_clients(
+    settings: NotifierSettings,
+) -> AsyncIterator[tuple[AIOKafkaConsumer, AIOKafkaAdminClient]]:
+    """A started consumer and admin client, stopped on exit."""
+    client_id = f"{settings.consumer_name}-{settings.service_name}"
+    async with AsyncExitStack() as stack:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=f"{client_id}-admin",
+            request_timeout_ms=settings.kafka_request_timeout_ms,
+        )
+        consumer = make_consumer(settings, group_id=None, client_id=client_id)
+        try:
+            stack.push_async_callback(admin.close)
+            await admin.start()
+            stack.push_async_callback(consumer.stop)
+            await consumer.start()
+        except KafkaError as e:
+            raise BrokerUnavailable(f"cannot connect to Kafka at {settings.kafka_bootstrap}: {e}") from e
+        yield consumer, admin
+
+
+class Subscriptions:
+    """The consumer loop: poll, apply the batch with its offsets, wake the sender when it queued work."""
+
+    def __init__(
+        self,
+        settings: NotifierSettings,
+        store: Store,
+        consumer: AIOKafkaConsumer,
+        admin: AIOKafkaAdminClient,
+        queued: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._consumer = consumer
+        self._admin = admin
+        self._queued = queued
+        self.assigned: list[TopicPartition] = []
+        self.positions: dict[TopicPartition, int] = {}
+        self.ready = asyncio.Event()
+
+    async def assign(self) -> None:
+        """Assign every partition of both topics, at the stored offsets (or the beginning)."""
+        found = await discover(self._admin, (self.settings.requested_topic, self.settings.events_topic))
+        if found == self.assigned:
+            return
+        self._consumer.assign(found)
+        self.assigned = found
+        stored = await self.store.load_offsets(self.settings.consumer_name)
+        fresh = []
+        for tp in found:
+            if (tp.topic, tp.partition) in stored:
+                self._consumer.seek(tp, stored[(tp.topic, tp.partition)])
+            else:
+                fresh.append(tp)
+        if fresh:
+            await self._consumer.seek_to_beginning(*fresh)
+        log.info("assigned partitions=%s", ",".join(f"{tp.topic}:{tp.partition}" for tp in found))
+        self.ready.set()
+
+    async def poll_once(self) -> int:
+        """One fetch and its transaction; returns the records consumed."""
+        try:
+            batch = await self._consumer.getmany(
+                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.batch_max_records
+            )
+        except KafkaError as e:
+            raise BrokerUnavailable(f"fetch failed: {e}") from e
+        records = [msg for messages in batch.values() for msg in messages]
+        if not records:
+            return 0
+        for tp, messages in batch.items():
+            if messages:
+                self.positions[tp] = messages[-1].offset + 1
+        incoming = []
+        for msg in records:
+            decoded = decode(msg, self.settings)
+            if isinstance(decoded, str):
+                RECORDS.labels(result="skipped").inc()
+                log.warning("skipping record topic=%s offset=%s reason=%s", msg.topic, msg.offset, decoded)
+                decoded_event = None
+            else:
+                RECORDS.labels(result="read").inc()
+                decoded_event = decoded
+            incoming.append(Incoming(msg.topic, msg.partition, msg.offset, decoded_event))
+        queued = await self.store.apply_batch(self.settings.consumer_name, incoming, datetime.now(UTC))
+        if queued:
+            QUEUED.inc(queued)
+            self._queued.set()
+        self._observe_lag()
+        return len(records)
+
+    def _observe_lag(self) -> None:
+        ends = [(self._consumer.highwater(tp), self.positions.get(tp)) for tp in self.assigned]
+        LAG.set(sum(max(end - at, 0) for end, at in ends if end is not None and at is not None))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop`: poll and apply, picking up new partitions now and then; pauses on trouble."""
+        backoff = 0.2
+        next_refresh = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= next_refresh:
+                    await self.assign()
+                    next_refresh = time.monotonic() + self.settings.assignment_refresh_seconds
+                if not self.assigned:
+                    await wait_or_stop(stop, self.settings.poll_timeout_ms / 1000)
+                    continue
+                await self.poll_once()
+                backoff = 0.2
+            except RetryableError as e:
+                log.warning("notifier consumer paused error=%s retry_in=%.1fs", e, backoff)
+                await wait_or_stop(stop, backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_seconds)
+                # The consumer moved past the failed batch; go back to the offsets in Postgres.
+                next_refresh = 0.0
+                self.assigned = []

@@ -1,0 +1,98 @@
+"""Settings of the notifier service (webhooks)."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from schemas.topics import DLQ, JOBS_EVENTS, JOBS_REQUESTED
+from services.common.settings import CommonSettings, Environment
+
+
+class NotifierSettings(CommonSettings):
+    """The topics are settings so that tests can feed the notifier topics of their own."""
+
+    service_name: str = "notifier"
+    consumer_name: str = Field(
+        default="reelstream-notifier",
+        description="Key of the notifier's rows in consumer_offsets (no Kafka consumer group is used).",
+    )
+    requested_topic: str = JOBS_REQUESTED
+    events_topic: str = JOBS_EVENTS
+    dlq_topic: str = DLQ
+
+    batch_max_records: int = Field(
+        default=2000, ge=1, le=100_000, description="Most records per transaction."
+    )
+    poll_timeout_ms: int = Field(default=500, ge=10, le=60_000)
+    assignment_refresh_seconds: float = Field(
+        default=30.0, gt=0, description="How often partitions added to the topics are picked up."
+    )
+    retry_max_seconds: float = Field(
+        default=10.0, gt=0, description="Longest pause after Kafka or Postgres was unavailable."
+    )
+
+    retry_initial_seconds: float = Field(
+        default=30.0, gt=0, description="Backoff after the first failed attempt (full jitter: 0 to this)."
+    )
+    retry_cap_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest backoff between two attempts of one delivery."
+    )
+    give_up_after_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A delivery still failing this long after it was queued is dead (and dead-lettered).",
+    )
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    request_timeout_seconds: float = Field(
+        default=15.0, gt=0, le=300, description="Whole attempt: resolve, connect, send, read the answer."
+    )
+    max_response_bytes: int = Field(
+        default=64 * 1024, ge=0, le=16 * 1024 * 1024, description="Most bytes of an answer that are read."
+    )
+    max_in_flight: int = Field(default=64, ge=1, le=10_000, description="Attempts under way at once.")
+    claim_batch: int = Field(default=100, ge=1, le=10_000, description="Most deliveries claimed per query.")
+    sender_poll_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often the sender looks for due deliveries when not woken."
+    )
+    lease_margin_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A claim lapses this long after the attempt's timeout, so a crashed sender's claim is redone."
+        ),
+    )
+    stats_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often the pending/oldest/dead gauges are refreshed."
+    )
+    parked_keep_seconds: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description=(
+            "An event of a job whose job.requested was not read this long after the event is purged:"
+            " the request missed its submit deadline, or fell out of the topic's retention."
+        ),
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="How long SIGTERM lets attempts under way finish."
+    )
+
+    allow_http: bool = Field(
+        default=False, description="Allow http:// webhook URLs (local development and tests only)."
+    )
+    allow_private_targets: bool = Field(
+        default=False,
+        description=(
+            "Allow webhook hosts that resolve to loopback, private, link-local, CGNAT, ULA or other"
+            " non-public addresses (local development and tests only)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _safe_in_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION and (self.allow_http or self.allow_private_targets):
+            raise ValueError("allow_http and allow_private_targets are for development only")
+        if self.retry_cap_seconds < self.retry_initial_seconds:
+            raise ValueError("retry_cap_seconds must not be below retry_initial_seconds")
+        return self

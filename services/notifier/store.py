@@ -1,0 +1,508 @@
+"""The notifier's SQL: the consumer's batch transaction (subscriptions, parked events, deliveries and Kafka
+offsets together) and the sender's short transactions (claim, record an attempt, dead letters, gauges).
+
+No transaction is open while a webhook is being called: a claim commits a lease, the attempt runs, and its
+result is recorded in a transaction of its own, only if the lease still holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import asyncpg
+from sqlalchemy import BigInteger, CursorResult, bindparam, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from schemas.events import JobEvent, JobRequested
+from services.common.errors import DatabaseUnavailable
+from services.common.readmodel import Base, ConsumerOffset
+from services.common.tenants import webhook_secrets
+from services.common.webhooks import (
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookJob,
+    WebhookParked,
+)
+from services.notifier.subscriptions import Fence, admit, deliverable, wanted
+
+OFFSETS = Base.metadata.tables[ConsumerOffset.__tablename__]
+JOBS = Base.metadata.tables[WebhookJob.__tablename__]
+PARKED = Base.metadata.tables[WebhookParked.__tablename__]
+DELIVERIES = Base.metadata.tables[WebhookDelivery.__tablename__]
+ATTEMPTS = Base.metadata.tables[WebhookAttempt.__tablename__]
+
+_LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
+_UPSERT_OFFSETS = insert(OFFSETS).on_conflict_do_update(
+    index_elements=["consumer", "topic", "partition"],
+    set_={"next_offset": insert(OFFSETS).excluded.next_offset},
+)
+_JOB_STATE = ("requested", "tenant", "url", "events", "attempt", "terminal", "updated_at")
+_UPSERT_JOBS = insert(JOBS)
+_UPSERT_JOBS = _UPSERT_JOBS.on_conflict_do_update(
+    index_elements=["job_id"], set_={name: _UPSERT_JOBS.excluded[name] for name in _JOB_STATE}
+)
+_INSERT_DELIVERIES = insert(DELIVERIES).on_conflict_do_nothing(index_elements=["id"])
+_INSERT_PARKED = insert(PARKED).on_conflict_do_nothing(index_elements=["event_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One consumed record in partition order; `event` is None for a record that is skipped (malformed,
+    or a job.requested that missed its submit deadline)."""
+
+    topic: str
+    partition: int
+    offset: int
+    event: JobEvent | None
+
+
+@dataclass(slots=True)
+class _JobState:
+    requested: bool = False
+    tenant: str | None = None
+    url: str | None = None
+    events: list[str] = field(default_factory=list)
+    fence: Fence = field(default_factory=Fence)
+    changed: bool = False
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one batch writes."""
+
+    jobs: dict[uuid.UUID, _JobState]
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    parked: list[dict[str, Any]] = field(default_factory=list)
+    released: set[uuid.UUID] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery a sender holds under `lease` for one attempt (number `number`)."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    tenant: str
+    url: str
+    event_type: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+    number: int
+    failures: int
+    retry_since: datetime
+    lease: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """How one attempt went: `next_at` None with outcome failed/refused means the delivery is dead."""
+
+    outcome: str  # succeeded | failed | refused
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    pending: int
+    oldest_pending_seconds: float
+    dead: int
+
+
+def _lock_key(consumer: str) -> int:
+    digest = hashlib.sha256(f"notifier\x00{consumer}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _source(incoming: Incoming) -> dict[str, Any]:
+    return {
+        "source_topic": incoming.topic,
+        "source_partition": incoming.partition,
+        "source_offset": incoming.offset,
+    }
+
+
+class Store:
+    """The notifier's tables in the default schema (or `schema`, for tests)."""
+
+    def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
+        self._engine = engine.execution_options(schema_translate_map={None: schema}) if schema else engine
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except (
+            OperationalError,
+            InterfaceError,
+            asyncpg.PostgresConnectionError,
+            OSError,
+            TimeoutError,
+        ) as e:
+            raise DatabaseUnavailable(f"notifier transaction failed: {e}") from e
+
+    async def load_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
+        async with self._transaction() as conn:
+            result = await conn.execute(
+                select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+                    OFFSETS.c.consumer == consumer
+                )
+            )
+            return {(t, p): o for t, p, o in result.all()}
+
+    # The consumer's side.
+
+    async def apply_batch(self, consumer: str, batch: Sequence[Incoming], now: datetime) -> int:
+        """Apply one consumed batch and advance `consumer`'s offsets past it, in one transaction; returns
+        the number of deliveries it queued. Records below the stored offsets were applied already."""
+        async with self._transaction() as conn:
+            await conn.execute(_LOCK, {"key": _lock_key(consumer)})
+            done = await self._offsets(conn, consumer)
+            fresh = [r for r in batch if r.offset >= done.get((r.topic, r.partition), 0)]
+            plan = await self._plan(conn, fresh, now)
+            await self._write(conn, plan, now)
+            await self._advance(conn, consumer, fresh)
+        return len(plan.deliveries)
+
+    async def _offsets(self, conn: AsyncConnection, consumer: str) -> dict[tuple[str, int], int]:
+        result = await conn.execute(
+            select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+                OFFSETS.c.consumer == consumer
+            )
+        )
+        return {(t, p): o for t, p, o in result.all()}
+
+    async def _plan(self, conn: AsyncConnection, fresh: Sequence[Incoming], now: datetime) -> _Plan:
+        ids = list({r.event.job_id for r in fresh if r.event is not None})
+        plan = _Plan(jobs=await self._load_jobs(conn, ids))
+        for incoming in fresh:
+            if incoming.event is not None:
+                self._fold(plan, incoming, incoming.event, now)
+        if plan.released:
+            await self._release(conn, plan, now)
+        return plan
+
+    async def _load_jobs(self, conn: AsyncConnection, ids: list[uuid.UUID]) -> dict[uuid.UUID, _JobState]:
+        jobs: dict[uuid.UUID, _JobState] = {job_id: _JobState() for job_id in ids}
+        if not ids:
+            return jobs
+        rows = await conn.execute(select(JOBS).where(JOBS.c.job_id.in_(ids)))
+        for row in rows.mappings():
+            jobs[row["job_id"]] = _JobState(
+                requested=row["requested"],
+                tenant=row["tenant"],
+                url=row["url"],
+                events=list(row["events"]),
+                fence=Fence(row["attempt"], row["terminal"]),
+            )
+        return jobs
+
+    def _fold(self, plan: _Plan, incoming: Incoming, event: JobEvent, now: datetime) -> None:
+        state = plan.jobs[event.job_id]
+        if isinstance(event, JobRequested):
+            if not state.requested:  # the first request wins, as in the read model
+                url = event.request.webhook_url
+                state.requested, state.tenant, state.url = True, event.tenant, url
+                state.events = [e.value for e in event.request.webhook_events] if url else []
+                state.changed = True
+                plan.released.add(event.job_id)
+            return
+        applied, fence = admit(state.fence, event)
+        if fence != state.fence:
+            state.fence, state.changed = fence, True
+        if not applied or not deliverable(event):
+            return
+        row = {
+            "event_id": event.event_id,
+            "job_id": event.job_id,
+            "event_type": event.type.value,
+            "payload": event.model_dump(mode="json"),
+            **_source(incoming),
+            "parked_at": now,
+        }
+        if not state.requested:
+            state.changed = True  # the row must exist for its fence to carry over
+            plan.parked.append(row)
+        elif state.url and wanted(row["event_type"], state.events):
+            plan.deliveries.append(_delivery(row, state, now))
+
+    async def _release(self, conn: AsyncConnection, plan: _Plan, now: datetime) -> None:
+        """Turn the parked events of jobs whose request this batch read into deliveries (or nothing)."""
+        released = sorted(plan.released)
+        stored = await conn.execute(
+            select(PARKED)
+            .where(PARKED.c.job_id.in_(released))
+            .order_by(PARKED.c.source_topic, PARKED.c.source_partition, PARKED.c.source_offset)
+        )
+        rows = [dict(row) for row in stored.mappings()]
+        rows += [row for row in plan.parked if row["job_id"] in plan.released]
+        plan.parked = [row for row in plan.parked if row["job_id"] not in plan.released]
+        for row in rows:
+            state = plan.jobs[row["job_id"]]
+            if state.url and wanted(row["event_type"], state.events):
+                plan.deliveries.append(_delivery(row, state, now))
+        await conn.execute(delete(PARKED).where(PARKED.c.job_id.in_(released)))
+
+    async def _write(self, conn: AsyncConnection, plan: _Plan, now: datetime) -> None:
+        jobs = [
+            {
+                "job_id": job_id,
+                "requested": s.requested,
+                "tenant": s.tenant,
+                "url": s.url,
+                "events": s.events,
+                "attempt": s.fence.attempt,
+                "terminal": s.fence.terminal,
+                "updated_at": now,
+            }
+            for job_id, s in plan.jobs.items()
+            if s.changed
+        ]
+        if jobs:
+            await conn.execute(_UPSERT_JOBS, jobs)
+        if plan.parked:
+            await conn.execute(_INSERT_PARKED, plan.parked)
+        if plan.deliveries:
+            await conn.execute(_INSERT_DELIVERIES, plan.deliveries)
+
+    async def _advance(self, conn: AsyncConnection, consumer: str, fresh: Iterable[Incoming]) -> None:
+        nexts: dict[tuple[str, int], int] = {}
+        for r in fresh:
+            nexts[(r.topic, r.partition)] = max(nexts.get((r.topic, r.partition), 0), r.offset + 1)
+        if nexts:
+            rows = [
+                {"consumer": consumer, "topic": t, "partition": p, "next_offset": o}
+                for (t, p), o in nexts.items()
+            ]
+            await conn.execute(_UPSERT_OFFSETS, rows)
+
+    async def purge_parked(self, before: datetime, limit: int = 10_000) -> int:
+        """Drop parked events older than `before` (their job never came); at most `limit` per call."""
+        async with self._transaction() as conn:
+            doomed = select(PARKED.c.event_id).where(PARKED.c.parked_at < before).limit(limit)
+            result = await conn.execute(delete(PARKED).where(PARKED.c.event_id.in_(doomed.scalar_subquery())))
+        return int(result.rowcount or 0)
+
+    # The sender's side.
+
+    async def claim(self, limit: int, now: datetime, hold: timedelta) -> list[Claimed]:
+        """Take up to `limit` due deliveries for one attempt each: skip those another sender holds, move
+        each one's due time `hold` ahead (its claim lapses then) and give it a fresh lease."""
+        lease = uuid.uuid4()
+        due = (
+            select(DELIVERIES.c.id)
+            .where(DELIVERIES.c.status == DeliveryStatus.PENDING.value, DELIVERIES.c.next_attempt_at <= now)
+            .order_by(DELIVERIES.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("due")
+        )
+        stmt = (
+            update(DELIVERIES)
+            .where(DELIVERIES.c.id == due.c.id)
+            .values(next_attempt_at=now + hold, lease=lease, attempts=DELIVERIES.c.attempts + 1)
+            .returning(DELIVERIES)
+        )
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [
+            Claimed(
+                id=row["id"],
+                job_id=row["job_id"],
+                tenant=row["tenant"],
+                url=row["url"],
+                event_type=row["event_type"],
+                occurred_at=row["occurred_at"],
+                payload=row["payload"],
+                number=row["attempts"],
+                failures=row["failures"],
+                retry_since=row["retry_since"],
+                lease=row["lease"],
+            )
+            for row in rows
+        ]
+
+    async def secrets(self, tenants: Iterable[str]) -> dict[str, list[str]]:
+        """Each tenant's signing secrets, newest first (`services/common/tenants.py`)."""
+        found: dict[str, list[str]] = {}
+        try:
+            async with AsyncSession(self._engine) as session:
+                for tenant in sorted(set(tenants)):
+                    found[tenant] = await webhook_secrets(session, tenant)
+        except (
+            OperationalError,
+            InterfaceError,
+            asyncpg.PostgresConnectionError,
+            OSError,
+            TimeoutError,
+        ) as e:
+            raise DatabaseUnavailable(f"cannot read webhook secrets: {e}") from e
+        return found
+
+    async def record(
+        self, claimed: Claimed, result: AttemptResult, next_at: datetime | None, now: datetime
+    ) -> bool:
+        """Log the attempt and move the delivery on: delivered, due again at `next_at`, or dead (a failure
+        with no `next_at`). False when the lease had lapsed (another sender, or a redelivery, took over):
+        the attempt is logged, the delivery left as it is."""
+        values: dict[str, Any] = {"lease": None, "last_attempt_at": result.started_at}
+        if result.outcome == "succeeded":
+            values |= {"status": DeliveryStatus.SUCCEEDED.value, "delivered_at": now}
+        elif next_at is not None:
+            values |= {"next_attempt_at": next_at, "failures": DELIVERIES.c.failures + 1}
+        else:
+            reason = result.error or "gave up"
+            values |= {
+                "status": DeliveryStatus.DEAD.value,
+                "dead_at": now,
+                "dead_reason": reason,
+                "failures": DELIVERIES.c.failures + 1,
+            }
+        attempt = {
+            "delivery_id": claimed.id,
+            "number": claimed.number,
+            "started_at": result.started_at,
+            "duration_ms": result.duration_ms,
+            "outcome": result.outcome,
+            "status_code": result.status_code,
+            "error": result.error,
+        }
+        async with self._transaction() as conn:
+            await conn.execute(ATTEMPTS.insert(), attempt)
+            moved = await conn.execute(
+                update(DELIVERIES)
+                .where(DELIVERIES.c.id == claimed.id, DELIVERIES.c.lease == claimed.lease)
+                .values(**values)
+            )
+        return bool(moved.rowcount)
+
+    @asynccontextmanager
+    async def undead_lettered(
+        self, limit: int
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], AsyncConnection]]:
+        """Dead deliveries whose dead letter is not on the DLQ yet, locked for the caller's transaction."""
+        async with self._transaction() as conn:
+            rows = await conn.execute(
+                select(DELIVERIES)
+                .where(
+                    DELIVERIES.c.status == DeliveryStatus.DEAD.value, DELIVERIES.c.dead_lettered_at.is_(None)
+                )
+                .order_by(DELIVERIES.c.dead_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            yield [dict(row) for row in rows.mappings()], conn
+
+    @staticmethod
+    async def mark_dead_lettered(conn: AsyncConnection, delivery_id: uuid.UUID, now: datetime) -> None:
+        await conn.execute(
+            update(DELIVERIES).where(DELIVERIES.c.id == delivery_id).values(dead_lettered_at=now)
+        )
+
+    async def stats(self, now: datetime) -> Stats:
+        async with self._transaction() as conn:
+            pending, oldest = (
+                await conn.execute(
+                    select(func.count(), func.min(DELIVERIES.c.retry_since)).where(
+                        DELIVERIES.c.status == DeliveryStatus.PENDING.value
+                    )
+                )
+            ).one()
+            dead = await conn.scalar(
+                select(func.count()).where(DELIVERIES.c.status == DeliveryStatus.DEAD.value)
+            )
+        age = (now - oldest).total_seconds() if oldest is not None else 0.0
+        return Stats(pending=int(pending), oldest_pending_seconds=max(age, 0.0), dead=int(dead or 0))
+
+
+def _delivery(row: dict[str, Any], state: _JobState, now: datetime) -> dict[str, Any]:
+    assert state.url is not None
+    assert state.tenant is not None
+    return {
+        "id": row["event_id"],
+        "job_id": row["job_id"],
+        "tenant": state.tenant,
+        "url": state.url,
+        "event_type": row["event_type"],
+        "occurred_at": _occurred_at(row["payload"]),
+        "payload": row["payload"],
+        "source_topic": row["source_topic"],
+        "source_partition": row["source_partition"],
+        "source_offset": row["source_offset"],
+        "status": DeliveryStatus.PENDING.value,
+        "attempts": 0,
+        "failures": 0,
+        "created_at": now,
+        "retry_since": now,
+        "next_attempt_at": now,
+    }
+
+
+def _occurred_at(payload: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(payload["occurred_at"]).replace("Z", "+00:00"))
+
+
+# Reads and the redelivery behind the api's delivery routes.
+
+
+async def job_deliveries(session: AsyncSession, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The job's deliveries, newest first, each with its attempts (newest first)."""
+    rows = (
+        await session.execute(
+            select(DELIVERIES)
+            .where(DELIVERIES.c.job_id == job_id)
+            .order_by(DELIVERIES.c.created_at.desc(), DELIVERIES.c.occurred_at.desc(), DELIVERIES.c.id)
+        )
+    ).mappings()
+    deliveries = [dict(row) for row in rows]
+    if not deliveries:
+        return []
+    attempts = (
+        await session.execute(
+            select(ATTEMPTS)
+            .where(ATTEMPTS.c.delivery_id.in_([d["id"] for d in deliveries]))
+            .order_by(ATTEMPTS.c.number.desc(), ATTEMPTS.c.id.desc())
+        )
+    ).mappings()
+    by_delivery: dict[uuid.UUID, list[dict[str, Any]]] = {d["id"]: [] for d in deliveries}
+    for attempt in attempts:
+        by_delivery[attempt["delivery_id"]].append(dict(attempt))
+    for delivery in deliveries:
+        delivery["attempt_log"] = by_delivery[delivery["id"]]
+    return deliveries
+
+
+async def redeliver(session: AsyncSession, job_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool:
+    """Queue a delivery of the job again, due now, with a fresh retry window; False when there is none.
+
+    Delivered, dead or still retrying alike: the receiver gets the same `webhook-id` again. A lease held by
+    a sender lapses, so that sender's result no longer moves the delivery.
+    """
+    result = await session.execute(
+        update(DELIVERIES)
+        .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.job_id == job_id)
+        .values(
+            status=DeliveryStatus.PENDING.value,
+            next_attempt_at=now,
+            retry_since=now,
+            failures=0,
+            lease=None,
+            delivered_at=None,
+            dead_at=None,
+            dead_reason=None,
+            dead_lettered_at=None,
+        )
+    )
+    return bool(cast("CursorResult[Any]", result).rowcount)

@@ -1,0 +1,61 @@
+"""Which events a job's webhook gets, as pure functions: the per-request filter and the fence of stale
+attempts (the read model's own rules, `services/projector/fold.is_applied`, so the notifier and the api
+never disagree on whether an event counts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Final
+
+from schemas.events import TERMINAL_TYPES, EventType, JobEvent
+from schemas.jobs import WebhookEvent
+from services.projector.fold import History, asserted_attempt, is_applied
+
+# The `jobs.events` types a webhook can be called for, and the name a request uses for each.
+WEBHOOK_TYPES: Final[dict[EventType, WebhookEvent]] = {
+    EventType.STARTED: WebhookEvent.STARTED,
+    EventType.PROGRESS: WebhookEvent.PROGRESS,
+    EventType.SUCCEEDED: WebhookEvent.SUCCEEDED,
+    EventType.FAILED: WebhookEvent.FAILED,
+    EventType.CANCELLED: WebhookEvent.CANCELLED,
+}
+
+
+def wanted(event_type: str, events: Iterable[str]) -> bool:
+    """Whether a webhook subscribed to `events` (request names: `succeeded`, ...) gets `event_type`."""
+    try:
+        name = WEBHOOK_TYPES.get(EventType(event_type))
+    except ValueError:
+        return False
+    return name is not None and name.value in set(events)
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a job's events so far say about the next one: the newest attempt and whether it ended."""
+
+    attempt: int = 0
+    terminal: bool = False
+
+
+def admit(fence: Fence, event: JobEvent) -> tuple[bool, Fence]:
+    """Whether `event` (of `jobs.events`, in partition order) counts, and the fence after it.
+
+    An event of an attempt older than the newest dispatched or retried one, or any event after a counted
+    terminal event, does not count: a stale attempt's success must not reach a client whose job ran again.
+    """
+    applied = is_applied(History(attempt=fence.attempt, terminal=fence.terminal), event)
+    if not applied:
+        return False, fence
+    moved_to = asserted_attempt(event)
+    return True, replace(
+        fence,
+        attempt=max(fence.attempt, moved_to) if moved_to is not None else fence.attempt,
+        terminal=fence.terminal or event.type in TERMINAL_TYPES,
+    )
+
+
+def deliverable(event: JobEvent) -> bool:
+    """Whether some webhook could want `event` at all (others only move the fence)."""
+    return event.type in WEBHOOK_TYPES
