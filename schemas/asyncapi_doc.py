@@ -65,7 +65,7 @@ def topic_messages() -> dict[str, tuple[str, ...]]:
         JOBS_REQUESTED: (_ET.REQUESTED.value,),
         JOBS_DISPATCH: (_ET.DISPATCHED.value,),
         JOBS_EVENTS: tuple(t.value for t in EVENT_CLASSES if t not in on_other_topics),
-        JOBS_CONTROL: (_ET.CANCEL_REQUESTED.value, _ET.PREEMPT_REQUESTED.value),
+        JOBS_CONTROL: (_ET.CANCEL_REQUESTED.value, _ET.PREEMPT_REQUESTED.value, _ET.RETRYING.value),
         WORKERS_HEARTBEAT: (HEARTBEAT,),
         DLQ: (DEAD_LETTER,),
     }
@@ -82,8 +82,8 @@ SUMMARIES: Final[dict[str, str]] = {
     _ET.CANCEL_REQUESTED: "A client asked to cancel the job.",
     _ET.CANCELLED: "Terminal: the job was cancelled.",
     _ET.RETRYING: "The attempt was lost (worker crash); the job goes back to the queue.",
-    _ET.PREEMPT_REQUESTED: "The scheduler asks a slot to hand the job back at its next checkpoint.",
-    _ET.PREEMPTED: "The slot handed the job back after a checkpoint; it waits again and resumes there.",
+    _ET.PREEMPT_REQUESTED: "The scheduler preempts the job: its slot stops it with a checkpoint at at_step.",
+    _ET.PREEMPTED: "The slot stopped the job after a durable checkpoint; it waits again and resumes there.",
     HEARTBEAT: "Slot liveness: state, loaded model, current job, seconds per step.",
 }
 
@@ -135,8 +135,9 @@ OPERATIONS: Final = (
         "scheduler",
         "send",
         JOBS_CONTROL,
-        "Asks a slot to hand a batch job back at a checkpoint, to balance the fleet.",
-        (_ET.PREEMPT_REQUESTED,),
+        "Preempt requests for batch jobs, to balance the fleet; a copy of each job.retrying, so that a"
+        " worker still running the given-up attempt stops it.",
+        (_ET.PREEMPT_REQUESTED, _ET.RETRYING),
     ),
     Operation(
         "scheduler",
@@ -155,7 +156,8 @@ OPERATIONS: Final = (
         "worker",
         "receive",
         JOBS_CONTROL,
-        "Every worker reads every cancel and preempt request and acts on its own job's.",
+        "Every worker reads every cancel request, preempt request and job.retrying, and acts on its own"
+        " jobs'.",
     ),
     Operation("worker", "send", JOBS_EVENTS, "The lifecycle of the job it runs, in order.", _WORKER_EVENTS),
     Operation("worker", "send", WORKERS_HEARTBEAT, "Every few seconds, keyed by slot id."),

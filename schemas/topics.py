@@ -55,7 +55,14 @@ def topic_specs(default_partitions: int = 6) -> tuple[TopicSpec, ...]:
             "The scheduler's assignment; partition p is read by GPU slot p only.",
         ),
         TopicSpec(JOBS_EVENTS, "job id", n, False, "Every lifecycle event of every job, in order per job."),
-        TopicSpec(JOBS_CONTROL, "job id", n, False, "Cancel requests; every worker reads all of them."),
+        TopicSpec(
+            JOBS_CONTROL,
+            "job id",
+            n,
+            False,
+            "Requests to whoever holds a job: cancel and preempt requests, and a copy of each job.retrying;"
+            " every worker reads all of them.",
+        ),
         TopicSpec(WORKERS_HEARTBEAT, "slot id", n, True, "Slot liveness, state, loaded model, s/step."),
         TopicSpec(DLQ, "original key", 1, False, "Poison messages with the reason; never silently dropped."),
     )
