@@ -32,8 +32,10 @@ def secret_key(secret: str) -> bytes | None:
     """The key bytes of a `whsec_<base64>` secret; None for a secret that is not one."""
     if not secret.startswith(SECRET_PREFIX):
         return None
+    encoded = secret.removeprefix(SECRET_PREFIX)
     try:
-        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+        # Padding is optional in the format (the reference libraries accept it either way).
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         return None
     return key or None

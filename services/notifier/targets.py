@@ -34,9 +34,9 @@ _KINDS: Final[tuple[tuple[str, Callable[[IPAddress], bool]], ...]] = (
     ("link-local", lambda ip: ip.is_link_local),
     ("multicast", lambda ip: ip.is_multicast),
     ("CGNAT", lambda ip: ip.version == 4 and ip in CGNAT),
+    ("reserved", lambda ip: ip.is_reserved),
     ("private", lambda ip: ip.is_private),
     ("site-local", lambda ip: isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
-    ("reserved", lambda ip: ip.is_reserved),
 )
 
 
