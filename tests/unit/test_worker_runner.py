@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from schemas.events import ErrorCode, EventType, JobDispatched, JobEvent, JobProgress
+from schemas.events import ErrorCode, EventType, JobCancelled, JobDispatched, JobEvent, JobProgress
 from schemas.jobs import JobRequest, Phase, resolve
 from services.common.errors import BrokerUnavailable, StorageUnavailable
 from services.common.storage import ObjectMissing, checkpoint_prefix, video_key
-from services.worker.attempt import Attempt
+from services.worker.attempt import Attempt, attempt_event
 from services.worker.engine import SimulatedGenerator
 from services.worker.runner import Backoff, JobRunner, ProgressPump
 
@@ -336,6 +336,12 @@ async def test_every_event_of_an_attempt_carries_the_tenant_of_its_dispatch(tmp_
     assert {EventType.STARTED, EventType.PROGRESS, EventType.CHECKPOINTED, EventType.SUCCEEDED} <= types
     assert EventType.PREEMPTED in types
     assert {e.tenant for e in publish.events} == {"acme"}
+
+
+def test_an_event_for_a_dispatch_the_slot_never_starts_carries_its_tenant() -> None:
+    job = dispatch().model_copy(update={"tenant": "acme"})
+    cancelled = attempt_event(job, JobCancelled, "worker-0")
+    assert (cancelled.job_id, cancelled.attempt, cancelled.tenant) == (job.job_id, job.attempt, "acme")
 
 
 async def succeed_with_minimum(
