@@ -43,6 +43,7 @@ lint-deploy: ## build every k8s overlay, validate it offline, scan manifests and
 
 fuzz-api: ## schemathesis against the running api, every check, many examples (`make services` first)
 	$(UV) run --no-sync python -m schemathesis.cli run http://127.0.0.1:8000/openapi.json --checks all \
+		--header "Authorization: Bearer $$(cat .run/api-key)" \
 		--max-examples $(or $(EXAMPLES),100) --no-color
 
 test-unit: ## the unit tests only: no stack, no services (seconds to a minute)

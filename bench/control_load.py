@@ -15,10 +15,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+
+from services.cli.config import auth_headers
 
 
 def pct(values: list[float], q: float) -> float:
@@ -27,6 +30,9 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -145,7 +151,11 @@ async def watch(base: str, job_id: str, into: Watch, within: float) -> None:
         async with asyncio.timeout(within):
             reader, writer = await asyncio.open_connection(url.hostname, url.port or 80)
             try:
-                request = f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n"
+                auth = auth_headers(ROOT)["Authorization"]
+                request = (
+                    f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                    f"Authorization: {auth}\r\n\r\n"
+                )
                 writer.write(request.encode())
                 status = await reader.readline()
                 if b" 200 " not in status:

@@ -40,6 +40,7 @@ import aiohttp
 import asyncpg
 
 from bench.control_load import Submits, Watch, pct, read_load, submit_load, watch
+from services.cli.config import auth_headers
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "http://127.0.0.1:8000"
@@ -406,7 +407,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     r: dict[str, Any] = {"args": vars(args)}
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+    headers = auth_headers(ROOT)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as http:
         if left := await wait_idle(300):
             print(f"warning: {left} jobs still open before the run", flush=True)
         print("1. per-job overhead at 10 jobs/s", flush=True)

@@ -54,6 +54,7 @@ from fleet_stats import (
 )
 
 from schemas.topics import JOBS_DISPATCH, JOBS_EVENTS, JOBS_REQUESTED
+from services.cli.config import auth_headers
 from services.common.kafka import make_producer
 from services.common.settings import CommonSettings
 
@@ -142,7 +143,7 @@ class Design:
         await self.producer.start()
         await self.collector.start()
         if with_api:
-            self.api = httpx.AsyncClient(base_url=API, timeout=10)
+            self.api = httpx.AsyncClient(base_url=API, timeout=10, headers=auth_headers(ROOT))
 
     async def close(self) -> None:
         await self.collector.stop()

@@ -22,7 +22,10 @@ from typing import Any
 
 import httpx
 
+from services.cli.config import auth_headers
+
 API = "http://127.0.0.1:8000"
+ROOT = Path(__file__).resolve().parents[1]
 BODY = {
     "prompt": "benchmark: a slow pan over a harbour",
     "model": "tiny-mochi",
@@ -120,7 +123,10 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     rows = []
-    async with httpx.AsyncClient(base_url=API, timeout=httpx.Timeout(30, read=300)) as client:
+    headers = auth_headers(ROOT)
+    async with httpx.AsyncClient(
+        base_url=API, timeout=httpx.Timeout(30, read=300), headers=headers
+    ) as client:
         await wait_idle(client)
         rows.append(summary("submit latency (POST -> 202)", await submit_latency(client, args.submits)))
         await wait_idle(client)

@@ -15,13 +15,16 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.soak_check import TERMINAL_TYPES, Answer, Submission, WatcherResult
+from services.cli.config import auth_headers
 
 API = "http://127.0.0.1:8000"
+ROOT = Path(__file__).resolve().parents[1]
 # Small, quick tiny-mochi jobs (2 or 4 steps): two CPU slots keep up with one every few seconds.
 SIZES = ((64, 64, 7), (96, 64, 7), (96, 64, 13), (64, 96, 13), (128, 64, 7))
 SUBMIT_TRIES = 8
@@ -76,7 +79,8 @@ class Api:
     """An httpx client that counts every answer and keeps each 5xx; `fault_now` names the fault under way."""
 
     def __init__(self, t0: float, fault_now: Callable[[], str | None]) -> None:
-        self.client = httpx.AsyncClient(base_url=API, timeout=httpx.Timeout(20, read=60))
+        headers = auth_headers(ROOT)
+        self.client = httpx.AsyncClient(base_url=API, timeout=httpx.Timeout(20, read=60), headers=headers)
         self.t0 = t0
         self.fault_now = fault_now
         self.answers: Counter[str] = Counter()

@@ -14,6 +14,8 @@ from pathlib import Path
 import av
 import httpx
 
+from services.cli.config import api_key
+
 
 def follow(client: httpx.Client, job_id: str) -> str:
     """Print each SSE event of the job until the stream ends; returns the terminal event type."""
@@ -42,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out"))
     parser.add_argument("--api", default="http://127.0.0.1:8000")
     args = parser.parse_args(argv)
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    key = api_key(Path(__file__).resolve().parents[1])
+    print(f"API key (local admin key of tenant 'default', from .run/api-key): {key}")
+    print(f"  try: curl -H 'Authorization: Bearer {key}' {args.api}/v1/jobs")
+    with httpx.Client(base_url=args.api, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
         started = time.monotonic()
         body = {"prompt": args.prompt, "model": args.model, "quality": "medium", "seed": 42}
         response = client.post("/v1/jobs", json=body)

@@ -32,6 +32,10 @@ migrate() {
     log "migrations: alembic upgrade head"
     (cd "$REPO_ROOT" && $(uv_cmd) run --no-sync alembic upgrade head) \
         || die "migrations: 'alembic upgrade head' failed (see above)"
+    # The local admin key of tenant `default`, kept in .run/api-key (made once; clients read it there).
+    (cd "$REPO_ROOT" && $(uv_cmd) run --no-sync reelstream keys local --file "$RUN_DIR/api-key" >/dev/null) \
+        || die "api key: 'reelstream keys local' failed (see above)"
+    log "api key: local admin key of tenant 'default' in .run/api-key"
 }
 
 # Checks every port before starting anything, so a conflict leaves nothing half started.

@@ -49,6 +49,8 @@ def ce_headers(payload: BaseModel, *, event_type: str, subject: str, producer: s
         "ce_dataschema": f"urn:reelstream:schema:{event_type}:v{version}",
         "content-type": CONTENT_TYPE,
     }
+    if data.get("tenant"):
+        pairs["ce_tenant"] = str(data["tenant"])
     return [(k, v.encode()) for k, v in pairs.items()]
 
 

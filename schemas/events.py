@@ -49,12 +49,32 @@ class _Event(BaseModel):
     producer: str
     attempt: int = Field(default=0, ge=0, description="0 before the first dispatch, then 1, 2, ...")
     sequence: int | None = Field(default=None, ge=0, description="Order within this producer and attempt.")
+    tenant: str | None = Field(
+        default=None,
+        description="The tenant the job belongs to (also the record's `ce_tenant` header), to filter on.",
+    )
+
+
+class TenantLimits(BaseModel):
+    """A tenant's limits as they stood when its job was accepted; the scheduler enforces them."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    max_running_jobs: int | None = Field(
+        default=None, ge=1, description="Slots the tenant's jobs may hold at once; None: no limit."
+    )
+    gpu_seconds_per_day: float | None = Field(
+        default=None,
+        gt=0,
+        description="GPU seconds the tenant's jobs may start within a UTC day; None: no limit.",
+    )
 
 
 class JobRequested(_Event):
     type: Literal[EventType.REQUESTED] = EventType.REQUESTED
     request: ResolvedRequest
     tenant: str = "default"
+    limits: TenantLimits = Field(default_factory=TenantLimits)
     idempotency_key: str | None = None
     request_hash: str = Field(description="sha256 of the canonical client body, for Idempotency-Key checks.")
     accept_by: AwareDatetime | None = Field(

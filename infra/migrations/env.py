@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from services.common.db import make_engine
 from services.common.readmodel import Base
 from services.common.settings import CommonSettings
+from services.common.tenants import Tenant  # noqa: F401  (its tables, and the keys', are in Base.metadata)
 
 config = context.config
 if config.config_file_name is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -20,6 +20,9 @@ from services.api.streams import StreamLimit
 from services.common.errors import DatabaseUnavailable
 from services.common.storage import Storage
 
+if TYPE_CHECKING:
+    from services.api.auth import Keys, RateLimits
+
 
 @dataclass
 class AppState:
@@ -32,6 +35,8 @@ class AppState:
     streams: StreamLimit
     feeds: JobFeeds
     queue_view: QueueViewFollower
+    keys: Keys
+    rates: RateLimits
     queue: QueueDepth = field(default_factory=QueueDepth)
     lag: ProjectionLag = field(default_factory=lambda: ProjectionLag(PROJECTOR))
 

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +30,7 @@ class ApiError(PermanentError):
     status = 400
     title = "Bad request"
     retry_after: int | None = None  # seconds, sent as Retry-After
+    headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -101,12 +102,15 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 _WHY: Final = {
     400: "A header or query value this api did not issue (cursor, Last-Event-ID)",
+    401: "No API key, or one that is unknown or revoked (`Authorization: Bearer <key>`)",
+    403: "The key may not do this (admin routes)",
     404: "No such job",
     409: "The job is not in a state that allows this",
     413: "The request body is too large",
     416: "The Range cannot be served",
     422: "Invalid request: each field named, with the allowed values",
-    429: "Too many jobs wait: retry after Retry-After seconds",
+    429: "A limit was reached (the queue, the tenant's quota, or the key's request rate): `limit` names it;"
+    " retry after Retry-After seconds",
     503: "A dependency is unavailable, or too many streams are open: retry after Retry-After seconds",
 }
 
@@ -115,7 +119,8 @@ def problems(*statuses: int, why: Mapping[int, str] | None = None) -> dict[int |
     """OpenAPI `responses` for the problem+json answers a route gives (422 and 503 always)."""
     described = {**_WHY, **(why or {})}
     content = {PROBLEM: {"schema": PROBLEM_SCHEMA}}
-    return {s: {"description": described[s], "content": content} for s in sorted({*statuses, 422, 503})}
+    always = {401, 422, 429, 503}
+    return {s: {"description": described[s], "content": content} for s in sorted({*statuses, *always})}
 
 
 def problem(
@@ -171,7 +176,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        headers = {**exc.headers}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
         return problem(exc.status, exc.title, exc.detail, headers, **exc.extra)
 
     @app.exception_handler(JobNotCreated)

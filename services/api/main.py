@@ -17,12 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.topics import SCHEDULER_QUEUE
 from services.api import errors, metrics
 from services.api.admission import ProjectionLag
+from services.api.auth import KeyCache, Keys, RateLimits
 from services.api.deps import AppState
 from services.api.feeds import JobFeeds, database_rows, queue_places
 from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
 from services.api.queue_view import QueueViewFollower
-from services.api.routes import events, health, jobs
+from services.api.routes import admin, events, health, jobs
 from services.api.settings import ApiSettings, get_settings
 from services.api.streams import StreamLimit
 from services.common.db import make_engine, make_sessions
@@ -38,6 +39,7 @@ def app_state(
     notifier: JobNotifier,
     *,
     streams: StreamLimit | None = None,
+    keys: Keys | None = None,
 ) -> AppState:
     """What every request handler shares, around the clients the lifespan (or a test) made."""
     sessions = make_sessions(engine)
@@ -53,6 +55,8 @@ def app_state(
         streams or StreamLimit(settings.max_streams),
         feeds,
         queue,
+        keys or KeyCache(settings, sessions),
+        RateLimits(settings.rate_burst_seconds),
         lag=ProjectionLag(settings.projector_consumer),
     )
 
@@ -129,6 +133,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     app.mount("/metrics", make_asgi_app())
 
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)

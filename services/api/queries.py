@@ -38,8 +38,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     return when, after
 
 
-async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
-    return await session.get(Job, job_id, populate_existing=True)
+async def get_job(session: AsyncSession, job_id: uuid.UUID, tenant: str) -> Job | None:
+    """The job if it is the tenant's."""
+    job = await session.get(Job, job_id, populate_existing=True)
+    return job if job is not None and job.tenant == tenant else None
 
 
 async def find_by_idempotency_key(session: AsyncSession, tenant: str, key: str) -> Job | None:
@@ -48,10 +50,10 @@ async def find_by_idempotency_key(session: AsyncSession, tenant: str, key: str) 
 
 
 async def list_jobs(
-    session: AsyncSession, status: str | None, limit: int, cursor: str | None
+    session: AsyncSession, tenant: str, status: str | None, limit: int, cursor: str | None
 ) -> tuple[Sequence[Job], str | None]:
-    """Newest first, keyset-paginated on (created_at, id)."""
-    stmt = select(Job)
+    """The tenant's jobs, newest first, keyset-paginated on (created_at, id)."""
+    stmt = select(Job).where(Job.tenant == tenant)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if cursor is not None:

@@ -62,6 +62,29 @@ class ApiSettings(CommonSettings):
         ge=1,
         description="Jobs waiting for a slot (all tenants) past which a submit is a 429 with Retry-After.",
     )
+    tenant_max_queued_jobs: int = Field(
+        default=10_000, ge=1, description="Jobs one tenant may have waiting, unless its own limit is set."
+    )
+    tenant_max_running_jobs: int | None = Field(
+        default=None, ge=1, description="Slots one tenant's jobs may hold at once by default (None: all)."
+    )
+    tenant_gpu_seconds_per_day: float | None = Field(
+        default=None, gt=0, description="GPU seconds one tenant's jobs may start per UTC day by default."
+    )
+    submits_per_second: float = Field(
+        default=20.0, gt=0, description="Submits per second per key by default (a tenant may have its own)."
+    )
+    reads_per_second: float = Field(
+        default=200.0, gt=0, description="Other requests per second per key by default (reads, cancels, SSE)."
+    )
+    rate_burst_seconds: float = Field(
+        default=5.0, gt=0, description="A key may burst this many seconds' worth of its rate at once."
+    )
+    key_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long an api process trusts what it read of a key: a revoked key works this long.",
+    )
     projector_consumer: str = Field(
         default=PROJECTOR, description="The projector's key in consumer_offsets, to measure its lag."
     )

@@ -9,7 +9,19 @@ import uuid
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -22,6 +34,7 @@ class Base(DeclarativeBase):
             "ix": "ix_%(table_name)s_%(column_0_N_name)s",
             "uq": "uq_%(table_name)s_%(column_0_N_name)s",
             "pk": "pk_%(table_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
         }
     )
 
@@ -57,8 +70,8 @@ class Job(Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
-        Index("ix_jobs_created", text("created_at DESC"), text("id DESC")),
-        Index("ix_jobs_status_created", "status", text("created_at DESC"), text("id DESC")),
+        Index("ix_jobs_tenant_created", "tenant", text("created_at DESC"), text("id DESC")),
+        Index("ix_jobs_tenant_status_created", "tenant", "status", text("created_at DESC"), text("id DESC")),
         Index(
             "uq_jobs_tenant_idempotency_key",
             "tenant",
@@ -106,3 +119,9 @@ class ConsumerOffset(Base):
     topic: Mapped[str] = mapped_column(String(255), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     next_offset: Mapped[int] = mapped_column(BigInteger)
+
+
+# The tables a replay rebuilds from Kafka (others on the same metadata, such as tenants, are not projections).
+READ_MODEL_TABLES: Final[tuple[Table, ...]] = tuple(
+    Base.metadata.tables[model.__tablename__] for model in (Job, JobEventRow, ConsumerOffset)
+)

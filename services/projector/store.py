@@ -29,7 +29,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.envelope import upcast
 from schemas.events import JOB_EVENT_ADAPTER, JobEvent, JobRequested
 from services.common.errors import DatabaseUnavailable
-from services.common.readmodel import NOTIFY_CHANNEL, Base, ConsumerOffset, Job, JobEventRow
+from services.common.readmodel import (
+    NOTIFY_CHANNEL,
+    READ_MODEL_TABLES,
+    Base,
+    ConsumerOffset,
+    Job,
+    JobEventRow,
+)
 from services.projector.errors import refusal
 from services.projector.fold import JobView, StoredEvent, plan
 
@@ -206,7 +213,7 @@ class Store:
         async with self._transaction() as conn:
             await conn.execute(text(f"DROP SCHEMA IF EXISTS {_quoted(self.schema)} CASCADE"))
             await conn.execute(text(f"CREATE SCHEMA {_quoted(self.schema)}"))
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(Base.metadata.create_all, tables=list(READ_MODEL_TABLES))
 
     async def load_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         """Next offset to read per (topic, partition) for `consumer`."""

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from services.cli.config import auth_headers
+
 API = "http://127.0.0.1:8000"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +54,8 @@ def _services() -> Iterator[str]:
 
 @pytest.fixture
 async def client(services: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=services, timeout=httpx.Timeout(30, read=120)) as c:
+    timeout = httpx.Timeout(30, read=120)
+    async with httpx.AsyncClient(base_url=services, timeout=timeout, headers=auth_headers(ROOT)) as c:
         yield c
 
 

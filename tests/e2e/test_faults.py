@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 
+from services.cli.config import auth_headers
 from tests.e2e.conftest import read_sse, submit, wait_terminal
 
 WATCHERS = 60  # four times the api's database pool (5 + 10 overflow)
@@ -27,7 +29,8 @@ async def test_a_nul_in_a_prompt_is_refused_and_the_read_model_goes_on(client: h
 
 async def test_many_watchers_starve_no_read_and_every_one_sees_the_end(services: str) -> None:
     limits = httpx.Limits(max_connections=WATCHERS + 20)
-    async with httpx.AsyncClient(base_url=services, timeout=httpx.Timeout(30, read=180), limits=limits) as c:
+    timeout, headers = httpx.Timeout(30, read=180), auth_headers(Path(__file__).resolve().parents[2])
+    async with httpx.AsyncClient(base_url=services, timeout=timeout, limits=limits, headers=headers) as c:
         job = await submit(c, quality="medium")
         watchers = [asyncio.create_task(read_sse(c, job["id"])) for _ in range(WATCHERS)]
         await asyncio.sleep(1.0)  # the streams are open and following

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from services.cli.config import api_key
 from tests.e2e.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -21,7 +22,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 def test_the_api_honours_its_openapi_document_under_generated_requests(services: str) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", f"{services}/openapi.json", "--checks", "all",
-         "--max-examples", "15", "--generation-deterministic", "--no-color"],
+         "--max-examples", "15", "--generation-deterministic", "--no-color",
+         "--header", f"Authorization: Bearer {api_key(ROOT)}"],
         cwd=ROOT, capture_output=True, text=True, timeout=540, check=False,
     )  # fmt: skip
     report = run.stdout + run.stderr

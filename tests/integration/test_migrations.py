@@ -21,11 +21,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.common.readmodel import Base
 from services.common.settings import CommonSettings
+from services.common.tenants import Tenant  # noqa: F401  (its tables, and the keys', are in Base.metadata)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "job_events", "consumer_offsets"}
+TABLES = {"jobs", "job_events", "consumer_offsets", "tenants", "api_keys"}
 
 
 def _dsn(url: str) -> str:

@@ -26,7 +26,7 @@ from services.api.settings import ApiSettings
 from services.api.streams import StreamLimit
 from services.common.db import make_engine
 from services.common.storage import Storage
-from tests.unit.test_api_submit import FakePublisher
+from tests.unit.test_api_submit import KEY, FakePublisher, static_keys
 
 NOWHERE = SecretStr("postgresql+asyncpg://reelstream:reelstream@127.0.0.1:9/reelstream")
 BODY = {"prompt": "a lighthouse in fog", "model": "tiny-mochi"}
@@ -45,8 +45,12 @@ def app_with(
         cast(Storage, None),
         JobNotifier(settings.database_url.get_secret_value()),
         streams=streams,
+        keys=static_keys(),
     )
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {KEY}"}
+    )
 
 
 def cursor_of(value: object) -> str:

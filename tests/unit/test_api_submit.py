@@ -14,8 +14,9 @@ from typing import cast
 import httpx
 import pytest
 
-from schemas.events import JobRequested, utcnow
+from schemas.events import JobRequested, TenantLimits, utcnow
 from schemas.jobs import JobRequest, resolve
+from services.api.auth import StaticKeys
 from services.api.errors import JobNotCreated
 from services.api.main import app_state, create_app
 from services.api.notify import JobNotifier
@@ -25,6 +26,7 @@ from services.api.submit import accept_by, publish_request
 from services.common.db import make_engine
 from services.common.errors import BrokerUnavailable
 from services.common.storage import Storage
+from services.common.tenants import Caller
 
 SETTINGS = ApiSettings(submit_deadline_seconds=15.0, clock_skew_seconds=2.0)
 MS = timedelta(milliseconds=1)
@@ -88,6 +90,23 @@ async def test_an_ack_without_a_broker_time_is_taken_as_its_consumers_take_it() 
     assert ack.appended_at is None
 
 
+KEY = "rs_test-key"
+CALLER = Caller(
+    key_id=uuid.uuid4(),
+    tenant="acme",
+    admin=False,
+    limits=TenantLimits(),
+    max_queued_jobs=100,
+    submits_per_second=1000.0,
+    reads_per_second=1000.0,
+)
+
+
+def static_keys(**callers: Caller) -> StaticKeys:
+    """The test key (tenant acme), and any more given as key=Caller."""
+    return StaticKeys({KEY: CALLER, **callers})
+
+
 def app_with(publisher: FakePublisher) -> httpx.AsyncClient:
     """The real app with a fake publisher; the lifespan (Kafka, Postgres, S3 clients) does not run."""
     app = create_app(SETTINGS)
@@ -98,8 +117,12 @@ def app_with(publisher: FakePublisher) -> httpx.AsyncClient:
         cast(JobPublisher, publisher),
         cast(Storage, None),
         JobNotifier(SETTINGS.database_url.get_secret_value()),
+        keys=static_keys(),
     )
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {KEY}"}
+    )
 
 
 @pytest.mark.parametrize("publisher", [FakePublisher(appended=MS * 250), FakePublisher(fail=True)])

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from services.api import metrics
+from services.api.auth import CallerDep
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import ApiError, problems
 from services.api.feeds import woken
@@ -79,6 +80,8 @@ async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncI
 )
 async def events(
     job_id: uuid.UUID,
+    *,
+    caller: CallerDep,
     state: StateDep,
     session: SessionDep,
     last_event_id: Annotated[str | None, Header(max_length=16)] = None,
@@ -92,7 +95,7 @@ async def events(
     start = after if after is not None else -1
     if last_event_id is not None:
         start = _last_event_id(last_event_id)
-    await load_job(state, session, job_id)
+    await load_job(state, session, job_id, caller.tenant)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(
         event_stream(state, job_id, start), media_type="text/event-stream", headers=headers

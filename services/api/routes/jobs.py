@@ -17,6 +17,7 @@ from schemas.events import JobCancelRequested, JobRequested, utcnow
 from schemas.jobs import JobRequest, JobStatus, resolve
 from services.api import metrics
 from services.api.admission import QueueFull
+from services.api.auth import CallerDep, SubmitterDep
 from services.api.content import stream_object
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound, problems
@@ -29,7 +30,6 @@ from services.common.readmodel import Job
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-TENANT = "default"
 
 
 def request_hash(req: JobRequest) -> str:
@@ -39,12 +39,12 @@ def request_hash(req: JobRequest) -> str:
 
 
 async def wait_projected(
-    state: AppState, session: SessionDep, job_id: uuid.UUID, changed: asyncio.Event
+    state: AppState, session: SessionDep, job_id: uuid.UUID, tenant: str, changed: asyncio.Event
 ) -> Job | None:
     """Read-your-writes: wait (bounded) until the projector has written the job's row."""
     deadline = time.monotonic() + state.settings.projection_wait_seconds
     while True:
-        job = await get_job(session, job_id)
+        job = await get_job(session, job_id, tenant)
         remaining = deadline - time.monotonic()
         if job is not None or remaining <= 0:
             return job
@@ -80,6 +80,8 @@ def _view(state: AppState, job: Job) -> JobOut:
 )
 async def submit(
     body: JobRequest,
+    *,
+    caller: SubmitterDep,
     state: StateDep,
     session: SessionDep,
     response: Response,
@@ -91,8 +93,8 @@ async def submit(
     resolved = resolve(body)
     digest = request_hash(body)
     if idempotency_key is not None:
-        job_id = keyed_job_id(TENANT, idempotency_key)
-        existing = await find_by_idempotency_key(session, TENANT, idempotency_key)
+        job_id = keyed_job_id(caller.tenant, idempotency_key)
+        existing = await find_by_idempotency_key(session, caller.tenant, idempotency_key)
         if existing is not None:
             return await _replayed(state, session, existing, digest, response)
     else:
@@ -104,7 +106,8 @@ async def submit(
         producer="api",
         occurred_at=now,
         request=resolved,
-        tenant=TENANT,
+        tenant=caller.tenant,
+        limits=caller.limits,
         idempotency_key=idempotency_key,
         request_hash=digest,
         accept_by=accept_by(state.settings, now),
@@ -120,7 +123,7 @@ async def submit(
         # Kafka has the job: from here on the answer is a 202 whatever the read model does. A keyed job
         # waits for its row, which tells whether a concurrent twin with another body got there first.
         try:
-            job = await wait_projected(state, session, job_id, changed)
+            job = await wait_projected(state, session, job_id, caller.tenant, changed)
             view = _view(state, job) if job is not None else None
         except DB_ERRORS as e:
             log.warning("job=%s accepted; its projection could not be read: %s", job_id, e.__class__.__name__)
@@ -190,24 +193,25 @@ def _unprojected_view(state: AppState, event: JobRequested) -> JobOut:
     )
 
 
-async def load_job(state: AppState, session: SessionDep, job_id: uuid.UUID) -> Job:
-    """The job, waiting (bounded) when the id is recent enough to be still on its way to the read model."""
-    job = await get_job(session, job_id)
+async def load_job(state: AppState, session: SessionDep, job_id: uuid.UUID, tenant: str) -> Job:
+    """The tenant's job, waiting (bounded) when the id is recent enough to be still on its way to the read
+    model. Another tenant's job is as unknown as a job that never was: 404, not 403."""
+    job = await get_job(session, job_id, tenant)
     if job is not None:
         return job
     created = created_at_of(job_id)
     recent = timedelta(seconds=state.settings.recent_job_seconds)
     if created is not None and datetime.now(UTC) - created < recent:
         with state.notifier.watch(job_id) as changed:
-            job = await wait_projected(state, session, job_id, changed)
+            job = await wait_projected(state, session, job_id, tenant, changed)
     if job is None:
         raise JobNotFound(f"no job with id {job_id}")
     return job
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(404))
-async def read(job_id: uuid.UUID, state: StateDep, session: SessionDep) -> JobOut:
-    return _view(state, await load_job(state, session, job_id))
+async def read(job_id: uuid.UUID, caller: CallerDep, state: StateDep, session: SessionDep) -> JobOut:
+    return _view(state, await load_job(state, session, job_id, caller.tenant))
 
 
 async def _own_submits_projected(state: AppState, session: SessionDep) -> None:
@@ -224,27 +228,34 @@ async def _own_submits_projected(state: AppState, session: SessionDep) -> None:
 
 @router.get("", response_model=JobList, responses=problems(400))
 async def index(
+    *,
+    caller: CallerDep,
     state: StateDep,
     session: SessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobList:
-    """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page. The jobs this api
-    process accepted before the request are in it (it waits, bounded, for their projection)."""
+    """The caller's tenant's jobs, newest first; pass `next_cursor` back as `cursor` for the next page.
+    The jobs this api process accepted before the request are in it (it waits, bounded, for their
+    projection)."""
     await _own_submits_projected(state, session)
-    rows, next_cursor = await list_jobs(session, status.value if status else None, limit, cursor)
+    rows, next_cursor = await list_jobs(
+        session, caller.tenant, status.value if status else None, limit, cursor
+    )
     data = [_view(state, job) for job in rows]
     return JobList(data=data, next_cursor=next_cursor)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=problems(404, 409))
-async def cancel(job_id: uuid.UUID, state: StateDep, session: SessionDep) -> JobOut:
+async def cancel(job_id: uuid.UUID, *, caller: CallerDep, state: StateDep, session: SessionDep) -> JobOut:
     """Ask for a cancel: a queued job never starts, a running one stops within one denoising step."""
-    job = await load_job(state, session, job_id)
+    job = await load_job(state, session, job_id, caller.tenant)
     if JobStatus(job.status).is_terminal():
         raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be cancelled")
-    await state.publisher.control(JobCancelRequested(job_id=job_id, producer="api", attempt=job.attempt))
+    await state.publisher.control(
+        JobCancelRequested(job_id=job_id, producer="api", attempt=job.attempt, tenant=job.tenant)
+    )
     return _view(state, job)
 
 
@@ -267,10 +278,10 @@ def _succeeded(job: Job) -> dict[str, object]:
     },
 )
 async def result(
-    job_id: uuid.UUID, state: StateDep, session: SessionDep, redirect: bool = True
+    job_id: uuid.UUID, *, caller: CallerDep, state: StateDep, session: SessionDep, redirect: bool = True
 ) -> RedirectResponse | JSONResponse:
     """A presigned S3 URL of the MP4: a 302 to it, or `{url, expires_at}` with `?redirect=false`."""
-    job = await load_job(state, session, job_id)
+    job = await load_job(state, session, job_id, caller.tenant)
     key = str(_succeeded(job)["video_key"])
     ttl = state.settings.presign_expiry_seconds
     url = await state.storage.presign_get(key, ttl, filename=f"{job_id}.mp4")
@@ -291,10 +302,10 @@ async def result(
     },
 )
 async def content(
-    job_id: uuid.UUID, request: Request, state: StateDep, session: SessionDep
+    job_id: uuid.UUID, request: Request, *, caller: CallerDep, state: StateDep, session: SessionDep
 ) -> StreamingResponse:
     """The MP4 streamed through the api, with HTTP Range support."""
     state.streams.check("the download")
-    job = await load_job(state, session, job_id)
+    job = await load_job(state, session, job_id, caller.tenant)
     key = str(_succeeded(job)["video_key"])
     return await stream_object(state.storage, key, request.headers.get("range"), state.streams)
