@@ -274,9 +274,10 @@ class Sender:
 
     async def _housekeeping(self) -> None:
         """Dead letters as soon as a delivery died; gauges and the purge every `stats_interval_seconds`."""
-        if self._dead_waiting:
+        periodic = time.monotonic() >= self._next_housekeeping
+        if self._dead_waiting or periodic:  # periodic too: deaths recorded by another replica
             await self.dead_letter_all()
-        if time.monotonic() < self._next_housekeeping:
+        if not periodic:
             return
         self._next_housekeeping = time.monotonic() + self.settings.stats_interval_seconds
         now = self._clock()
@@ -291,17 +292,22 @@ class Sender:
     async def dead_letter_all(self, batch: int = 100) -> int:
         """Put every dead delivery not yet dead-lettered on the DLQ, each marked in the same transaction
         after the broker acknowledged it (a crash in between only repeats a dead letter)."""
+        # Cleared before the query: a delivery that dies while it runs sets it again.
+        self._dead_waiting = False
         total = 0
-        while True:
-            async with self.store.undead_lettered(batch) as (rows, conn):
-                for row in rows:
-                    await send(await self._dlq_producer(), self.settings.dlq_topic, self._letter(row))
-                    await self.store.mark_dead_lettered(conn, row["id"], self._clock())
-                    DEAD_LETTERED.inc()
-            total += len(rows)
-            if len(rows) < batch:
-                self._dead_waiting = False
-                return total
+        try:
+            while True:
+                async with self.store.undead_lettered(batch) as (rows, conn):
+                    for row in rows:
+                        await send(await self._dlq_producer(), self.settings.dlq_topic, self._letter(row))
+                        await self.store.mark_dead_lettered(conn, row["id"], self._clock())
+                        DEAD_LETTERED.inc()
+                total += len(rows)
+                if len(rows) < batch:
+                    return total
+        except BaseException:
+            self._dead_waiting = True
+            raise
 
     async def _dlq_producer(self) -> Producer:
         if self._producer is None:

@@ -142,7 +142,7 @@ class PinnedResolver(AbstractResolver):
             try:
                 self._policy.check_address(ip)
             except TargetRefused as e:
-                raise TargetRefused(f"{host} resolves to {e}") from None
+                raise TargetRefused(f"{host} resolves to a refused address: {e}") from None
         return resolved
 
     async def close(self) -> None:
