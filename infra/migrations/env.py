@@ -12,6 +12,7 @@ from services.common.db import make_engine
 from services.common.readmodel import Base
 from services.common.settings import CommonSettings
 from services.common.tenants import Tenant  # noqa: F401  (its tables, and the keys', are in Base.metadata)
+from services.common.webhooks import WebhookDelivery  # noqa: F401  (the notifier's tables)
 
 config = context.config
 if config.config_file_name is not None:

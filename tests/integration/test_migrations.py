@@ -22,11 +22,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from services.common.readmodel import Base
 from services.common.settings import CommonSettings
 from services.common.tenants import Tenant  # noqa: F401  (its tables, and the keys', are in Base.metadata)
+from services.common.webhooks import WebhookDelivery  # noqa: F401  (the notifier's tables)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "job_events", "consumer_offsets", "tenants", "api_keys"}
+TABLES = {
+    "jobs", "job_events", "consumer_offsets", "tenants", "api_keys",
+    "webhook_jobs", "webhook_parked", "webhook_deliveries", "webhook_attempts",
+}  # fmt: skip
 
 
 def _dsn(url: str) -> str:
