@@ -8,6 +8,7 @@ receiver checks every signature with the reference implementation (`standardwebh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -20,9 +21,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
+import httpx
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -49,11 +51,19 @@ from schemas.events import (
 )
 from schemas.jobs import Phase, WebhookEvent
 from schemas.samples import resolved_request
+from services.api.main import app_state, create_app
+from services.api.notify import JobNotifier
+from services.api.publisher import JobPublisher
+from services.api.routes import deliveries
+from services.api.settings import ApiSettings
+from services.common.db import make_engine
 from services.common.settings import CommonSettings
-from services.common.tenants import ensure_tenant, webhook_secrets
+from services.common.storage import Storage
+from services.common.tenants import Caller, ensure_tenant, webhook_secrets
 from services.notifier.main import run_live
 from services.notifier.settings import NotifierSettings
 from services.notifier.targets import static_results
+from tests.unit.test_api_submit import CALLER, KEY, static_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -523,3 +533,107 @@ def _env_of(settings: NotifierSettings) -> dict[str, str]:
         raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
         env[f"REELSTREAM_{name.upper()}"] = json.dumps(raw) if isinstance(raw, (list, dict)) else str(raw)
     return env
+
+
+async def _insert_job(db: str, job: uuid.UUID, tenant: str) -> None:
+    """The job's read-model row, as the projector would write it (the api finds jobs there)."""
+    conn = await asyncpg.connect(_dsn(db))
+    try:
+        await conn.execute(
+            "INSERT INTO jobs (id, tenant, status, phase, progress, priority, model, request, request_hash,"
+            " attempt, created_at, queued_at, updated_at, last_seq) VALUES ($1, $2, 'succeeded', 'succeeded',"
+            " 1, 'batch', 'tiny-mochi', '{}', 'h', 1, now(), now(), now(), 2)",
+            job,
+            tenant,
+        )
+    finally:
+        await conn.close()
+
+
+def api_client(db: str, key: str, extra_keys: Mapping[str, Caller]) -> httpx.AsyncClient:
+    """The api in process on the scratch database, with the delivery routes, keys given up front."""
+    settings = ApiSettings(database_url=db)
+    app = create_app(settings)
+    app.include_router(deliveries.router)
+    app.state.reelstream = app_state(
+        settings,
+        make_engine(settings),
+        cast(JobPublisher, None),
+        cast(Storage, None),
+        JobNotifier(settings.database_url.get_secret_value()),
+        keys=static_keys(**extra_keys),
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", headers=headers)
+
+
+async def test_the_delivery_log_and_a_redelivery_of_a_dead_delivery_over_the_api(
+    notifier_db: str,
+    topics: tuple[str, str, str],
+    producer: AIOKafkaProducer,
+    serve: Callable[[Receiver], Awaitable[Receiver]],
+) -> None:
+    requested_topic, events_topic, dlq = topics
+    tenant = CALLER.tenant
+    (secret, *_) = await _tenant_secrets(notifier_db, tenant)
+    receiver = await serve(Receiver(secret, failures=1000))
+    job = uuid.uuid4()
+    end = succeeded(job)
+    await _insert_job(notifier_db, job, tenant)
+    await publish(producer, requested_topic, requested(job, tenant, receiver.url))
+    await publish(producer, events_topic, end)
+    settings = notifier_settings(
+        notifier_db, requested_topic, events_topic, dlq, give_up_after_seconds=0.6, retry_cap_seconds=0.2
+    )
+    async with running(settings):
+
+        async def dead() -> bool:
+            rows = await _query(notifier_db, "SELECT status FROM webhook_deliveries WHERE job_id = $1", job)
+            return [r["status"] for r in rows] == ["dead"]
+
+        await eventually(dead, "the delivery dead after its retry window")
+
+    other = dataclasses.replace(CALLER, key_id=uuid.uuid4(), tenant="someone-else")
+    async with api_client(notifier_db, KEY, {"rs_other": other}) as api:
+        listed = await api.get(f"/v1/jobs/{job}/deliveries")
+        assert listed.status_code == 200, listed.text
+        (delivery,) = listed.json()["data"]
+        assert delivery["id"] == str(end.event_id)
+        assert delivery["status"] == "dead"
+        assert delivery["event_type"] == "job.succeeded"
+        assert delivery["dead_reason"].startswith("HTTP 500")
+        numbers = [a["number"] for a in delivery["attempts"]]
+        assert numbers == sorted(numbers, reverse=True)
+        assert len(numbers) == delivery["attempt_count"] >= 2
+        assert {(a["outcome"], a["status_code"]) for a in delivery["attempts"]} == {("failed", 500)}
+
+        foreign = await api.get(f"/v1/jobs/{job}/deliveries", headers={"Authorization": "Bearer rs_other"})
+        assert foreign.status_code == 404
+        assert foreign.headers["content-type"] == "application/problem+json"
+        missing = await api.post(f"/v1/jobs/{job}/deliveries/{uuid.uuid4()}/redeliver")
+        assert missing.status_code == 404
+        assert missing.json()["title"] == "Delivery not found"
+        garbage = await api.post(f"/v1/jobs/{job}/deliveries/not-a-uuid/redeliver")
+        assert garbage.status_code == 422
+
+        again = await api.post(f"/v1/jobs/{job}/deliveries/{end.event_id}/redeliver")
+        assert again.status_code == 202, again.text
+        assert again.json()["status"] == "pending"
+        assert again.json()["dead_reason"] is None
+
+    receiver.failures = 0
+    async with running(settings):
+        await eventually(lambda: receiver.accepted[str(end.event_id)] == 1, "the redelivery acknowledged")
+        await eventually(lambda: _delivery_status(notifier_db, job, "succeeded"), "the redelivery recorded")
+
+    async with api_client(notifier_db, KEY, {}) as api:
+        (delivery,) = (await api.get(f"/v1/jobs/{job}/deliveries")).json()["data"]
+    assert delivery["status"] == "succeeded"
+    assert delivery["attempts"][0]["outcome"] == "succeeded"
+    assert delivery["attempts"][0]["status_code"] == 204
+    assert delivery["attempts"][0]["number"] == delivery["attempt_count"]
+
+
+async def _delivery_status(db: str, job: uuid.UUID, status: str) -> bool:
+    rows = await _query(db, "SELECT status FROM webhook_deliveries WHERE job_id = $1", job)
+    return [r["status"] for r in rows] == [status]
