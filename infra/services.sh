@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # reelstream's own services as local processes, on the stack that `make up` started.
 #
-#   infra/services.sh start    api, scheduler, projector and REELSTREAM_GPU_SLOTS workers (tiny-mochi, CPU)
+#   infra/services.sh start    api, scheduler, projector, notifier and REELSTREAM_GPU_SLOTS workers (tiny-mochi, CPU)
 #   infra/services.sh stop     SIGTERM each (workers hand back their job at a checkpoint), then wait
 #   infra/services.sh status   one line per service
 #
@@ -25,7 +25,7 @@ export REELSTREAM_TINY_CACHE_DIR="${REELSTREAM_TINY_CACHE_DIR:-$CACHE_DIR/tiny-m
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 services() {
-    echo api scheduler projector
+    echo api scheduler projector notifier
     for ((slot = 0; slot < SLOTS; slot++)); do echo "worker-$slot"; done
 }
 
@@ -50,9 +50,13 @@ start_one() {
         export REELSTREAM_METRICS_PORT="$((9110 + ${name#worker-}))" ;;
     scheduler) export REELSTREAM_METRICS_PORT=9101 ;;
     projector) export REELSTREAM_METRICS_PORT=9102 ;;
+    # Local receivers listen on http://127.0.0.1: allowed here only (never in production).
+    notifier)
+        export REELSTREAM_METRICS_PORT=9103 REELSTREAM_ALLOW_HTTP="${REELSTREAM_ALLOW_HTTP:-true}"
+        export REELSTREAM_ALLOW_PRIVATE_TARGETS="${REELSTREAM_ALLOW_PRIVATE_TARGETS:-true}" ;;
     esac
     (cd "$REPO_ROOT" && start_detached "$name" $(marker "$name"))
-    unset REELSTREAM_SLOT REELSTREAM_METRICS_PORT
+    unset REELSTREAM_SLOT REELSTREAM_METRICS_PORT REELSTREAM_ALLOW_HTTP REELSTREAM_ALLOW_PRIVATE_TARGETS
 }
 
 # A service is ready when it logged its ready line since its last start (api: /healthz answers 200).
@@ -70,6 +74,7 @@ wait_ready() {
     api) wait_until api "$pid" api_ready ;;
     scheduler) wait_until scheduler "$pid" logged_since_start scheduler "rebuilt state" ;;
     projector) wait_until projector "$pid" logged_since_start projector "assigned partitions" ;;
+    notifier) wait_until notifier "$pid" logged_since_start notifier "assigned partitions" ;;
     worker-*) wait_until "$name" "$pid" logged_since_start "$name" "ready with model" ;;
     esac
     log "$name: ready"
