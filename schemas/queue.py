@@ -2,8 +2,9 @@
 end, published on `reelstream.scheduler.queue` so that readers need not rebuild the scheduler's order.
 
 One record holds the whole view (key `queue`, a compacted topic: the latest record is the truth). Jobs
-are listed in the order the scheduler will dispatch them, per lane; a job's position is its index in
-its lane plus one. Seconds are counted from `generated_at`; None where a step time the estimate needs
+are listed in the order the scheduler will dispatch them, per lane (fair share between tenants: each
+next job is the oldest of the tenant holding the fewest slots); a job's position is its index in its
+lane plus one. Seconds are counted from `generated_at`; None where a step time the estimate needs
 has not been measured yet.
 """
 
@@ -22,6 +23,9 @@ QUEUE_VIEW_KEY: Final = b"queue"
 Estimate = tuple[uuid.UUID, float | None, float | None]
 """(job id, seconds until it starts on a GPU, seconds it then runs)."""
 
+TenantLoad = tuple[int, int, float]
+"""(jobs waiting, slots held, GPU seconds used today in UTC) of one tenant."""
+
 
 class QueueView(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -34,6 +38,10 @@ class QueueView(BaseModel):
     held: list[Estimate] = Field(
         default_factory=list,
         description="Jobs a slot holds (running, or dispatched to follow the running one): no position.",
+    )
+    tenants: dict[str, TenantLoad] = Field(
+        default_factory=dict,
+        description="Per tenant with work or use today: (waiting, slots held, GPU seconds used today).",
     )
 
     def positions(self) -> dict[uuid.UUID, tuple[int | None, float | None, float | None]]:

@@ -23,6 +23,12 @@ class QueueFull(ApiError):
     retry_after = RETRY_AFTER_SECONDS
 
 
+class QuotaExceeded(ApiError):
+    status = 429
+    title = "Tenant quota reached"
+    retry_after = RETRY_AFTER_SECONDS
+
+
 class QueueDepth:
     """Jobs waiting for a slot, counted at most once per `max_age` seconds for all requests together."""
 

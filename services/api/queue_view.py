@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,6 +35,12 @@ class Eta:
 
 Place = tuple[int | None, Eta | None]
 Entry = tuple[int | None, float | None, float | None]  # (position, wait seconds, run seconds)
+Load = tuple[int, int, float]  # a tenant's (jobs waiting, slots held, GPU seconds used today)
+
+
+def parse_tenants(raw: bytes) -> dict[str, Load]:
+    view = json.loads(raw)
+    return {tenant: (int(q), int(r), float(g)) for tenant, (q, r, g) in view.get("tenants", {}).items()}
 
 
 def parse_view(raw: bytes) -> tuple[datetime, dict[str, Entry]]:
@@ -86,12 +93,32 @@ class QueueViewFollower:
         self._max_age = timedelta(seconds=max_age_seconds)
         self._generated_at: datetime | None = None
         self._places: dict[str, Entry] = {}
+        self._tenants: dict[str, Load] = {}
+        # Submits this process accepted, by tenant: (when, wall clock), for the ones the view lacks yet.
+        self._accepted: dict[str, deque[datetime]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     def take(self, raw: bytes) -> None:
         """Keep the view in `raw` (a `schemas.queue.QueueView` as JSON)."""
         self._generated_at, self._places = parse_view(raw)
+        self._tenants = parse_tenants(raw)
+
+    def accepted(self, tenant: str, at: datetime) -> None:
+        """A submit of `tenant` this process accepted at `at`: counted as waiting until a view newer
+        than it exists."""
+        self._accepted.setdefault(tenant, deque(maxlen=100_000)).append(at)
+
+    def load(self, tenant: str) -> Load | None:
+        """The tenant's jobs waiting (this process's newer submits included), slots held and GPU
+        seconds used today, as the latest view says; None when there is no view fresh enough."""
+        if self._generated_at is None or utcnow() - self._generated_at > self._max_age:
+            return None
+        queued, running, gpu = self._tenants.get(tenant, (0, 0, 0.0))
+        recent = self._accepted.get(tenant)
+        while recent and recent[0] <= self._generated_at:
+            recent.popleft()
+        return queued + len(recent or ()), running, gpu
 
     def lookup(self, job_id: uuid.UUID) -> Place:
         """(position in its lane, ETA) of a waiting or held job; (None, None) when the view does not

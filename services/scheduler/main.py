@@ -97,6 +97,11 @@ class Scheduler:
             epoch=datetime.now(UTC),
         )
 
+    def _decided(self, kind: type[E], job_id: uuid.UUID, attempt: int, **fields: Any) -> E:
+        """A decision's event, carrying its job's tenant."""
+        job = self.state.jobs.get(job_id)
+        return decision_event(kind, job_id, attempt, tenant=job.tenant if job else None, **fields)
+
     async def apply(self, msg: ConsumerRecord[bytes, bytes]) -> None:
         """Fold one record into the state. Poison records are skipped (their owner dead-letters them), and
         so is a job.requested the broker appended after its `accept_by`: it is not a job (the projector
@@ -126,7 +131,7 @@ class Scheduler:
             await self._dispatch(decision)
         elif isinstance(decision, Retry):
             job = self.state.jobs[decision.job_id]
-            retrying = decision_event(
+            retrying = self._decided(
                 JobRetrying,
                 decision.job_id,
                 job.attempt,
@@ -145,7 +150,7 @@ class Scheduler:
                 decision.reason,
             )
         elif isinstance(decision, Preempt):
-            asked = decision_event(
+            asked = self._decided(
                 JobPreemptRequested,
                 decision.job_id,
                 decision.attempt,
@@ -160,7 +165,7 @@ class Scheduler:
         DECISIONS.labels(type(decision).__name__.lower()).inc()
 
     async def _dispatch(self, d: Dispatch) -> None:
-        event = decision_event(
+        event = self._decided(
             JobDispatched,
             d.job_id,
             d.attempt,
@@ -179,12 +184,12 @@ class Scheduler:
 
     async def _finish(self, d: Finish) -> None:
         if d.cancelled:
-            ended: JobCancelled | JobFailed = decision_event(
+            ended: JobCancelled | JobFailed = self._decided(
                 JobCancelled, d.job_id, d.attempt, reason=d.reason
             )
         else:
             error = JobError(code=d.code, message=d.reason, retryable=False)
-            ended = decision_event(JobFailed, d.job_id, d.attempt, error=error)
+            ended = self._decided(JobFailed, d.job_id, d.attempt, error=error)
         await self._publish(self.topics.events, ended)
         self.state.on_event(ended)
         log.info("finished job=%s as %s: %s", d.job_id, ended.type, d.reason)

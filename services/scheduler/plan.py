@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -93,17 +94,60 @@ def recoveries(state: SchedulerState, now: datetime) -> list[Decision]:
     return out
 
 
-def _pick(state: SchedulerState, slot: Slot, batch_allowed: bool, taken: set[uuid.UUID]) -> JobEntry | None:
-    """The oldest waiting job of the highest lane that this slot's model can run."""
+def held_by_tenant(state: SchedulerState) -> Counter[str]:
+    """Slots each tenant's jobs hold: on a GPU, or dispatched to follow the job on one."""
+    held: Counter[str] = Counter()
+    for job_id in (*state.assignments.values(), *state.queued_next.values()):
+        if (job := state.jobs.get(job_id)) is not None:
+            held[job.tenant] += 1
+    return held
+
+
+def may_start(state: SchedulerState, job: JobEntry, held: Counter[str], now: datetime) -> bool:
+    """Whether the job's tenant is within its limits: slots held, and GPU seconds used today (UTC)."""
+    limits = job.limits
+    if limits.max_running_jobs is not None and held[job.tenant] >= limits.max_running_jobs:
+        return False
+    budget = limits.gpu_seconds_per_day
+    return budget is None or state.gpu_seconds_on(job.tenant, now.date()) < budget
+
+
+def _oldest_runnable(
+    state: SchedulerState, keys: list[tuple[datetime, str]], slot: Slot, taken: set[uuid.UUID]
+) -> JobEntry | None:
+    for _, job_id in keys:
+        job = state.jobs[uuid.UUID(job_id)]
+        if job.job_id in taken or job.cancel_requested or job.request is None:
+            continue
+        if slot.model is None or job.request.model == slot.model:
+            return job
+    return None
+
+
+def _pick(
+    state: SchedulerState,
+    slot: Slot,
+    batch_allowed: bool,
+    taken: set[uuid.UUID],
+    *,
+    held: Counter[str],
+    now: datetime,
+) -> JobEntry | None:
+    """Fair share within the highest lane that has work for this slot: of each tenant's oldest job
+    the slot's model can run, the one whose tenant holds the fewest slots (then the oldest), skipping
+    tenants at their limits. One tenant's thousand jobs do not hold back another tenant's one."""
     for lane in LANES:
         if lane is Priority.BATCH and not batch_allowed:
             continue
-        for _, job_id in state.lanes[lane]:
-            job = state.jobs[uuid.UUID(job_id)]
-            if job.job_id in taken or job.cancel_requested or job.request is None:
+        best: JobEntry | None = None
+        for keys in state.by_tenant[lane].values():
+            job = _oldest_runnable(state, keys, slot, taken)
+            if job is None or not may_start(state, job, held, now):
                 continue
-            if slot.model is None or job.request.model == slot.model:
-                return job
+            if best is None or (held[job.tenant], job.sort_key) < (held[best.tenant], best.sort_key):
+                best = job
+        if best is not None:
+            return best
     return None
 
 
@@ -147,16 +191,18 @@ def dispatches(state: SchedulerState, now: datetime) -> list[Decision]:
         key=lambda s: s.slot,
     )
     batch_running = _batch_running(state)
+    held = held_by_tenant(state)
     taken: set[uuid.UUID] = set()
     for slot in alive:
         if not _takes_a_job(state, slot, now):
             continue
         replaces_batch = _is_batch(_newest(state, slot.slot))
         batch_allowed = batch_running - replaces_batch + 1 <= len(alive) - state.reserved_interactive
-        job = _pick(state, slot, batch_allowed, taken)
+        job = _pick(state, slot, batch_allowed, taken, held=held, now=now)
         if job is None or job.request is None:
             continue
         taken.add(job.job_id)
+        held[job.tenant] += 1
         batch_running += _is_batch(job) - replaces_batch
         resume = job.checkpoint_key if job.attempt > 0 else None
         after = state.assignments.get(slot.slot)

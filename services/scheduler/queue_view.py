@@ -13,14 +13,17 @@ job's estimate is None, and so is the wait of every job that would follow it on 
 
 from __future__ import annotations
 
+import heapq
 import math
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 from schemas.jobs import Priority
-from schemas.queue import Estimate, QueueView
-from services.scheduler.plan import is_alive
+from schemas.queue import Estimate, QueueView, TenantLoad
+from services.scheduler.plan import held_by_tenant, is_alive
 from services.scheduler.state import LANES, JobEntry, SchedulerState
 
 
@@ -64,13 +67,38 @@ def _or_none(seconds: float) -> float | None:
     return None if math.isnan(seconds) else round(seconds, 2)
 
 
+def fair_order(state: SchedulerState, lane: Priority, held: Counter[str]) -> Iterator[JobEntry]:
+    """The lane's jobs in the order fair share dispatches them when every slot can run every job:
+    next is always the oldest job of the tenant holding (or about to hold) the fewest slots."""
+    counts = Counter(held)
+    heads = [(counts[tenant], keys[0], tenant, 0) for tenant, keys in state.by_tenant[lane].items() if keys]
+    heapq.heapify(heads)
+    while heads:
+        _, key, tenant, index = heapq.heappop(heads)
+        yield state.jobs[uuid.UUID(key[1])]
+        counts[tenant] += 1
+        keys = state.by_tenant[lane][tenant]
+        if index + 1 < len(keys):
+            heapq.heappush(heads, (counts[tenant], keys[index + 1], tenant, index + 1))
+
+
+def tenant_loads(state: SchedulerState, held: Counter[str], now: datetime) -> dict[str, TenantLoad]:
+    waiting: Counter[str] = Counter()
+    for lane in LANES:
+        for tenant, keys in state.by_tenant[lane].items():
+            waiting[tenant] += len(keys)
+    today = now.date()
+    names = {*waiting, *held, *(t for t, (day, _) in state.gpu_used.items() if day == today)}
+    return {t: (waiting[t], held[t], round(state.gpu_seconds_on(t, today), 1)) for t in sorted(names)}
+
+
 def queue_view(state: SchedulerState, now: datetime) -> QueueView:
     slots, held = _slot_picture(state, now)
+    held_slots = held_by_tenant(state)
     lanes: dict[str, list[Estimate]] = {}
     for lane in LANES:
         estimates: list[Estimate] = []
-        for _, job_id in state.lanes[lane]:
-            job = state.jobs[uuid.UUID(job_id)]
+        for job in fair_order(state, lane, held_slots):
             if job.request is None or job.cancel_requested:
                 continue
             run = _or_nan(state.work_left(job))
@@ -86,5 +114,8 @@ def queue_view(state: SchedulerState, now: datetime) -> QueueView:
     # Built, not validated: every field is made here, and validating 10,000 ids twice a second would
     # hold up the planning loop.
     return QueueView.model_construct(
-        generated_at=now, lanes={Priority(lane): jobs for lane, jobs in lanes.items()}, held=held
+        generated_at=now,
+        lanes={Priority(lane): jobs for lane, jobs in lanes.items()},
+        held=held,
+        tenants=tenant_loads(state, held_slots, now),
     )

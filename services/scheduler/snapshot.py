@@ -20,7 +20,7 @@ import base64
 import binascii
 import dataclasses
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
@@ -49,6 +49,7 @@ NOT_SNAPSHOTTED: Final = frozenset(
         "epoch",
         "last_input",
         "input_resumed_at",
+        "by_tenant",
     }
 )
 
@@ -107,6 +108,7 @@ class StateSnapshot(BaseModel):
     model_seen: dict[str, datetime]
     cancel_waiting: frozenset[uuid.UUID]
     lanes: dict[Priority, tuple[tuple[datetime, str], ...]]
+    gpu_used: dict[str, tuple[date, float]] = Field(default_factory=dict)
 
     def positions(self) -> dict[tuple[str, int], int]:
         return {(o.topic, o.partition): o.offset for o in self.offsets}
@@ -132,6 +134,7 @@ def capture(state: SchedulerState, positions: dict[tuple[str, int], int], now: d
         model_seen=dict(state.model_seen),
         cancel_waiting=frozenset(state.cancel_waiting),
         lanes={lane: tuple(keys) for lane, keys in state.lanes.items()},
+        gpu_used=dict(state.gpu_used),
     )
 
 
@@ -148,6 +151,8 @@ def restore(state: SchedulerState, snapshot: StateSnapshot) -> None:
     state.model_seen = dict(snapshot.model_seen)
     state.cancel_waiting = set(snapshot.cancel_waiting)
     state.lanes = {lane: list(snapshot.lanes.get(lane, ())) for lane in state.lanes}
+    state.gpu_used = dict(snapshot.gpu_used)
+    state.index_tenants()
 
 
 def encode(snapshot: StateSnapshot) -> bytes:

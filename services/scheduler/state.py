@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from schemas.events import (
@@ -27,6 +27,7 @@ from schemas.events import (
     JobRetrying,
     JobStarted,
     SlotState,
+    TenantLimits,
     WorkerHeartbeat,
 )
 from schemas.jobs import Phase, Priority, ResolvedRequest
@@ -35,6 +36,18 @@ LANES = (Priority.INTERACTIVE, Priority.BATCH)
 # Phases after which the GPU side of a job is done: the slot can take its next job.
 FINISHING_PHASES = frozenset({Phase.ENCODING_VIDEO, Phase.UPLOADING})
 StepKey = tuple[str, int, int, int]  # model, frames, height, width: what a step costs depends on them
+
+
+def _insert(keys: list[tuple[datetime, str]], key: tuple[datetime, str]) -> None:
+    i = bisect.bisect_left(keys, key)
+    if i == len(keys) or keys[i] != key:
+        keys.insert(i, key)
+
+
+def _remove(keys: list[tuple[datetime, str]], key: tuple[datetime, str]) -> None:
+    i = bisect.bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        keys.pop(i)
 
 
 def step_key(request: ResolvedRequest) -> StepKey:
@@ -51,6 +64,11 @@ class Stage(StrEnum):
 class JobEntry:
     job_id: uuid.UUID
     request: ResolvedRequest | None = None
+    # Whose job, and the tenant's limits as they stood when it was accepted.
+    tenant: str = "default"
+    limits: TenantLimits = field(default_factory=TenantLimits)
+    # Whether the current attempt's GPU time has been added to its tenant's day (see `_charge`).
+    charged: bool = False
     created_at: datetime | None = None
     stage: Stage = Stage.WAITING
     attempt: int = 0
@@ -188,6 +206,14 @@ class SchedulerState:
     # When a live slot last reported each model.
     model_seen: dict[str, datetime] = field(default_factory=dict)
     cancel_waiting: set[uuid.UUID] = field(default_factory=set)
+    # GPU seconds each tenant's attempts used on a UTC day (the day their GPU work ended), for the
+    # tenants' `gpu_seconds_per_day`; only the latest day is kept.
+    gpu_used: dict[str, tuple[date, float]] = field(default_factory=dict)
+    # The lanes again, split by tenant (derived from `lanes`, not snapshotted): fair share picks the
+    # oldest job of the tenant that holds the fewest slots.
+    by_tenant: dict[Priority, dict[str, list[tuple[datetime, str]]]] = field(
+        default_factory=lambda: {lane: {} for lane in LANES}
+    )
     epoch: datetime | None = None
     # When records last arrived, and when they started arriving again after a gap: a scheduler that
     # could not read Kafka must not take the silence it saw for dead slots.
@@ -213,18 +239,40 @@ class SchedulerState:
     def _enqueue(self, job: JobEntry) -> None:
         if job.request is None or job.created_at is None or job.stage is not Stage.WAITING:
             return
-        lane, key = self.lanes[job.request.priority], job.sort_key
-        i = bisect.bisect_left(lane, key)
-        if i == len(lane) or lane[i] != key:
-            lane.insert(i, key)
+        key = job.sort_key
+        _insert(self.lanes[job.request.priority], key)
+        _insert(self.by_tenant[job.request.priority].setdefault(job.tenant, []), key)
 
     def _dequeue(self, job: JobEntry) -> None:
         if job.request is None or job.created_at is None:
             return
-        lane = self.lanes[job.request.priority]
-        i = bisect.bisect_left(lane, job.sort_key)
-        if i < len(lane) and lane[i] == job.sort_key:
-            lane.pop(i)
+        _remove(self.lanes[job.request.priority], job.sort_key)
+        tenants = self.by_tenant[job.request.priority]
+        if (own := tenants.get(job.tenant)) is not None:
+            _remove(own, job.sort_key)
+            if not own:
+                del tenants[job.tenant]
+
+    def index_tenants(self) -> None:
+        """Rebuild `by_tenant` from `lanes` (after a snapshot is loaded)."""
+        self.by_tenant = {lane: {} for lane in LANES}
+        for lane in LANES:
+            for key in self.lanes[lane]:
+                job = self.jobs[uuid.UUID(key[1])]
+                self.by_tenant[lane].setdefault(job.tenant, []).append(key)
+
+    def gpu_seconds_on(self, tenant: str, day: date) -> float:
+        used = self.gpu_used.get(tenant)
+        return used[1] if used is not None and used[0] == day else 0.0
+
+    def _charge(self, job: JobEntry, until: datetime) -> None:
+        """Add the current attempt's GPU time (its start to `until`) to its tenant's day, once."""
+        if job.charged or job.started_at is None:
+            return
+        job.charged = True
+        seconds = max((until - job.started_at).total_seconds(), 0.0)
+        day = until.date()
+        self.gpu_used[job.tenant] = (day, self.gpu_seconds_on(job.tenant, day) + seconds)
 
     def _release(self, job: JobEntry) -> None:
         """The job no longer occupies its slot's GPU, nor waits there; the follower moves up."""
@@ -244,6 +292,7 @@ class SchedulerState:
         if job.stage is not Stage.ASSIGNED or job.slot is None or job.job_id in self.finishing:
             return
         self._measure_extra(job, at)
+        self._charge(job, at)
         self._release(job)
         self.finishing[job.job_id] = job.slot
 
@@ -274,6 +323,7 @@ class SchedulerState:
         if job is None or job.created_at is not None:
             return  # the first job.requested wins; a retried submit of the same job changes nothing
         job.request, job.created_at = event.request, event.occurred_at
+        job.tenant, job.limits = event.tenant, event.limits
         self._enqueue(job)
 
     def on_dispatch(self, record: JobDispatched, offset: int | None) -> None:
@@ -327,6 +377,7 @@ class SchedulerState:
         elif event.type in TERMINAL_TYPES:
             if event.type is EventType.SUCCEEDED and job.job_id not in self.finishing:
                 self._measure_extra(job, event.occurred_at)
+            self._charge(job, event.occurred_at)
             self._finish(job)
         elif event.attempt == job.attempt:
             self._on_attempt_event(job, event)
@@ -340,7 +391,7 @@ class SchedulerState:
         elif isinstance(event, JobPreempted):
             self._requeue(job, event)
         elif isinstance(event, JobStarted):
-            job.started_at = event.occurred_at
+            job.started_at, job.charged = event.occurred_at, False
             self._follower_started(job, event.occurred_at)
         elif isinstance(event, JobProgress):
             self._on_progress(job, event)
@@ -390,6 +441,7 @@ class SchedulerState:
     def _requeue(self, job: JobEntry, event: JobPreempted) -> None:
         if job.stage is not Stage.ASSIGNED:
             return
+        self._charge(job, event.occurred_at)
         self._release(job)
         job.stage, job.slot, job.preempt_at = Stage.WAITING, None, None
         job.checkpoint_key, job.resume_step = event.checkpoint_key, event.step

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import httpx
@@ -20,10 +22,19 @@ from tests.unit.test_api_faults import NOWHERE, problem_of
 from tests.unit.test_api_submit import FakePublisher, static_keys
 
 SLOW = Caller(uuid.uuid4(), "slow", False, TenantLimits(), 100, submits_per_second=1.0, reads_per_second=2.0)
+METERED = Caller(
+    uuid.uuid4(),
+    "metered",
+    False,
+    TenantLimits(gpu_seconds_per_day=60),
+    2,
+    submits_per_second=99,
+    reads_per_second=99,
+)
 BODY = {"prompt": "a lighthouse in fog", "model": "tiny-mochi"}
 
 
-def client(key: str | None) -> httpx.AsyncClient:
+def client(key: str | None, view: dict[str, object] | None = None) -> httpx.AsyncClient:
     settings = ApiSettings(database_url=NOWHERE, rate_burst_seconds=1.0)
     app = create_app(settings)
     app.state.reelstream = app_state(
@@ -32,8 +43,10 @@ def client(key: str | None) -> httpx.AsyncClient:
         cast(JobPublisher, FakePublisher()),
         cast(Storage, None),
         JobNotifier(settings.database_url.get_secret_value()),
-        keys=static_keys(**{"rs_slow": SLOW}),
+        keys=static_keys(**{"rs_slow": SLOW, "rs_metered": METERED}),
     )
+    if view is not None:
+        app.state.reelstream.queue_view.take(json.dumps(view).encode())
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", headers=headers)
 
@@ -87,3 +100,35 @@ def test_a_bucket_lets_its_burst_through_then_one_request_per_refill() -> None:
     assert rates.take(key, "submit", 5.0) == 0.0
     assert rates.take(key, "read", 5.0) == 0.0, "each kind has its own bucket"
     assert rates.take(uuid.uuid4(), "submit", 5.0) == 0.0, "each key has its own bucket"
+
+
+def view_with(tenants: dict[str, list[float]]) -> dict[str, object]:
+    now = datetime.now(UTC).isoformat()
+    return {"schema_version": 1, "generated_at": now, "lanes": {}, "held": [], "tenants": tenants}
+
+
+async def test_a_tenant_with_its_queue_full_gets_429_naming_max_queued_jobs() -> None:
+    async with client("rs_metered", view_with({"metered": [1, 0, 0.0], "other": [50, 0, 0.0]})) as c:
+        assert (await c.post("/v1/jobs", json=BODY)).status_code == 202  # 1 waiting of 2
+        refused = await c.post("/v1/jobs", json=BODY)  # the view lacks the first: counted locally
+    problem = problem_of(refused, 429)
+    assert problem["limit"] == "max_queued_jobs"
+    assert "metered has 2 jobs waiting (at most 2)" in str(problem["detail"])
+    assert refused.headers["retry-after"]
+
+
+async def test_a_tenant_past_its_gpu_seconds_today_gets_429_until_midnight_utc() -> None:
+    async with client("rs_metered", view_with({"metered": [0, 1, 61.0]})) as c:
+        refused = await c.post("/v1/jobs", json=BODY)
+    problem = problem_of(refused, 429)
+    assert problem["limit"] == "gpu_seconds_per_day"
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    assert abs(int(refused.headers["retry-after"]) - (midnight - now).total_seconds()) < 5
+
+
+async def test_without_a_fresh_queue_view_a_submit_is_admitted() -> None:
+    stale = view_with({"metered": [5, 0, 100.0]})
+    stale["generated_at"] = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    async with client("rs_metered", stale) as c:
+        assert (await c.post("/v1/jobs", json=BODY)).status_code == 202

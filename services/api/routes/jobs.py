@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from schemas.events import JobCancelRequested, JobRequested, utcnow
 from schemas.jobs import JobRequest, JobStatus, resolve
 from services.api import metrics
-from services.api.admission import QueueFull
+from services.api.admission import QueueFull, QuotaExceeded
 from services.api.auth import CallerDep, SubmitterDep
 from services.api.content import stream_object
 from services.api.deps import AppState, SessionDep, StateDep
@@ -27,6 +27,7 @@ from services.api.queries import find_by_idempotency_key, get_job, list_jobs
 from services.api.submit import accept_by, publish_request
 from services.api.views import JobList, JobOut, job_out, links
 from services.common.readmodel import Job
+from services.common.tenants import Caller
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -100,6 +101,7 @@ async def submit(
     else:
         job_id = new_job_id()
     await _check_queue(state, session)
+    _check_quota(state, caller)
     now = utcnow()
     event = JobRequested(
         job_id=job_id,
@@ -136,9 +138,37 @@ async def submit(
     return view
 
 
+def _check_quota(state: AppState, caller: Caller) -> None:
+    """429 when the tenant has `max_queued_jobs` waiting or used its GPU seconds of the day (UTC), as
+    the scheduler's queue view says; without a recent view the submit is admitted (the scheduler still
+    enforces the running and GPU limits)."""
+    load = state.queue_view.load(caller.tenant)
+    if load is None:
+        return
+    queued, _, gpu_today = load
+    if queued >= caller.max_queued_jobs:
+        raise QuotaExceeded(
+            f"tenant {caller.tenant} has {queued} jobs waiting (at most {caller.max_queued_jobs});"
+            " submit again after Retry-After seconds",
+            limit="max_queued_jobs",
+        )
+    budget = caller.limits.gpu_seconds_per_day
+    if budget is not None and gpu_today >= budget:
+        now = datetime.now(UTC)
+        midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+        error = QuotaExceeded(
+            f"tenant {caller.tenant} used {gpu_today:g} of its {budget:g} GPU seconds today (UTC);"
+            " the budget renews at midnight UTC",
+            limit="gpu_seconds_per_day",
+        )
+        error.retry_after = max(1, int((midnight - now).total_seconds()))
+        raise error
+
+
 async def _publish(state: AppState, event: JobRequested, response: Response) -> None:
     ack = await publish_request(state.publisher, event, state.settings)
     state.lag.acked(ack.partition, ack.offset)
+    state.queue_view.accepted(event.tenant, event.occurred_at)
     response.headers["Location"] = f"/v1/jobs/{event.job_id}"
 
 
