@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -166,7 +166,12 @@ class Subscriptions:
                 RECORDS.labels(result="read").inc()
                 decoded_event = decoded
             incoming.append(Incoming(msg.topic, msg.partition, msg.offset, decoded_event))
-        queued = await self.store.apply_batch(self.settings.consumer_name, incoming, datetime.now(UTC))
+        max_age = timedelta(seconds=self.settings.max_event_age_seconds)
+        queued, too_old = await self.store.apply_batch(
+            self.settings.consumer_name, incoming, datetime.now(UTC), max_age
+        )
+        if too_old:
+            RECORDS.labels(result="too_old").inc(too_old)
         if queued:
             QUEUED.inc(queued)
             self._queued.set()

@@ -74,6 +74,15 @@ class NotifierSettings(CommonSettings):
             " the request missed its submit deadline, or fell out of the topic's retention."
         ),
     )
+    max_event_age_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description=(
+            "Events that happened longer ago than this when read are not delivered: a notifier started for"
+            " the first time does not call webhooks for the whole history of the topics, and one that was"
+            " down longer than this gives those events up (as retries would have by then)."
+        ),
+    )
     shutdown_timeout_seconds: float = Field(
         default=20.0, gt=0, description="How long SIGTERM lets attempts under way finish."
     )

@@ -83,6 +83,16 @@ class _Plan:
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     parked: list[dict[str, Any]] = field(default_factory=list)
     released: set[uuid.UUID] = field(default_factory=set)
+    # Events that happened before this are not delivered (a first start over months of history).
+    oldest: datetime | None = None
+    too_old: int = 0
+
+    def owe(self, row: dict[str, Any], state: _JobState, now: datetime) -> None:
+        """Queue a delivery of `row` to the job's webhook, unless the event is older than `oldest`."""
+        if self.oldest is not None and _occurred_at(row["payload"]) < self.oldest:
+            self.too_old += 1
+            return
+        self.deliveries.append(_delivery(row, state, now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,17 +174,20 @@ class Store:
 
     # The consumer's side.
 
-    async def apply_batch(self, consumer: str, batch: Sequence[Incoming], now: datetime) -> int:
+    async def apply_batch(
+        self, consumer: str, batch: Sequence[Incoming], now: datetime, max_age: timedelta | None = None
+    ) -> tuple[int, int]:
         """Apply one consumed batch and advance `consumer`'s offsets past it, in one transaction; returns
-        the number of deliveries it queued. Records below the stored offsets were applied already."""
+        the deliveries it queued and the events it did not deliver for being older than `max_age`.
+        Records below the stored offsets were applied already."""
         async with self._transaction() as conn:
             await conn.execute(_LOCK, {"key": _lock_key(consumer)})
             done = await self._offsets(conn, consumer)
             fresh = [r for r in batch if r.offset >= done.get((r.topic, r.partition), 0)]
-            plan = await self._plan(conn, fresh, now)
+            plan = await self._plan(conn, fresh, now, now - max_age if max_age is not None else None)
             await self._write(conn, plan, now)
             await self._advance(conn, consumer, fresh)
-        return len(plan.deliveries)
+        return len(plan.deliveries), plan.too_old
 
     async def _offsets(self, conn: AsyncConnection, consumer: str) -> dict[tuple[str, int], int]:
         result = await conn.execute(
@@ -184,9 +197,11 @@ class Store:
         )
         return {(t, p): o for t, p, o in result.all()}
 
-    async def _plan(self, conn: AsyncConnection, fresh: Sequence[Incoming], now: datetime) -> _Plan:
+    async def _plan(
+        self, conn: AsyncConnection, fresh: Sequence[Incoming], now: datetime, oldest: datetime | None
+    ) -> _Plan:
         ids = list({r.event.job_id for r in fresh if r.event is not None})
-        plan = _Plan(jobs=await self._load_jobs(conn, ids))
+        plan = _Plan(jobs=await self._load_jobs(conn, ids), oldest=oldest)
         for incoming in fresh:
             if incoming.event is not None:
                 self._fold(plan, incoming, incoming.event, now)
@@ -236,7 +251,7 @@ class Store:
             state.changed = True  # the row must exist for its fence to carry over
             plan.parked.append(row)
         elif state.url and wanted(row["event_type"], state.events):
-            plan.deliveries.append(_delivery(row, state, now))
+            plan.owe(row, state, now)
 
     async def _release(self, conn: AsyncConnection, plan: _Plan, now: datetime) -> None:
         """Turn the parked events of jobs whose request this batch read into deliveries (or nothing)."""
@@ -252,7 +267,7 @@ class Store:
         for row in rows:
             state = plan.jobs[row["job_id"]]
             if state.url and wanted(row["event_type"], state.events):
-                plan.deliveries.append(_delivery(row, state, now))
+                plan.owe(row, state, now)
         await conn.execute(delete(PARKED).where(PARKED.c.job_id.in_(released)))
 
     async def _write(self, conn: AsyncConnection, plan: _Plan, now: datetime) -> None:

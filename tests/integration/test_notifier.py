@@ -283,7 +283,7 @@ async def test_every_terminal_event_arrives_exactly_once_after_failed_attempts(
     receiver = await serve(Receiver(secret, failures=2))
     jobs = [uuid.uuid4() for _ in range(6)]
     ok, failed, cancelled, early, silent, late = jobs
-    retried, progress_fan = uuid.uuid4(), uuid.uuid4()
+    retried, progress_fan, ancient = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     terminal = {
         ok: succeeded(ok),
         failed: ev(JobFailed, failed, error=JobError(code="internal", message="boom")),
@@ -292,6 +292,7 @@ async def test_every_terminal_event_arrives_exactly_once_after_failed_attempts(
         retried: succeeded(retried, attempt=2),
     }
     stale = succeeded(retried, attempt=1)
+    history = succeeded(ancient).model_copy(update={"occurred_at": utcnow() - timedelta(days=2)})
     progress = run_of(progress_fan)
     too_late = requested(late, tenant, receiver.url).model_copy(
         update={"accept_by": utcnow() - timedelta(minutes=1)}
@@ -304,6 +305,7 @@ async def test_every_terminal_event_arrives_exactly_once_after_failed_attempts(
         requested_topic,
         *(requested(job, tenant, receiver.url) for job in (ok, failed, cancelled, early, retried)),
         requested(silent, tenant, None),
+        requested(ancient, tenant, receiver.url),
         requested(
             progress_fan, tenant, receiver.url, webhook_events=[WebhookEvent.STARTED, WebhookEvent.PROGRESS]
         ),
@@ -312,6 +314,12 @@ async def test_every_terminal_event_arrives_exactly_once_after_failed_attempts(
     await publish(producer, events_topic, *run_of(ok), terminal[ok], *run_of(failed), terminal[failed])
     await publish(producer, events_topic, *run_of(cancelled), terminal[cancelled], *progress)
     await publish(producer, events_topic, *run_of(silent), succeeded(silent), *run_of(late), succeeded(late))
+    # Older than max_event_age_seconds (a day): history, not news.
+    await publish(
+        producer,
+        events_topic,
+        history,
+    )
     await publish(
         producer,
         events_topic,
@@ -330,6 +338,8 @@ async def test_every_terminal_event_arrives_exactly_once_after_failed_attempts(
 
     assert receiver.unverified == []
     assert set(receiver.accepted) == wanted, "an unwanted event was sent (stale, filtered or no webhook)"
+    assert str(history.event_id) not in receiver.attempts
+    assert str(stale.event_id) not in receiver.attempts
     assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted
     assert all(receiver.attempts[msg_id] == 3 for msg_id in wanted), receiver.attempts
     for job, event in terminal.items():
