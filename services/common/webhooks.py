@@ -119,6 +119,9 @@ class WebhookDelivery(Base):
             "dead_at",
             postgresql_where=text("status = 'dead' AND dead_lettered_at IS NULL"),
         ),
+        Index("ix_webhook_deliveries_dead", "dead_at", postgresql_where=text("status = 'dead'")),
+        # For the purge of finished deliveries past their keep time.
+        Index("ix_webhook_deliveries_created_at", "created_at"),
     )
 
 

@@ -33,6 +33,7 @@ from services.common.errors import BrokerUnavailable, RetryableError
 from services.common.kafka import make_consumer, missed_deadline
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Incoming, Store
+from services.projector.store import unfit
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def decode(msg: ConsumerRecord[Any, Any], settings: NotifierSettings) -> JobEven
     is_request = event.type is EventType.REQUESTED
     if (msg.topic == settings.requested_topic) != is_request:
         return f"{event.type.value} does not belong on {msg.topic}"
-    return missed_deadline(event, msg) or event
+    # Values the tables cannot hold would fail every retry of the batch: skipped like the read model does.
+    return unfit(event) or missed_deadline(event, msg) or event
 
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:

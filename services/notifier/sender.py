@@ -182,6 +182,7 @@ class Sender:
         self._producer: Producer | None = None
         self._dead_waiting = True
         self._next_housekeeping = 0.0
+        self._next_purge = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`; then lets the attempts under way finish for `shutdown_timeout_seconds`."""
@@ -285,9 +286,19 @@ class Sender:
         PENDING.set(stats.pending)
         OLDEST_PENDING.set(stats.oldest_pending_seconds)
         DEAD.set(stats.dead)
-        purged = await self.store.purge_parked(now - timedelta(seconds=self.settings.parked_keep_seconds))
-        if purged:
-            log.warning("purged %d parked events whose job.requested never came", purged)
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self.settings.purge_interval_seconds
+            await self.purge(now)
+
+    async def purge(self, now: datetime) -> None:
+        """Old finished deliveries and parked events whose job never came; bounded per call."""
+        keep = timedelta(seconds=self.settings.delivery_keep_seconds)
+        deleted = await self.store.purge_deliveries(now - keep)
+        parked = await self.store.purge_parked(now - timedelta(seconds=self.settings.parked_keep_seconds))
+        if parked:
+            log.warning("purged %d parked events whose job.requested never came", parked)
+        if deleted:
+            log.info("purged %d deliveries older than %s", deleted, keep)
 
     async def dead_letter_all(self, batch: int = 100) -> int:
         """Put every dead delivery not yet dead-lettered on the DLQ, each marked in the same transaction

@@ -83,6 +83,14 @@ class NotifierSettings(CommonSettings):
             " down longer than this gives those events up (as retries would have by then)."
         ),
     )
+    delivery_keep_seconds: float = Field(
+        default=30 * 86_400.0,
+        gt=0,
+        description="Delivered and dead deliveries (and their attempts) are deleted this long after queued.",
+    )
+    purge_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often old deliveries and stale parked events are purged."
+    )
     shutdown_timeout_seconds: float = Field(
         default=20.0, gt=0, description="How long SIGTERM lets attempts under way finish."
     )

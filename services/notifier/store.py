@@ -310,6 +310,25 @@ class Store:
             result = await conn.execute(delete(PARKED).where(PARKED.c.event_id.in_(doomed.scalar_subquery())))
         return int(result.rowcount or 0)
 
+    async def purge_deliveries(self, before: datetime, limit: int = 10_000) -> int:
+        """Delete delivered and dead deliveries queued before `before` (their attempts go with them)."""
+        async with self._transaction() as conn:
+            doomed = (
+                select(DELIVERIES.c.id)
+                .where(
+                    DELIVERIES.c.created_at < before,
+                    DELIVERIES.c.status != DeliveryStatus.PENDING.value,
+                    # A dead delivery stays until its dead letter is out.
+                    (DELIVERIES.c.status != DeliveryStatus.DEAD.value)
+                    | DELIVERIES.c.dead_lettered_at.isnot(None),
+                )
+                .limit(limit)
+            )
+            result = await conn.execute(
+                delete(DELIVERIES).where(DELIVERIES.c.id.in_(doomed.scalar_subquery()))
+            )
+        return int(result.rowcount or 0)
+
     # The sender's side.
 
     async def claim(self, limit: int, now: datetime, hold: timedelta) -> list[Claimed]:

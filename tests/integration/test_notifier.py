@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,6 +62,7 @@ from services.common.storage import Storage
 from services.common.tenants import Caller, ensure_tenant, webhook_secrets
 from services.notifier.main import run_live
 from services.notifier.settings import NotifierSettings
+from services.notifier.store import Store
 from services.notifier.targets import static_results
 from tests.unit.test_api_submit import CALLER, KEY, static_keys
 
@@ -647,3 +648,50 @@ async def test_the_delivery_log_and_a_redelivery_of_a_dead_delivery_over_the_api
 async def _delivery_status(db: str, job: uuid.UUID, status: str) -> bool:
     rows = await _query(db, "SELECT status FROM webhook_deliveries WHERE job_id = $1", job)
     return [r["status"] for r in rows] == [status]
+
+
+async def test_old_finished_deliveries_are_purged_pending_and_unlettered_dead_ones_stay(
+    notifier_db: str,
+) -> None:
+    long_ago = datetime(2001, 1, 1, tzinfo=UTC)
+    ids = {
+        name: uuid.uuid4() for name in ("delivered", "pending", "dead_unlettered", "dead_lettered", "recent")
+    }
+    conn = await asyncpg.connect(_dsn(notifier_db))
+    try:
+        for name, delivery in ids.items():
+            status = name.split("_")[0] if name != "recent" else "succeeded"
+            status = {"delivered": "succeeded"}.get(status, status)
+            created = utcnow() if name == "recent" else long_ago
+            await conn.execute(
+                "INSERT INTO webhook_deliveries (id, job_id, tenant, url, event_type, occurred_at, payload,"
+                " source_topic, source_partition, source_offset, status, attempts, failures, created_at,"
+                " retry_since, next_attempt_at, dead_lettered_at) VALUES ($1, $2, 't', 'https://x.example/',"
+                " 'job.succeeded', $3, '{}', 'topic', 0, 0, $4, 1, 0, $3, $3, $3, $5)",
+                delivery, uuid.uuid4(), created, status, created if name == "dead_lettered" else None,
+            )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO webhook_attempts (delivery_id, number, started_at, duration_ms, outcome)"
+                " VALUES ($1, 1, $2, 1.0, 'failed')",
+                delivery, created,
+            )  # fmt: skip
+    finally:
+        await conn.close()
+
+    engine = create_async_engine(notifier_db)
+    try:
+        purged = await Store(engine).purge_deliveries(long_ago + timedelta(days=1))
+    finally:
+        await engine.dispose()
+
+    assert purged == 2
+    left = await _query(
+        notifier_db, "SELECT id FROM webhook_deliveries WHERE id = ANY($1)", list(ids.values())
+    )
+    assert {r["id"] for r in left} == {ids["pending"], ids["dead_unlettered"], ids["recent"]}
+    attempts = await _query(
+        notifier_db,
+        "SELECT delivery_id FROM webhook_attempts WHERE delivery_id = ANY($1)",
+        list(ids.values()),
+    )
+    assert {r["delivery_id"] for r in attempts} == {r["id"] for r in left}

@@ -93,6 +93,13 @@ def upgrade() -> None:
         ["dead_at"],
         postgresql_where=sa.text("status = 'dead' AND dead_lettered_at IS NULL"),
     )
+    op.create_index(
+        "ix_webhook_deliveries_dead",
+        "webhook_deliveries",
+        ["dead_at"],
+        postgresql_where=sa.text("status = 'dead'"),
+    )
+    op.create_index("ix_webhook_deliveries_created_at", "webhook_deliveries", ["created_at"])
     op.create_table(
         "webhook_attempts",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
