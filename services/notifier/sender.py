@@ -8,11 +8,14 @@ filled at once; a slow or failing receiver holds only its own deliveries back.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -20,6 +23,7 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import ValidationError
 
 from schemas.dlq import DeadLetter
 from schemas.envelope import Record, encode_event
@@ -125,6 +129,11 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _printable(text: str, limit: int = 2000) -> str:
+    """`text` as the log stores it: bounded, without NUL (Postgres text refuses it) or other controls."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in text[:limit])
+
+
 def _error_of(status: int, answer: bytes) -> str:
     snippet = answer[:200].decode(errors="replace").strip()
     return f"HTTP {status}" + (f": {snippet}" if snippet else "")
@@ -139,7 +148,7 @@ async def attempt(
 
     def done(outcome: str, status: int | None = None, error: str | None = None) -> AttemptResult:
         ms = (time.perf_counter() - began) * 1000
-        return AttemptResult(outcome, started_at, ms, status, error[:2000] if error else None)
+        return AttemptResult(outcome, started_at, ms, status, _printable(error) if error else None)
 
     body = signing.body(claimed.event_type, claimed.occurred_at, claimed.payload)
     try:
@@ -179,6 +188,7 @@ class Sender:
         )
         self._hold = timedelta(seconds=settings.request_timeout_seconds + settings.lease_margin_seconds)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._per_target: collections.Counter[str] = collections.Counter()
         self._producer: Producer | None = None
         self._dead_waiting = True
         self._next_housekeeping = 0.0
@@ -214,16 +224,25 @@ class Sender:
         if free <= 0:
             return False
         wanted = min(free, self.settings.claim_batch)
-        claimed = await self.store.claim(wanted, self._clock(), self._hold)
+        per_target = self.settings.max_in_flight_per_target
+        busy = [url for url, n in self._per_target.items() if n >= per_target]
+        claimed = await self.store.claim(wanted, self._clock(), self._hold, per_target, busy)
         if not claimed:
             return False
         secrets = await self.store.secrets(c.tenant for c in claimed)
         for item in claimed:
+            self._per_target[item.url] += 1
             task = asyncio.create_task(self._deliver(item, secrets.get(item.tenant, [])))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(partial(self._done, item.url))
         IN_FLIGHT.set(len(self._in_flight))
         return len(claimed) == wanted
+
+    def _done(self, url: str, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._per_target[url] -= 1
+        if self._per_target[url] <= 0:
+            del self._per_target[url]
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         """Until woken (new deliveries), an attempt ends, `stop`, or `seconds` pass."""
@@ -334,7 +353,12 @@ class Sender:
 
     def _letter(self, row: dict[str, Any]) -> Record:
         """The dead letter of a dead delivery: its event as on the topic, with the `dlq_*` headers."""
-        event = encode_event(JOB_EVENT_ADAPTER.validate_python(row["payload"]))
+        try:
+            event = encode_event(JOB_EVENT_ADAPTER.validate_python(row["payload"]))
+        except ValidationError:
+            # Stored by an older or newer release: the payload as stored, without the ce_* headers.
+            value = json.dumps(row["payload"], separators=(",", ":")).encode()
+            event = Record(str(row["job_id"]).encode(), value, [("content-type", b"application/json")])
         letter = DeadLetter(
             original_headers=tuple(event.headers),
             reason=(

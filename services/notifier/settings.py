@@ -52,6 +52,12 @@ class NotifierSettings(CommonSettings):
         default=64 * 1024, ge=0, le=16 * 1024 * 1024, description="Most bytes of an answer that are read."
     )
     max_in_flight: int = Field(default=64, ge=1, le=10_000, description="Attempts under way at once.")
+    max_in_flight_per_target: int = Field(
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Attempts under way at once to one URL: a slow receiver with a backlog holds no more.",
+    )
     claim_batch: int = Field(default=100, ge=1, le=10_000, description="Most deliveries claimed per query.")
     sender_poll_seconds: float = Field(
         default=1.0, gt=0, le=60, description="How often the sender looks for due deliveries when not woken."

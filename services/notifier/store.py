@@ -331,13 +331,37 @@ class Store:
 
     # The sender's side.
 
-    async def claim(self, limit: int, now: datetime, hold: timedelta) -> list[Claimed]:
+    async def claim(
+        self,
+        limit: int,
+        now: datetime,
+        hold: timedelta,
+        per_target: int | None = None,
+        busy: Iterable[str] = (),
+    ) -> list[Claimed]:
         """Take up to `limit` due deliveries for one attempt each: skip those another sender holds, move
-        each one's due time `hold` ahead (its claim lapses then) and give it a fresh lease."""
+        each one's due time `hold` ahead (its claim lapses then) and give it a fresh lease.
+
+        At most `per_target` of them go to one URL, and none to the `busy` URLs (those with that many
+        attempts under way already), so a receiver with a backlog cannot take every place.
+        """
         lease = uuid.uuid4()
+        pending = (DELIVERIES.c.status == DeliveryStatus.PENDING.value, DELIVERIES.c.next_attempt_at <= now)
+        candidates = select(DELIVERIES.c.id)
+        if per_target is not None:
+            busy_urls = sorted(set(busy))
+            rank = func.row_number().over(
+                partition_by=DELIVERIES.c.url, order_by=DELIVERIES.c.next_attempt_at
+            )
+            ranked = (
+                select(DELIVERIES.c.id, DELIVERIES.c.next_attempt_at, rank.label("rank"))
+                .where(*pending, *([DELIVERIES.c.url.not_in(busy_urls)] if busy_urls else []))
+                .subquery("ranked")
+            )
+            fair = select(ranked.c.id).where(ranked.c.rank <= per_target)
+            candidates = candidates.where(DELIVERIES.c.id.in_(fair.scalar_subquery()))
         due = (
-            select(DELIVERIES.c.id)
-            .where(DELIVERIES.c.status == DeliveryStatus.PENDING.value, DELIVERIES.c.next_attempt_at <= now)
+            candidates.where(*pending)
             .order_by(DELIVERIES.c.next_attempt_at)
             .limit(limit)
             .with_for_update(skip_locked=True)

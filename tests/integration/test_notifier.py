@@ -695,3 +695,37 @@ async def test_old_finished_deliveries_are_purged_pending_and_unlettered_dead_on
         list(ids.values()),
     )
     assert {r["delivery_id"] for r in attempts} == {r["id"] for r in left}
+    await _query(notifier_db, "DELETE FROM webhook_deliveries WHERE id = ANY($1)", list(ids.values()))
+
+
+async def test_a_slow_receiver_with_a_backlog_does_not_hold_back_another(
+    notifier_db: str,
+    topics: tuple[str, str, str],
+    producer: AIOKafkaProducer,
+    serve: Callable[[Receiver], Awaitable[Receiver]],
+) -> None:
+    requested_topic, events_topic, dlq = topics
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    (secret, *_) = await _tenant_secrets(notifier_db, tenant)
+    slow = await serve(Receiver(secret, delay=1.5))
+    fast = await serve(Receiver(secret))
+    slow_jobs = [uuid.uuid4() for _ in range(12)]
+    fast_jobs = [uuid.uuid4() for _ in range(4)]
+    await publish(producer, requested_topic, *(requested(job, tenant, slow.url) for job in slow_jobs))
+    await publish(producer, requested_topic, *(requested(job, tenant, fast.url) for job in fast_jobs))
+    # The slow receiver's backlog is due first.
+    await publish(producer, events_topic, *(succeeded(job) for job in slow_jobs))
+    await publish(producer, events_topic, *(succeeded(job) for job in fast_jobs))
+    settings = notifier_settings(
+        notifier_db, requested_topic, events_topic, dlq, max_in_flight=4, max_in_flight_per_target=2,
+        request_timeout_seconds=5,
+    )  # fmt: skip
+    async with running(settings):
+        await eventually(lambda: len(fast.accepted) == len(fast_jobs), "the fast receiver served", 30)
+        slow_done = len(slow.accepted)
+        await eventually(lambda: len(slow.accepted) == len(slow_jobs), "the slow receiver served", 60)
+
+    # Alone the slow backlog takes 12 x 1.5 s / 2 at a time = 9 s; the fast one was done within its first
+    # rounds, not after it.
+    assert slow_done <= 4, f"the fast receiver waited for {slow_done} slow deliveries"
+    assert max(slow.attempts.values()) == 1

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from services.notifier.sender import WebhookClient
+from services.notifier.sender import WebhookClient, _error_of, _printable
 from services.notifier.settings import NotifierSettings
 from services.notifier.targets import PinnedResolver, TargetPolicy, TargetRefused, forbidden, static_results
 
@@ -143,3 +143,9 @@ def test_production_refuses_the_development_switches() -> None:
             environment="production", allow_http=True, database_url="postgresql+asyncpg://u:p@db/x",
             s3_access_key="a", s3_secret_key="b",
         )  # fmt: skip
+
+
+def test_an_answer_with_control_characters_is_logged_printable() -> None:
+    """What a receiver answers ends up in the delivery log, which Postgres must accept (no NUL)."""
+    assert _printable(_error_of(500, b"bad\x00thing\n")) == "HTTP 500: bad\ufffdthing"
+    assert len(_printable("x" * 5000)) == 2000
