@@ -24,6 +24,7 @@ from aiohttp.resolver import ThreadedResolver
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.dlq import DeadLetter
 from schemas.envelope import Record, encode_event
@@ -267,7 +268,8 @@ class Sender:
             next_at = self.backoff.next_attempt(claimed.failures + 1, now, claimed.retry_since)
         try:
             moved = await self.store.record(claimed, result, next_at, now)
-        except RetryableError as e:
+        except (RetryableError, SQLAlchemyError) as e:
+            # The claim lapses and the delivery is tried again: at least once, never lost.
             log.warning(
                 "attempt not recorded delivery=%s error=%s (its claim lapses; tried again)", claimed.id, e
             )
