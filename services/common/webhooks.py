@@ -46,6 +46,8 @@ class WebhookJob(Base):
     terminal: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+    __table_args__ = (Index("ix_webhook_jobs_updated_at", "updated_at"),)
+
 
 class WebhookParked(Base):
     """An event (counted, of a kind a webhook may want) of a job whose `job.requested` was not read yet.

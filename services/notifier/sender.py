@@ -315,6 +315,7 @@ class Sender:
         """Old finished deliveries and parked events whose job never came; bounded per call."""
         keep = timedelta(seconds=self.settings.delivery_keep_seconds)
         deleted = await self.store.purge_deliveries(now - keep)
+        await self.store.purge_jobs(now - keep)
         parked = await self.store.purge_parked(now - timedelta(seconds=self.settings.parked_keep_seconds))
         if parked:
             log.warning("purged %d parked events whose job.requested never came", parked)

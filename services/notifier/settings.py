@@ -92,7 +92,10 @@ class NotifierSettings(CommonSettings):
     delivery_keep_seconds: float = Field(
         default=30 * 86_400.0,
         gt=0,
-        description="Delivered and dead deliveries (and their attempts) are deleted this long after queued.",
+        description=(
+            "Delivered and dead deliveries (with their attempts) are deleted this long after they were"
+            " queued, and jobs not heard of for this long are forgotten."
+        ),
     )
     purge_interval_seconds: float = Field(
         default=3600.0, gt=0, description="How often old deliveries and stale parked events are purged."

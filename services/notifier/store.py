@@ -234,6 +234,8 @@ class Store:
                 state.changed = True
                 plan.released.add(event.job_id)
             return
+        if state.requested and not state.url:
+            return  # no webhook: nothing of this job is ever sent, so its fence need not be kept
         applied, fence = admit(state.fence, event)
         if fence != state.fence:
             state.fence, state.changed = fence, True
@@ -302,6 +304,14 @@ class Store:
                 for (t, p), o in nexts.items()
             ]
             await conn.execute(_UPSERT_OFFSETS, rows)
+
+    async def purge_jobs(self, before: datetime, limit: int = 10_000) -> int:
+        """Forget jobs not heard of since `before` (long ended: a job waits a day at most). A stray late
+        event of one is then parked, and purged with the parked events."""
+        async with self._transaction() as conn:
+            doomed = select(JOBS.c.job_id).where(JOBS.c.updated_at < before).limit(limit)
+            result = await conn.execute(delete(JOBS).where(JOBS.c.job_id.in_(doomed.scalar_subquery())))
+        return int(result.rowcount or 0)
 
     async def purge_parked(self, before: datetime, limit: int = 10_000) -> int:
         """Drop parked events older than `before` (their job never came); at most `limit` per call."""

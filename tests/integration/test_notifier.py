@@ -650,7 +650,7 @@ async def _delivery_status(db: str, job: uuid.UUID, status: str) -> bool:
     return [r["status"] for r in rows] == [status]
 
 
-async def test_old_finished_deliveries_are_purged_pending_and_unlettered_dead_ones_stay(
+async def test_old_deliveries_and_jobs_are_purged_pending_and_unlettered_dead_ones_stay(
     notifier_db: str,
 ) -> None:
     long_ago = datetime(2001, 1, 1, tzinfo=UTC)
@@ -678,11 +678,27 @@ async def test_old_finished_deliveries_are_purged_pending_and_unlettered_dead_on
     finally:
         await conn.close()
 
+    old_job, new_job = uuid.uuid4(), uuid.uuid4()
+    for job, at in ((old_job, long_ago), (new_job, utcnow())):
+        await _query(
+            notifier_db,
+            "INSERT INTO webhook_jobs (job_id, requested, events, attempt, terminal, updated_at)"
+            " VALUES ($1, true, '[]', 1, true, $2)",
+            job,
+            at,
+        )
     engine = create_async_engine(notifier_db)
     try:
         purged = await Store(engine).purge_deliveries(long_ago + timedelta(days=1))
+        forgotten = await Store(engine).purge_jobs(long_ago + timedelta(days=1))
     finally:
         await engine.dispose()
+
+    assert forgotten == 1
+    kept = await _query(
+        notifier_db, "SELECT job_id FROM webhook_jobs WHERE job_id = ANY($1)", [old_job, new_job]
+    )
+    assert [r["job_id"] for r in kept] == [new_job]
 
     assert purged == 2
     left = await _query(

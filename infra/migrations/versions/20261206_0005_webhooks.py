@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("updated_at", _TIME, nullable=False),
         sa.PrimaryKeyConstraint("job_id", name="pk_webhook_jobs"),
     )
+    op.create_index("ix_webhook_jobs_updated_at", "webhook_jobs", ["updated_at"])
     op.create_table(
         "webhook_parked",
         sa.Column("event_id", _UUID, nullable=False),
