@@ -1,6 +1,7 @@
 """The notifier's tables: what each job's webhook wants, the deliveries still owed, and every attempt.
 
-These are an outbox, not a projection: the notifier writes `webhook_jobs`, `webhook_parked` and
+These are an outbox, not a projection (the api reads them, and re-queues a delivery, with the functions at
+the end): the notifier writes `webhook_jobs`, `webhook_parked` and
 `webhook_deliveries` together with its Kafka offsets (`consumer_offsets`, consumer `reelstream-notifier`)
 in one transaction per batch, and its sender works the deliveries off from there. A replay of the read
 model leaves them alone; attempts already made cannot be replayed anyway.
@@ -11,13 +12,31 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CursorResult,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.readmodel import Base
+
+# The longest tenant name the tables hold (the read model's `jobs.tenant` holds as many).
+TENANT_CHARS = 128
 
 
 class DeliveryStatus(StrEnum):
@@ -39,7 +58,7 @@ class WebhookJob(Base):
 
     job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    tenant: Mapped[str | None] = mapped_column(String(128))
+    tenant: Mapped[str | None] = mapped_column(String(TENANT_CHARS))
     url: Mapped[str | None] = mapped_column(Text)
     events: Mapped[list[str]] = mapped_column(JSONB, default=list)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
@@ -87,7 +106,7 @@ class WebhookDelivery(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
-    tenant: Mapped[str] = mapped_column(String(128))
+    tenant: Mapped[str] = mapped_column(String(TENANT_CHARS))
     url: Mapped[str] = mapped_column(Text)
     event_type: Mapped[str] = mapped_column(String(32))
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -153,3 +172,60 @@ WEBHOOK_TABLES = (
     WebhookDelivery.__table__,
     WebhookAttempt.__table__,
 )
+
+_DELIVERIES = Base.metadata.tables[WebhookDelivery.__tablename__]
+_ATTEMPTS = Base.metadata.tables[WebhookAttempt.__tablename__]
+
+
+# Reads and the redelivery behind the api's delivery routes.
+
+
+async def job_deliveries(session: AsyncSession, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The job's deliveries, newest first, each with its attempts (newest first)."""
+    rows = (
+        await session.execute(
+            select(_DELIVERIES)
+            .where(_DELIVERIES.c.job_id == job_id)
+            .order_by(_DELIVERIES.c.created_at.desc(), _DELIVERIES.c.occurred_at.desc(), _DELIVERIES.c.id)
+        )
+    ).mappings()
+    deliveries = [dict(row) for row in rows]
+    if not deliveries:
+        return []
+    attempts = (
+        await session.execute(
+            select(_ATTEMPTS)
+            .where(_ATTEMPTS.c.delivery_id.in_([d["id"] for d in deliveries]))
+            .order_by(_ATTEMPTS.c.number.desc(), _ATTEMPTS.c.id.desc())
+        )
+    ).mappings()
+    by_delivery: dict[uuid.UUID, list[dict[str, Any]]] = {d["id"]: [] for d in deliveries}
+    for attempt in attempts:
+        by_delivery[attempt["delivery_id"]].append(dict(attempt))
+    for delivery in deliveries:
+        delivery["attempt_log"] = by_delivery[delivery["id"]]
+    return deliveries
+
+
+async def redeliver(session: AsyncSession, job_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool:
+    """Queue a delivery of the job again, due now, with a fresh retry window; False when there is none.
+
+    Delivered, dead or still retrying alike: the receiver gets the same `webhook-id` again. A lease held by
+    a sender lapses, so that sender's result no longer moves the delivery.
+    """
+    result = await session.execute(
+        update(_DELIVERIES)
+        .where(_DELIVERIES.c.id == delivery_id, _DELIVERIES.c.job_id == job_id)
+        .values(
+            status=DeliveryStatus.PENDING.value,
+            next_attempt_at=now,
+            retry_since=now,
+            failures=0,
+            lease=None,
+            delivered_at=None,
+            dead_at=None,
+            dead_reason=None,
+            dead_lettered_at=None,
+        )
+    )
+    return bool(cast("CursorResult[Any]", result).rowcount)

@@ -31,9 +31,9 @@ from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
 from services.common.errors import BrokerUnavailable, RetryableError
 from services.common.kafka import make_consumer, missed_deadline
+from services.common.webhooks import TENANT_CHARS
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Incoming, Store
-from services.projector.store import unfit
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,14 @@ RECORDS = Counter(
 )
 QUEUED = Counter("reelstream_notifier_deliveries_queued_total", "Deliveries the consumer queued.")
 LAG = Gauge("reelstream_notifier_lag_records", "Records between the consumer's position and the known end.")
+
+
+def unfit(event: JobEvent) -> str | None:
+    """Why `event` does not fit the notifier's tables (it would fail its batch on every retry), or None."""
+    limit = TENANT_CHARS
+    if event.tenant is not None and len(event.tenant) > limit:
+        return f"tenant is longer than the {limit} characters the notifier stores"
+    return None
 
 
 def decode(msg: ConsumerRecord[Any, Any], settings: NotifierSettings) -> JobEvent | str:

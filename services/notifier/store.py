@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
-from sqlalchemy import BigInteger, CursorResult, bindparam, delete, func, select, update
+from sqlalchemy import BigInteger, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -520,57 +520,3 @@ def _delivery(row: dict[str, Any], state: _JobState, now: datetime) -> dict[str,
 
 def _occurred_at(payload: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(str(payload["occurred_at"]).replace("Z", "+00:00"))
-
-
-# Reads and the redelivery behind the api's delivery routes.
-
-
-async def job_deliveries(session: AsyncSession, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The job's deliveries, newest first, each with its attempts (newest first)."""
-    rows = (
-        await session.execute(
-            select(DELIVERIES)
-            .where(DELIVERIES.c.job_id == job_id)
-            .order_by(DELIVERIES.c.created_at.desc(), DELIVERIES.c.occurred_at.desc(), DELIVERIES.c.id)
-        )
-    ).mappings()
-    deliveries = [dict(row) for row in rows]
-    if not deliveries:
-        return []
-    attempts = (
-        await session.execute(
-            select(ATTEMPTS)
-            .where(ATTEMPTS.c.delivery_id.in_([d["id"] for d in deliveries]))
-            .order_by(ATTEMPTS.c.number.desc(), ATTEMPTS.c.id.desc())
-        )
-    ).mappings()
-    by_delivery: dict[uuid.UUID, list[dict[str, Any]]] = {d["id"]: [] for d in deliveries}
-    for attempt in attempts:
-        by_delivery[attempt["delivery_id"]].append(dict(attempt))
-    for delivery in deliveries:
-        delivery["attempt_log"] = by_delivery[delivery["id"]]
-    return deliveries
-
-
-async def redeliver(session: AsyncSession, job_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool:
-    """Queue a delivery of the job again, due now, with a fresh retry window; False when there is none.
-
-    Delivered, dead or still retrying alike: the receiver gets the same `webhook-id` again. A lease held by
-    a sender lapses, so that sender's result no longer moves the delivery.
-    """
-    result = await session.execute(
-        update(DELIVERIES)
-        .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.job_id == job_id)
-        .values(
-            status=DeliveryStatus.PENDING.value,
-            next_attempt_at=now,
-            retry_since=now,
-            failures=0,
-            lease=None,
-            delivered_at=None,
-            dead_at=None,
-            dead_reason=None,
-            dead_lettered_at=None,
-        )
-    )
-    return bool(cast("CursorResult[Any]", result).rowcount)

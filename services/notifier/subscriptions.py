@@ -1,6 +1,7 @@
 """Which events a job's webhook gets, as pure functions: the per-request filter and the fence of stale
-attempts (the read model's own rules, `services/projector/fold.is_applied`, so the notifier and the api
-never disagree on whether an event counts)."""
+attempts. The fence follows the read model's rules (`services/projector/fold.is_applied`; services do not
+import one another, so a unit test checks the two agree on random histories): the notifier and the api
+never disagree on whether an event counts."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Final
 
-from schemas.events import TERMINAL_TYPES, EventType, JobEvent
+from schemas.events import TERMINAL_TYPES, EventType, JobDispatched, JobEvent, JobRetrying
 from schemas.jobs import WebhookEvent
-from services.projector.fold import History, asserted_attempt, is_applied
 
 # The `jobs.events` types a webhook can be called for, and the name a request uses for each.
 WEBHOOK_TYPES: Final[dict[EventType, WebhookEvent]] = {
@@ -45,8 +45,7 @@ def admit(fence: Fence, event: JobEvent) -> tuple[bool, Fence]:
     An event of an attempt older than the newest dispatched or retried one, or any event after a counted
     terminal event, does not count: a stale attempt's success must not reach a client whose job ran again.
     """
-    applied = is_applied(History(attempt=fence.attempt, terminal=fence.terminal), event)
-    if not applied:
+    if not counts(fence, event):
         return False, fence
     moved_to = asserted_attempt(event)
     return True, replace(
@@ -54,6 +53,29 @@ def admit(fence: Fence, event: JobEvent) -> tuple[bool, Fence]:
         attempt=max(fence.attempt, moved_to) if moved_to is not None else fence.attempt,
         terminal=fence.terminal or event.type in TERMINAL_TYPES,
     )
+
+
+def asserted_attempt(event: JobEvent) -> int | None:
+    """The attempt a dispatch or a retry moves the job to; None for other events."""
+    if isinstance(event, JobDispatched):
+        return event.attempt
+    if isinstance(event, JobRetrying):
+        return event.next_attempt
+    return None
+
+
+def counts(fence: Fence, event: JobEvent) -> bool:
+    """Nothing counts after the terminal event; a dispatch counts unless it goes back to an older attempt,
+    a retry only when it moves past the current one, anything else unless its attempt is older."""
+    if event.type is EventType.REQUESTED:
+        return True
+    if fence.terminal:
+        return False
+    if isinstance(event, JobDispatched):
+        return event.attempt >= fence.attempt
+    if isinstance(event, JobRetrying):
+        return event.next_attempt > fence.attempt
+    return event.attempt >= fence.attempt
 
 
 def deliverable(event: JobEvent) -> bool:

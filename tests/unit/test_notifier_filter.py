@@ -6,6 +6,8 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas.events import (
@@ -24,6 +26,8 @@ from schemas.events import (
 from schemas.jobs import DEFAULT_WEBHOOK_EVENTS, JobRequest, Phase, RequestRejected, ResolvedRequest, resolve
 from schemas.samples import resolved_request
 from services.notifier.subscriptions import Fence, admit, deliverable, wanted
+from services.projector.fold import EMPTY_HISTORY
+from services.projector.fold import admit as admit_to_read_model
 
 JOB = uuid.uuid4()
 
@@ -125,3 +129,24 @@ def test_nothing_counts_after_a_terminal_event() -> None:
         _succeeded(1),
     ])  # fmt: skip
     assert sent == ["job.cancelled@1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["dispatched", "retrying", "started", "succeeded", "cancelled"]),
+                          st.integers(min_value=0, max_value=4)), max_size=25))  # fmt: skip
+def test_the_fence_agrees_with_the_read_model_on_any_history(steps: list[tuple[str, int]]) -> None:
+    """The notifier keeps its own copy of the projector's fencing rule; they must never disagree."""
+    fence, history = Fence(), EMPTY_HISTORY
+    for kind, attempt in steps:
+        event = {
+            "dispatched": lambda a: _ev(JobDispatched, a, slot=0, request=resolved_request()),
+            "retrying": lambda a: _ev(JobRetrying, a, reason="r", next_attempt=a + 1),
+            "started": lambda a: _ev(JobStarted, a, slot=0, worker_id="w"),
+            "succeeded": _succeeded,
+            "cancelled": lambda a: _ev(JobCancelled, a),
+        }[kind](attempt)
+        ours, fence = admit(fence, event)
+        stored, history = admit_to_read_model(history, event)
+        assert stored is not None
+        assert ours == stored.applied, (kind, attempt, fence, history)
+        assert (fence.attempt, fence.terminal) == (history.attempt, history.terminal)

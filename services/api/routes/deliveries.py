@@ -17,7 +17,7 @@ from services.api.auth import CallerDep
 from services.api.deps import SessionDep, StateDep
 from services.api.errors import ApiError, problems
 from services.api.routes.jobs import load_job
-from services.notifier.store import job_deliveries, redeliver
+from services.common.webhooks import job_deliveries, redeliver
 
 router = APIRouter(prefix="/v1/jobs", tags=["webhooks"])
 
