@@ -49,6 +49,7 @@ from fleet_stats import (
     Outcome,
     QueueView,
     burst,
+    noisy_neighbour,
     poisson,
     summarize,
 )
@@ -73,7 +74,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=20240611)
     p.add_argument("--poisson-seconds", type=float, default=180.0, help="how long arrivals last")
     p.add_argument("--load", type=float, default=0.8, help="offered load of the Poisson stream")
-    p.add_argument("--only", choices=("burst", "poisson", "kill"), action="append")
+    p.add_argument("--only", choices=("burst", "poisson", "tenants", "kill"), action="append")
+    p.add_argument("--noisy-jobs", type=int, default=48, help="tenants phase: the noisy tenant's burst")
+    p.add_argument("--quiet-jobs", type=int, default=6, help="tenants phase: the quiet tenant's jobs")
+    p.add_argument("--quiet-every", type=float, default=8.0, help="tenants phase: seconds between them")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--no-api", action="store_true", help="skip the api/projector (no api ETA)")
     p.add_argument("--api-sample", type=int, default=3, help="ask the api for the ETA of every n-th job")
@@ -106,7 +110,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, default=ROOT / "out" / "fleet.json")
     args = p.parse_args(argv)
-    args.phases = args.only or ["burst", "poisson", "kill"]
+    args.phases = args.only or ["burst", "poisson", "tenants", "kill"]
     return args
 
 
@@ -301,6 +305,10 @@ async def run_phases(
         for design in designs:
             phases[f"{design.name} poisson"] = await measured_phase(design, procs, "poisson", jobs)
             save(results, args)
+    if "tenants" in args.phases:  # fair share between tenants: reelstream only (the baselines have none)
+        jobs = noisy_neighbour(args.noisy_jobs, args.quiet_jobs, args.quiet_every)
+        phases["reelstream tenants"] = await measured_phase(ours, procs, "tenants", jobs)
+        save(results, args)
     if "kill" in args.phases:
         results["kill"] = await kill_phase(ours, procs)
 

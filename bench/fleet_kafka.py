@@ -105,7 +105,9 @@ def requested_event(job: BenchJob, tags: dict[str, str]) -> JobRequested:
     request = resolve(body)
     assert request.num_inference_steps == job.kind.steps, "the catalog's steps changed"
     digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    return JobRequested(job_id=new_job_id(), producer=PRODUCER, request=request, request_hash=digest)
+    return JobRequested(
+        job_id=new_job_id(), producer=PRODUCER, request=request, request_hash=digest, tenant=job.tenant
+    )
 
 
 @dataclass
@@ -237,7 +239,9 @@ class Submitter:
                 await asyncio.sleep(delay)
             event = requested_event(job, tags)
             view = self.collector.view
-            outcome = Outcome(job.kind, event.occurred_at.timestamp(), eta_wait=view.eta_wait(job.kind))
+            outcome = Outcome(
+                job.kind, event.occurred_at.timestamp(), eta_wait=view.eta_wait(job.kind), tenant=job.tenant
+            )
             view.submitted(str(event.job_id), job.kind)
             self.collector.tracks[event.job_id] = Track(job.kind, outcome)
             keys.append(event.job_id)

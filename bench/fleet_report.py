@@ -165,6 +165,17 @@ def _targets(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _tenant_table(s: dict[str, Any]) -> str:
+    """The noisy-neighbour phase: each tenant's waits."""
+    rows = [
+        [tenant, str(w["n"]), _f(w["p50"]), _f(w["p95"]), _f(w["max"])]
+        for tenant, w in s.get("wait_by_tenant", {}).items()
+    ]
+    return markdown_table(
+        ["tenant (noisy neighbour phase)", "jobs", "wait p50 (s)", "wait p95 (s)", "max (s)"], rows
+    )
+
+
 def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     phases = results["phases"]
     names = [n for n in ORDER if n in phases]
@@ -172,6 +183,8 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     if names:
         rows = [[label, *(cell(phases[n]) for n in names)] for label, cell in ROWS]
         parts.append(markdown_table(["metric", *names], rows))
+    if (tenants := phases.get("reelstream tenants")) is not None:
+        parts.append(_tenant_table(tenants))
     if results["kill"]:
         parts.append(_kill_table(results["kill"]))
     parts.append("\n".join(_targets(results)))

@@ -24,7 +24,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fleet_kafka import requested_event
-from fleet_stats import BenchJob, burst, ideal_makespan, percentile, step_seconds
+from fleet_stats import (
+    BenchJob,
+    burst,
+    ideal_makespan,
+    noisy_neighbour,
+    percentile,
+    step_seconds,
+    tenant_waits,
+)
 
 from schemas.events import (
     HeldJob,
@@ -347,9 +355,12 @@ class Fleet:
         first = min(arrival for _, arrival in self.submitted.values())
         makespan = max(self.ended.values()) - first
         waits: dict[str, list[float]] = {"interactive": [], "batch": []}
+        by_tenant: list[tuple[str, float]] = []
         for job_id, (job, arrival) in self.submitted.items():
             waits[job.kind.lane].append(self.first_start[job_id] - arrival)
+            by_tenant.append((job.tenant, self.first_start[job_id] - arrival))
         return {
+            "wait_by_tenant": tenant_waits(by_tenant),
             "jobs": len(self.ended),
             "makespan": makespan,
             "ideal": ideal,
@@ -366,6 +377,29 @@ def simulate(jobs: Sequence[BenchJob], config: SimConfig) -> dict[str, Any]:
     return Fleet(config).run(jobs)
 
 
+def neighbour_table(jobs: Sequence[BenchJob], config: SimConfig) -> str:
+    """Each tenant's waits with fair share, and with the same jobs in one queue (all one tenant: the
+    lane's age order alone, as before tenants)."""
+    one_queue = [dataclasses.replace(j, tenant="default") for j in jobs]
+    owner = {j.index: j.tenant for j in jobs}
+    lines = [
+        "| order | tenant | jobs | wait p50 (s) | wait p95 (s) | wait max (s) | utilisation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, run in (("fair share", jobs), ("one queue", one_queue)):
+        fleet = Fleet(config)
+        r = fleet.run(run)
+        if name == "one queue":  # label each job with its real tenant again
+            waits = [(owner[job.index], fleet.first_start[i] - t) for i, (job, t) in fleet.submitted.items()]
+            r["wait_by_tenant"] = tenant_waits(waits)
+        for tenant, w in r["wait_by_tenant"].items():
+            lines.append(
+                f"| {name} | {tenant} | {w['n']} | {w['p50']:.1f} | {w['p95']:.1f} | {w['max']:.1f} |"
+                f" {r['utilisation']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=300)
@@ -378,8 +412,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--gap", type=float, default=0.0)
     p.add_argument("--finish", type=float, default=0.0)
     p.add_argument("--resume", type=float, default=0.0)
+    p.add_argument("--noisy-neighbour", action="store_true", help="two tenants in the batch lane instead")
+    p.add_argument("--noisy-jobs", type=int, default=120)
+    p.add_argument("--quiet-jobs", type=int, default=8)
+    p.add_argument("--quiet-every", type=float, default=12.0, help="seconds between the quiet tenant's jobs")
     args = p.parse_args(argv)
-    jobs = burst(args.jobs, args.long_share, args.seed)
     base = SimConfig(
         slots=args.slots,
         scale=args.scale,
@@ -389,6 +426,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         finish=args.finish,
         resume=args.resume,
     )
+    if args.noisy_neighbour:
+        print(neighbour_table(noisy_neighbour(args.noisy_jobs, args.quiet_jobs, args.quiet_every), base))
+        return
+    jobs = burst(args.jobs, args.long_share, args.seed)
     header = ("rules", "utilisation", "makespan / ideal (s)", "interactive p50 / p95 (s)")
     print("| " + " | ".join((*header, "batch p50 / p95 (s)", "preemptions")) + " |")
     print("|---" * 6 + "|")

@@ -65,6 +65,7 @@ class BenchJob:
     index: int
     kind: JobKind
     arrival: float = 0.0
+    tenant: str = "default"
 
 
 def _mix(n: int, long_share: float, rng: random.Random) -> list[JobKind]:
@@ -78,6 +79,25 @@ def _mix(n: int, long_share: float, rng: random.Random) -> list[JobKind]:
 def burst(n: int, long_share: float, seed: int) -> list[BenchJob]:
     """`n` jobs that all arrive at once."""
     return [BenchJob(i, kind) for i, kind in enumerate(_mix(n, long_share, random.Random(seed)))]
+
+
+def noisy_neighbour(noisy: int, quiet: int, every: float) -> list[BenchJob]:
+    """Two tenants in the batch lane: `noisy` submits `noisy` long jobs at once, then `quiet` submits
+    one long job every `every` seconds (the first after `every` / 2), while noisy's backlog stands."""
+    jobs = [BenchJob(i, LONG, 0.0, "noisy") for i in range(noisy)]
+    jobs += [BenchJob(noisy + i, LONG, every / 2 + i * every, "quiet") for i in range(quiet)]
+    return jobs
+
+
+def tenant_waits(waits: Iterable[tuple[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per tenant: how many jobs started, and their waits (p50, p95, max)."""
+    by: dict[str, list[float]] = {}
+    for tenant, wait in waits:
+        by.setdefault(tenant, []).append(wait)
+    return {
+        t: {"n": len(w), "p50": percentile(w, 50), "p95": percentile(w, 95), "max": max(w)}
+        for t, w in sorted(by.items())
+    }
 
 
 def mean_work(long_share: float, scale: float) -> float:
@@ -177,6 +197,7 @@ class Outcome:
     kind: JobKind
     requested: float
     eta_wait: float | None = None
+    tenant: str = "default"
     api_eta_start: float | None = None
     dispatched: float | None = None
     started: float | None = None
@@ -314,6 +335,9 @@ def summarize(
         "slot_time": slot_time(outcomes, slots, scale),
         "preemptions": sum(o.preemptions for o in outcomes),
     }
+    if len({o.tenant for o in outcomes}) > 1:
+        started = [(o.tenant, o.started - o.requested) for o in outcomes if o.started is not None]
+        out["wait_by_tenant"] = tenant_waits(started)
     for lane in LANES:
         out[f"wait_{lane}"] = _spread(_waits(outcomes, lane))
         out[f"overhead_{lane}"] = overheads(outcomes, scale, lane)
