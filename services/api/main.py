@@ -23,7 +23,7 @@ from services.api.feeds import JobFeeds, database_rows, queue_places
 from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
 from services.api.queue_view import QueueViewFollower
-from services.api.routes import admin, events, health, jobs
+from services.api.routes import admin, deliveries, events, health, jobs
 from services.api.settings import ApiSettings, get_settings
 from services.api.streams import StreamLimit
 from services.common.db import make_engine, make_sessions
@@ -134,6 +134,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(deliveries.router)
     app.mount("/metrics", make_asgi_app())
 
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)

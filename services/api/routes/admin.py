@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from services.api.auth import AdminDep
 from services.api.deps import SessionDep
@@ -17,29 +17,40 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 TenantName = Annotated[str, Field(pattern=TENANT_NAME.pattern, description="a-z, 0-9 and '-', 1-63")]
 
 
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("a number, not true or false")
+    return value
+
+
+N = TypeVar("N", int, float)
+# JSON numbers as JSON Schema reads them (50.0 is an integer), but never a boolean.
+Number = Annotated[N, BeforeValidator(_not_a_bool)]
+
+
 class KeyNotFound(ApiError):
     status = 404
     title = "Key not found"
 
 
 class NewKey(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(extra="forbid")
 
     tenant: TenantName
     name: str = Field(default="key", min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
-    admin: bool = False
+    admin: StrictBool = False
 
 
 class Limits(BaseModel):
     """A tenant's limits; a field left out or null takes the deployment's default."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(extra="forbid")
 
-    max_queued_jobs: int | None = Field(default=None, ge=1, le=10_000_000)
-    max_running_jobs: int | None = Field(default=None, ge=1, le=100_000)
-    gpu_seconds_per_day: float | None = Field(default=None, gt=0, le=1e9)
-    submits_per_second: float | None = Field(default=None, gt=0, le=1e6)
-    reads_per_second: float | None = Field(default=None, gt=0, le=1e6)
+    max_queued_jobs: Number[int] | None = Field(default=None, ge=1, le=10_000_000)
+    max_running_jobs: Number[int] | None = Field(default=None, ge=1, le=100_000)
+    gpu_seconds_per_day: Number[float] | None = Field(default=None, gt=0, le=1e9)
+    submits_per_second: Number[float] | None = Field(default=None, gt=0, le=1e6)
+    reads_per_second: Number[float] | None = Field(default=None, gt=0, le=1e6)
 
 
 @router.post("/keys", status_code=201, responses=problems(400, 403))
