@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
@@ -23,9 +23,8 @@ def _not_a_bool(value: object) -> object:
     return value
 
 
-N = TypeVar("N", int, float)
 # JSON numbers as JSON Schema reads them (50.0 is an integer), but never a boolean.
-Number = Annotated[N, BeforeValidator(_not_a_bool)]
+NoBool = BeforeValidator(_not_a_bool)
 
 
 class KeyNotFound(ApiError):
@@ -46,11 +45,11 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_queued_jobs: Number[int] | None = Field(default=None, ge=1, le=10_000_000)
-    max_running_jobs: Number[int] | None = Field(default=None, ge=1, le=100_000)
-    gpu_seconds_per_day: Number[float] | None = Field(default=None, gt=0, le=1e9)
-    submits_per_second: Number[float] | None = Field(default=None, gt=0, le=1e6)
-    reads_per_second: Number[float] | None = Field(default=None, gt=0, le=1e6)
+    max_queued_jobs: Annotated[int, Field(ge=1, le=10_000_000), NoBool] | None = None
+    max_running_jobs: Annotated[int, Field(ge=1, le=100_000), NoBool] | None = None
+    gpu_seconds_per_day: Annotated[float, Field(gt=0, le=1e9), NoBool] | None = None
+    submits_per_second: Annotated[float, Field(gt=0, le=1e6), NoBool] | None = None
+    reads_per_second: Annotated[float, Field(gt=0, le=1e6), NoBool] | None = None
 
 
 @router.post("/keys", status_code=201, responses=problems(400, 403))
