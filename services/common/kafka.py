@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -76,10 +76,17 @@ class Producer:
     error the failed send is reported (the caller retries) and the next one goes through a new producer.
     """
 
-    def __init__(self, settings: CommonSettings, client_id: str) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        settings: CommonSettings,
+        client_id: str,
+        factory: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
+        """`factory` makes the underlying producer (and each renewal) where one needs other settings
+        than `_aiokafka_producer`'s (compression, request size)."""
         self._client_id = client_id
-        self._producer = _aiokafka_producer(settings, client_id)
+        self._make = factory or (lambda: _aiokafka_producer(settings, client_id))
+        self._producer = self._make()
         self._renewing = asyncio.Lock()
 
     async def start(self) -> None:
@@ -114,7 +121,7 @@ class Producer:
             if self._producer is not broken:
                 return  # another send already renewed it
             log.warning("renewing the Kafka producer %s after a failed send", self._client_id)
-            fresh = _aiokafka_producer(self._settings, self._client_id)
+            fresh = self._make()
             await fresh.start()
             self._producer = fresh
         with contextlib.suppress(KafkaError, TimeoutError, OSError):

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.queue import QUEUE_VIEW_KEY, QueueView
 from schemas.topics import QUEUE_VIEW_MAX_BYTES
+from services.common.kafka import Producer
 from services.scheduler.queue_view import queue_view
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.state import SchedulerState
@@ -52,7 +53,8 @@ class QueueViewWriter:
     def __init__(self, settings: SchedulerSettings, topic: str) -> None:
         self.settings = settings
         self.topic = topic
-        self.producer = view_producer(settings)
+        # Renewed when its sequence state breaks (a broker restart), as every producer here.
+        self.producer = Producer(settings, "reelstream-scheduler-queue", lambda: view_producer(settings))
         self.in_flight: asyncio.Task[None] | None = None
         self.computed_at = float("-inf")
         self.sent_at = float("-inf")

@@ -16,6 +16,7 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from services.common.kafka import Producer
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.snapshot import SnapshotError, StateSnapshot, decode, encode
 
@@ -109,7 +110,10 @@ class SnapshotWriter:
     def __init__(self, settings: SchedulerSettings, topic: str) -> None:
         self.settings = settings
         self.topic = topic
-        self.producer = snapshot_producer(settings)
+        # Renewed when its sequence state breaks (a broker restart), as every producer here.
+        self.producer = Producer(
+            settings, "reelstream-scheduler-snapshot", lambda: snapshot_producer(settings)
+        )
         self.in_flight: asyncio.Task[None] | None = None
         self.last_at = float("-inf")
         self.written = 0
