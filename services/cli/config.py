@@ -1,5 +1,5 @@
-"""Where a client finds the api and its key: REELSTREAM_API_URL and REELSTREAM_API_KEY, else the local
-stack's defaults (the key `make up` keeps in .run/api-key)."""
+"""Where a client finds its API key: REELSTREAM_API_KEY, else the local stack's key file (`make up`
+keeps it in .run/api-key)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,11 @@ import os
 from pathlib import Path
 from typing import Final
 
-DEFAULT_API: Final = "http://127.0.0.1:8000"
 LOCAL_KEY_FILE: Final = Path(".run/api-key")
 
 
 class NoApiKey(RuntimeError):
     pass
-
-
-def api_url() -> str:
-    return os.environ.get("REELSTREAM_API_URL", DEFAULT_API)
 
 
 def api_key(root: Path | None = None) -> str:

@@ -26,7 +26,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 from schemas.events import TenantLimits
 from services.common.readmodel import Base
 
-DEFAULT_TENANT: Final = "default"
 KEY_PREFIX: Final = "rs_"
 TENANT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # Standard Webhooks secrets: "whsec_" and the base64 of the key bytes. Two are valid while one rotates.
