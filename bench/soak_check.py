@@ -1,5 +1,5 @@
 """The soak's verdict, from what it recorded and what it read back: no I/O here, so the rules are unit
-tested with made-up observations (tests/unit/test_soak.py).
+tested with made-up observations (tests/unit/bench/test_soak.py).
 
 Every job the soak got a 202 for must end in exactly one terminal state, in the read model and on its SSE
 stream; a success leaves exactly its MP4 and poster under `jobs/<id>/attempt-<n>/`, and nothing else of

@@ -64,7 +64,7 @@ from services.notifier.main import run_live
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store
 from services.notifier.targets import static_results
-from tests.unit.test_api_submit import CALLER, KEY, static_keys
+from tests.unit.api.test_api_submit import CALLER, KEY, static_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

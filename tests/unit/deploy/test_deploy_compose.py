@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # libyaml's loader where PyYAML has it: the pure-Python one is several times slower.
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SETTINGS = {

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "gpu_generate.py"
+BENCH = Path(__file__).resolve().parents[4] / "bench" / "gpu_generate.py"
 
 
 def _load_bench() -> ModuleType:

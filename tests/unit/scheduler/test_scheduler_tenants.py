@@ -11,7 +11,7 @@ from services.scheduler.plan import plan
 from services.scheduler.queue_view import queue_view
 from services.scheduler.snapshot import capture, restore
 from services.scheduler.state import Dispatch, SchedulerState
-from tests.unit.test_scheduler import T0, beat, carry_out, make_state, request
+from tests.unit.scheduler.test_scheduler import T0, beat, carry_out, make_state, request
 
 
 def submit_as(

@@ -25,7 +25,7 @@ import yaml
 
 from schemas.topics import JOBS_DISPATCH, internal_topic_specs, topic_specs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 KUSTOMIZE = ROOT / ".cache" / "tools" / "bin" / "kustomize"

@@ -18,8 +18,8 @@ from services.api.settings import ApiSettings
 from services.common.db import make_engine
 from services.common.storage import Storage
 from services.common.tenants import Caller
-from tests.unit.test_api_faults import NOWHERE, problem_of
-from tests.unit.test_api_submit import FakePublisher, static_keys
+from tests.unit.api.test_api_faults import NOWHERE, problem_of
+from tests.unit.api.test_api_submit import FakePublisher, static_keys
 
 SLOW = Caller(uuid.uuid4(), "slow", False, TenantLimits(), 100, submits_per_second=1.0, reads_per_second=2.0)
 METERED = Caller(

@@ -26,7 +26,7 @@ from services.api.settings import ApiSettings
 from services.api.streams import StreamLimit
 from services.common.db import make_engine
 from services.common.storage import Storage
-from tests.unit.test_api_submit import KEY, FakePublisher, static_keys
+from tests.unit.api.test_api_submit import KEY, FakePublisher, static_keys
 
 NOWHERE = SecretStr("postgresql+asyncpg://reelstream:reelstream@127.0.0.1:9/reelstream")
 BODY = {"prompt": "a lighthouse in fog", "model": "tiny-mochi"}

@@ -14,7 +14,7 @@ import pytest
 
 from schemas.catalog import CATALOG, Quality
 
-STATS = Path(__file__).resolve().parents[2] / "bench" / "fleet_stats.py"
+STATS = Path(__file__).resolve().parents[3] / "bench" / "fleet_stats.py"
 
 
 def _load() -> ModuleType:

@@ -11,7 +11,7 @@ from schemas.queue import QueueView
 from services.scheduler.plan import plan
 from services.scheduler.queue_view import queue_view
 from services.scheduler.state import step_key
-from tests.unit.test_scheduler import T0, beat, carry_out, make_state, submit
+from tests.unit.scheduler.test_scheduler import T0, beat, carry_out, make_state, submit
 
 
 def started(job_id: uuid.UUID, slot: int, at: datetime) -> JobStarted:
