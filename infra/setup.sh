@@ -18,7 +18,15 @@ apt_install() {
         APT_UPDATED=1
     fi
     log "setup: apt-get install $*"
+    # No package may start a daemon here (prometheus would take :9090): policy-rc.d says no for the install.
+    local policy=/usr/sbin/policy-rc.d had_policy=0
+    [[ -e "$policy" ]] && had_policy=1
+    if ((!had_policy)); then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    ((had_policy)) || rm -f "$policy"
 }
 
 java_major() {
@@ -43,6 +51,10 @@ install_system_packages() {
     command -v setpriv >/dev/null || wanted+=(util-linux)
     # The Celery+Redis peer that the benchmarks run beside reelstream (bench/peer_api.py).
     command -v redis-server >/dev/null || wanted+=(redis-server)
+    # promtool checks the alert rules in k8s/ (`make lint-deploy`); only the tool is used, never the server.
+    command -v promtool >/dev/null || wanted+=(prometheus)
+    # The console's end-to-end test drives Debian's Chromium through Playwright (no browser download).
+    command -v chromium >/dev/null || wanted+=(chromium)
     if ((${#wanted[@]})); then
         apt_install "${wanted[@]}"
     fi
