@@ -84,6 +84,7 @@ SUMMARIES: Final[dict[str, str]] = {
     _ET.RETRYING: "The attempt was lost (worker crash); the job goes back to the queue.",
     _ET.PREEMPT_REQUESTED: "The scheduler preempts the job: its slot stops it with a checkpoint at at_step.",
     _ET.PREEMPTED: "The slot stopped the job after a durable checkpoint; it waits again and resumes there.",
+    _ET.DELETED: "Tombstone: the job and its S3 objects are deleted; forget it. Nothing of the job follows.",
     HEARTBEAT: "Slot liveness: state, loaded model, current job, seconds per step.",
 }
 
@@ -118,7 +119,14 @@ OPERATIONS: Final = (
         JOBS_REQUESTED,
         "A submitted job; the 202 is sent only after acks=all, for an append time not after accept_by.",
     ),
-    Operation("api", "send", JOBS_CONTROL, "POST /v1/jobs/{id}/cancel."),
+    Operation("api", "send", JOBS_CONTROL, "POST /v1/jobs/{id}/cancel; DELETE of a job not yet ended."),
+    Operation(
+        "api",
+        "send",
+        JOBS_EVENTS,
+        "DELETE /v1/jobs/{id} (and /v1/videos/{id}): the tombstone, once the job's S3 objects are gone.",
+        (_ET.DELETED,),
+    ),
     Operation(
         "scheduler",
         "receive",
@@ -167,7 +175,19 @@ OPERATIONS: Final = (
         JOBS_REQUESTED,
         "Creates the job row; dead-letters a record appended after its accept_by (not a job).",
     ),
-    Operation("projector", "receive", JOBS_EVENTS, "Updates the job row and appends to its event history."),
+    Operation(
+        "projector",
+        "receive",
+        JOBS_EVENTS,
+        "Updates the job row and appends to its event history; a tombstone removes the row and history.",
+    ),
+    Operation(
+        "projector",
+        "send",
+        JOBS_EVENTS,
+        "The retention sweeper's tombstones for jobs that ended more than REELSTREAM_RETENTION_DAYS ago.",
+        (_ET.DELETED,),
+    ),
     *_dead_letter_ops(),
     Operation("operators", "receive", DLQ, "Inspect dead letters; replay them to their source topic."),
 )

@@ -32,6 +32,7 @@ class EventType(StrEnum):
     RETRYING = "job.retrying"
     PREEMPT_REQUESTED = "job.preempt_requested"
     PREEMPTED = "job.preempted"
+    DELETED = "job.deleted"
 
 
 def utcnow() -> datetime:
@@ -203,6 +204,24 @@ class JobPreempted(_Event):
     reason: str
 
 
+class DeletionReason(StrEnum):
+    CLIENT = "client"
+    RETENTION = "retention"
+
+
+class JobDeleted(_Event):
+    """Tombstone: the job is deleted, with its video, poster, previews, thumbnails, input image and
+    checkpoints. Its S3 objects are gone before this is published; the projector removes the job's row
+    on it, and nothing about the job counts after it. Downstream consumers should forget the job."""
+
+    type: Literal[EventType.DELETED] = EventType.DELETED
+    reason: DeletionReason = Field(
+        default=DeletionReason.CLIENT,
+        description="client: DELETE /v1/jobs/{id} (or /v1/videos/{id}); retention: expired after N days.",
+    )
+    objects_deleted: int = Field(default=0, ge=0, description="S3 objects the deleter removed first.")
+
+
 JobEvent = Annotated[
     JobRequested
     | JobDispatched
@@ -215,11 +234,14 @@ JobEvent = Annotated[
     | JobCancelled
     | JobRetrying
     | JobPreemptRequested
-    | JobPreempted,
+    | JobPreempted
+    | JobDeleted,
     Field(discriminator="type"),
 ]
 JOB_EVENT_ADAPTER: Final[TypeAdapter[JobEvent]] = TypeAdapter(JobEvent)
 TERMINAL_TYPES: Final = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})
+# Nothing follows these in a job's stream: its end, or its deletion.
+STREAM_END_TYPES: Final = TERMINAL_TYPES | {EventType.DELETED}
 EVENT_CLASSES: Final[dict[EventType, type[_Event]]] = {
     EventType.REQUESTED: JobRequested,
     EventType.DISPATCHED: JobDispatched,
@@ -233,6 +255,7 @@ EVENT_CLASSES: Final[dict[EventType, type[_Event]]] = {
     EventType.RETRYING: JobRetrying,
     EventType.PREEMPT_REQUESTED: JobPreemptRequested,
     EventType.PREEMPTED: JobPreempted,
+    EventType.DELETED: JobDeleted,
 }
 
 

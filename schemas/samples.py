@@ -17,11 +17,13 @@ from pydantic import BaseModel
 
 from schemas.catalog import Quality
 from schemas.events import (
+    DeletionReason,
     ErrorCode,
     EventType,
     JobCancelled,
     JobCancelRequested,
     JobCheckpointed,
+    JobDeleted,
     JobDispatched,
     JobError,
     JobFailed,
@@ -195,6 +197,12 @@ def events() -> dict[EventType, BaseModel]:
             total_steps=32,
             checkpoint_key=checkpoint.replace("16", "24"),
             reason="balance the batch lane: a waiting job starts now instead of after the last round",
+        ),
+        t.DELETED: JobDeleted(
+            **_common(t.DELETED, 86_400.0, "api", 1, 0),
+            tenant="acme",
+            reason=DeletionReason.CLIENT,
+            objects_deleted=4,
         ),
     }
 

@@ -105,13 +105,13 @@ def test_operations_point_at_channels_and_their_messages(doc: dict[str, Any]) ->
 @pytest.mark.parametrize(
     ("service", "action", "topics"),
     [
-        ("api", "send", {"jobs.requested", "jobs.control"}),
+        ("api", "send", {"jobs.requested", "jobs.control", "jobs.events"}),
         ("scheduler", "receive", {"jobs.requested", "jobs.events", "jobs.control", "workers.heartbeat"}),
         ("scheduler", "send", {"jobs.dispatch", "jobs.events", "jobs.control", "dlq"}),
         ("worker", "receive", {"jobs.dispatch", "jobs.control"}),
         ("worker", "send", {"jobs.events", "workers.heartbeat", "dlq"}),
         ("projector", "receive", {"jobs.requested", "jobs.events"}),
-        ("projector", "send", {"dlq"}),
+        ("projector", "send", {"jobs.events", "dlq"}),
         ("operators", "receive", {"dlq"}),
     ],
 )
