@@ -17,6 +17,80 @@ class Quality(StrEnum):
     HIGH = "high"
 
 
+class Speed(StrEnum):
+    """How a job trades fidelity for GPU time. `exact` is the model's own sampler, bit for bit; `fast` and
+    `fastest` are named recipes per model (`ModelSpec.speeds`) that skip work between denoising steps."""
+
+    EXACT = "exact"
+    FAST = "fast"
+    FASTEST = "fastest"
+
+
+class StepCache(StrEnum):
+    """The diffusers cache hook a speed tier turns on for its transformer (`transformer.enable_cache`)."""
+
+    NONE = "none"
+    # FirstBlockCacheConfig(threshold): the first block always runs; when its residual changed by less
+    # than `threshold` (relative mean) since the last full step, the other blocks' residual is reused.
+    FIRST_BLOCK = "first_block"
+    # TaylorSeerCacheConfig(use_lite_mode=True): `warmup_steps` full steps, then one full step in every
+    # `cache_interval`; between them the blocks are skipped and the output projection is extrapolated
+    # (first-order Taylor) from the last two full steps. A fixed schedule: the work saved is known.
+    TAYLORSEER_LITE = "taylorseer_lite"
+
+
+class SpeedTier(BaseModel):
+    """One model's recipe for one speed tier, with what it is expected to gain and to cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recipe: str = Field(description="Name of the recipe, e.g. `first-block-cache-0.08`.")
+    description: str
+    cache: StepCache = StepCache.NONE
+    threshold: float | None = Field(default=None, gt=0, description="first_block: relative residual change.")
+    cache_interval: int | None = Field(default=None, ge=2, description="taylorseer_lite: one full step in N.")
+    warmup_steps: int | None = Field(default=None, ge=2, description="taylorseer_lite: full steps first.")
+    fp8: bool = Field(
+        default=False,
+        description="FP8 weights for the transformer (torchao), on a CUDA GPU that has FP8 (compute"
+        " capability 8.9+) and where torchao is installed; skipped elsewhere, and the worker logs why.",
+    )
+    compile: bool = Field(
+        default=False, description="Per-block torch.compile of the tier's FP8 transformer (CUDA only)."
+    )
+    expected_speedup: float = Field(
+        ge=1.0, description="Expected denoising time of `exact` divided by this tier's (see speedup_basis)."
+    )
+    speedup_basis: str = Field(description="Where `expected_speedup` comes from: measured, or published.")
+    quality_cost: str = Field(description="What the tier costs in fidelity against `exact`, and how known.")
+
+    @property
+    def step_time_ratio(self) -> float:
+        """Seconds per step of this tier over `exact`: the default the scheduler uses until measured."""
+        return 1.0 / self.expected_speedup
+
+    def full_steps(self, steps: int) -> int:
+        """How many of `steps` run the whole transformer (fixed schedules only; otherwise all)."""
+        if self.cache is not StepCache.TAYLORSEER_LITE:
+            return steps
+        warmup, interval = self.warmup_steps or 2, self.cache_interval or 2
+        # diffusers' hook computes at step s when s < warmup or (s - warmup - 1) % interval == 0.
+        return sum(1 for s in range(steps) if s < warmup or (s - warmup - 1) % interval == 0)
+
+
+EXACT_TIER: Final = SpeedTier(
+    recipe="exact",
+    description="The model's own sampler, every step in full: bit-identical for a seed on one GPU type.",
+    expected_speedup=1.0,
+    speedup_basis="the reference",
+    quality_cost="none",
+)
+
+
+def _default_speeds() -> dict[Speed, SpeedTier]:
+    return {Speed.EXACT: EXACT_TIER}
+
+
 class ModelSpec(BaseModel):
     """Limits and defaults of one model. Frame counts follow `frames = frame_step * k + 1`."""
 
@@ -44,6 +118,14 @@ class ModelSpec(BaseModel):
     max_guidance: float = 20.0
     memory_gib: float = Field(description="Peak GPU memory at the default size, bf16, all weights resident.")
     tiny: bool = False
+    speeds: dict[Speed, SpeedTier] = Field(
+        default_factory=_default_speeds,
+        description="The speed tiers this model offers (`exact` always), each a named recipe.",
+    )
+
+    def speed_tier(self, speed: Speed) -> SpeedTier | None:
+        """The model's recipe for `speed`, or None when it does not offer that tier."""
+        return self.speeds.get(speed)
 
     def frames_allowed(self, frames: int) -> bool:
         return self.min_frames <= frames <= self.max_frames and (frames - 1) % self.frame_step == 0
@@ -66,6 +148,91 @@ MOCHI_STEPS: Final = {Quality.LOW: 16, Quality.MEDIUM: 32, Quality.HIGH: 64}
 # Wan's reference sampler runs 50 steps; 20-30 keep most of the quality at half the GPU time.
 WAN_STEPS: Final = {Quality.LOW: 20, Quality.MEDIUM: 30, Quality.HIGH: 50}
 
+_UNMEASURED: Final = (
+    "not yet measured at full size (no GPU run of bench/gpu_quality.py yet): expect softer fine detail"
+    " and motion where steps are skipped"
+)
+MOCHI_SPEEDS: Final = {
+    Speed.EXACT: EXACT_TIER,
+    Speed.FAST: SpeedTier(
+        recipe="first-block-cache-0.08",
+        description="First-block cache: the rest of the transformer is skipped at steps where the first"
+        " block's residual changed by under 8% since the last full step.",
+        cache=StepCache.FIRST_BLOCK,
+        threshold=0.08,
+        expected_speedup=1.5,
+        speedup_basis="published: TeaCache (the same residual test on the input side) 1.5x on Mochi at its"
+        " mild threshold; not yet measured here",
+        quality_cost=_UNMEASURED + "; published: small at this threshold",
+    ),
+    Speed.FASTEST: SpeedTier(
+        recipe="taylorseer-lite-4+1/3-fp8-compiled",
+        description="TaylorSeer lite: 4 full steps, then one in 3; the steps between skip every block and"
+        " extrapolate the output. On an FP8 GPU with torchao: FP8 transformer weights, compiled per block.",
+        cache=StepCache.TAYLORSEER_LITE,
+        warmup_steps=4,
+        cache_interval=3,
+        fp8=True,
+        compile=True,
+        expected_speedup=2.4,
+        speedup_basis="the schedule: 13 of 32 steps run the transformer (2.5x on transformer time; 16"
+        " steps 2.0x, 64 steps 2.7x); FP8 (published 1.2-1.5x on Wan) and compile (1.27x measured on"
+        " Mochi, 163 frames) come on top where they apply; not yet measured",
+        quality_cost=_UNMEASURED + "; the largest of the tiers",
+    ),
+}
+WAN_SPEEDS: Final = {
+    Speed.EXACT: EXACT_TIER,
+    Speed.FAST: SpeedTier(
+        recipe="first-block-cache-0.08",
+        description="First-block cache per CFG branch: the rest of the transformer is skipped at steps"
+        " where the first block's residual changed by under 8% since the last full step.",
+        cache=StepCache.FIRST_BLOCK,
+        threshold=0.08,
+        expected_speedup=1.5,
+        speedup_basis="published: first-block / Taylor caches 1.5-1.9x on Wan; not yet measured here",
+        quality_cost=_UNMEASURED + "; published: small at this threshold",
+    ),
+    Speed.FASTEST: SpeedTier(
+        recipe="taylorseer-lite-4+1/3-fp8-compiled",
+        description="TaylorSeer lite: 4 full steps, then one in 3; the steps between skip every block and"
+        " extrapolate the output. On an FP8 GPU with torchao: FP8 transformer weights, compiled per block.",
+        cache=StepCache.TAYLORSEER_LITE,
+        warmup_steps=4,
+        cache_interval=3,
+        fp8=True,
+        compile=True,
+        expected_speedup=2.4,
+        speedup_basis="the schedule: 13 of 30 steps run the transformer (2.3x on transformer time); FP8"
+        " (published 1.2-1.5x on Wan, H200) and compile come on top where they apply; not yet measured",
+        quality_cost=_UNMEASURED + "; the largest of the tiers",
+    ),
+}
+# The tiny model's random weights change much more from step to step than a trained model's, so its
+# first-block threshold is set where it does skip steps: the tests check that the tiers skip work.
+TINY_MOCHI_SPEEDS: Final = {
+    Speed.EXACT: EXACT_TIER,
+    Speed.FAST: MOCHI_SPEEDS[Speed.FAST].model_copy(
+        update={
+            "recipe": "first-block-cache-0.4",
+            "threshold": 0.4,
+            "speedup_basis": "tiny-mochi on the CPU, tests only",
+            "quality_cost": "meaningless on random weights",
+        }
+    ),
+    Speed.FASTEST: MOCHI_SPEEDS[Speed.FASTEST].model_copy(
+        update={
+            "recipe": "taylorseer-lite-2+1/2",
+            "warmup_steps": 2,
+            "cache_interval": 2,
+            "expected_speedup": 1.6,
+            "speedup_basis": "the schedule: 5 of 8 steps at high quality; FP8 and compile never apply on"
+            " the CPU",
+            "quality_cost": "meaningless on random weights",
+        }
+    ),
+}
+
 CATALOG: Final[dict[str, ModelSpec]] = {
     "mochi-1-preview": ModelSpec(
         name="mochi-1-preview",
@@ -85,6 +252,7 @@ CATALOG: Final[dict[str, ModelSpec]] = {
         steps=MOCHI_STEPS,
         default_guidance=4.5,
         memory_gib=60.0,
+        speeds=MOCHI_SPEEDS,
     ),
     "tiny-mochi": ModelSpec(
         name="tiny-mochi",
@@ -105,6 +273,7 @@ CATALOG: Final[dict[str, ModelSpec]] = {
         default_guidance=4.5,
         memory_gib=0.7,
         tiny=True,
+        speeds=TINY_MOCHI_SPEEDS,
     ),
     "wan2.1-t2v-1.3b": ModelSpec(
         name="wan2.1-t2v-1.3b",
@@ -127,6 +296,7 @@ CATALOG: Final[dict[str, ModelSpec]] = {
         steps=WAN_STEPS,
         default_guidance=5.0,
         memory_gib=20.0,
+        speeds=WAN_SPEEDS,
     ),
 }
 

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.catalog import CATALOG, DEFAULT_MODEL, ModelSpec, Quality
+from schemas.catalog import CATALOG, DEFAULT_MODEL, ModelSpec, Quality, Speed
 
 MAX_PROMPT_CHARS: Final = 2000
 MAX_METADATA_ENTRIES: Final = 16
@@ -117,6 +117,11 @@ class JobRequest(BaseModel):
     num_frames: int | None = Field(default=None, strict=True)
     fps: int | None = Field(default=None, strict=True)
     quality: Quality = Quality.MEDIUM
+    speed: Speed = Field(
+        default=Speed.EXACT,
+        description="exact (the model's sampler, every step in full), fast or fastest: the model's recipes"
+        " in /v1/models, each with its expected speedup and quality cost.",
+    )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
     guidance_scale: float | None = Field(default=None, strict=True)
     priority: Priority = Priority.INTERACTIVE
@@ -153,6 +158,9 @@ class ResolvedRequest(BaseModel):
     num_frames: int
     fps: int
     quality: Quality
+    speed: Speed = Field(
+        default=Speed.EXACT, description="The speed tier (absent in records older than the field: exact)."
+    )
     num_inference_steps: int
     seed: int
     guidance_scale: float
@@ -242,6 +250,9 @@ def resolve(req: JobRequest, seed_source: random.Random | None = None) -> Resolv
     if not spec.min_guidance <= guidance <= spec.max_guidance:
         allowed = f"{spec.min_guidance} to {spec.max_guidance}"
         problems.append(FieldProblem("guidance_scale", f"{guidance} is out of range", allowed))
+    if spec.speed_tier(req.speed) is None:
+        msg = f"model {spec.name} has no {req.speed.value!r} speed tier"
+        problems.append(FieldProblem("speed", msg, ", ".join(spec.speeds)))
     webhook_events, events_problem = _resolve_webhook_events(req.webhook_events)
     if events_problem is not None:
         problems.append(events_problem)
@@ -257,6 +268,7 @@ def resolve(req: JobRequest, seed_source: random.Random | None = None) -> Resolv
         num_frames=frames,
         fps=fps,
         quality=req.quality,
+        speed=req.speed,
         num_inference_steps=spec.steps[req.quality],
         seed=seed,
         guidance_scale=guidance,
