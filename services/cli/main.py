@@ -1,6 +1,7 @@
-"""`reelstream`: the command line of the service. The admin commands (`keys`, `tenants`, `webhooks`) talk
-to the database directly, as an operator does from a machine that can reach it (the database URL comes
-from REELSTREAM_DATABASE_URL, as for the services)."""
+"""`reelstream`: the command line of the service. The job commands (`submit`, `watch`, `get`, `list`,
+`cancel`, `delete`, `download`, `models`; services/cli/jobs.py) talk to the api over HTTP. The admin
+commands (`keys`, `tenants`, `webhooks`) talk to the database directly, as an operator does from a machine
+that can reach it (the database URL comes from REELSTREAM_DATABASE_URL, as for the services)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.cli.client import DEFAULT_API_URL
+from services.cli.jobs import COMMANDS, Target
 from services.common.db import make_engine, make_sessions
 from services.common.settings import CommonSettings
 from services.common.tenants import (
@@ -58,8 +61,24 @@ def _print(data: Any) -> None:
 
 
 @click.group()
-def cli() -> None:
-    """reelstream: asynchronous text-to-video."""
+@click.option(
+    "--api",
+    "api_url",
+    envvar="REELSTREAM_API_URL",
+    default=DEFAULT_API_URL,
+    show_default=True,
+    help="The api the job commands talk to (or REELSTREAM_API_URL).",
+)
+@click.pass_context
+def cli(ctx: click.Context, api_url: str) -> None:
+    """reelstream: asynchronous text-to-video.
+
+    The job commands send the key of REELSTREAM_API_KEY, else of .run/api-key (the local stack's)."""
+    ctx.ensure_object(Target).api_url = api_url
+
+
+for command in COMMANDS:
+    cli.add_command(command)
 
 
 @cli.group()
