@@ -58,7 +58,7 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("  upload -> succeeded p50 (s)", lambda s: _lanes(s, "upload_to_end")),
     ("GPU idle between jobs on a slot p50 / p95 (s)", lambda s: _pair(s["slot_gap"], digits=2)),
     ("slot-s beyond the work: denoising / between / before first / end spread / last video", _slot_time),
-    ("jobs handed back at a checkpoint (preemptions)", lambda s: str(s.get("preemptions", 0))),
+    ("jobs preempted at a checkpoint", lambda s: str(s.get("preemptions", 0))),
     ("CPU-s: its 8 workers / the other design's idle 8", lambda s: _cpu(s, *_fleets(s))),
     ("CPU-s: scheduler / api / projector", lambda s: _cpu(s, "scheduler", "api", "projector")),
     ("CPU-s: kafka / s3 / postgres", lambda s: _cpu(s, "kafka", "s3", "postgres")),

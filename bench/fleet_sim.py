@@ -2,7 +2,7 @@
 
 The real `SchedulerState` and `plan` decide; simulated slots carry the decisions out instantly (or with
 a fixed delay and per-job overhead you choose) and answer with the events a worker sends: started,
-progress and a checkpoint every `--checkpoint-every` steps, the hand-back of a preempted job (with a
+progress and a checkpoint every `--checkpoint-every` steps, the stop of a preempted job (with a
 checkpoint at the step asked), the end of denoising, the terminal event. No Kafka, no processes: it
 isolates the policy from the machine, so it gives the bound that the real fleet benchmark (`fleet.py`)
 is compared with.
@@ -66,7 +66,7 @@ class Run:
     first_step: int
     total: int
     per_step: float
-    yield_at: int | None = None
+    preempt_at: int | None = None
 
     def step_at(self, t: float) -> float:
         return self.first_step + (t - self.start) / self.per_step
@@ -177,7 +177,7 @@ class Fleet:
         for slot in self.slots:  # every slot reads every control record, like the workers
             run = slot.running
             if run is not None and (run.job_id, run.attempt) == (p.job_id, p.attempt):
-                run.yield_at = p.at_step
+                run.preempt_at = p.at_step
                 slot.token += 1  # the run stops at that step now, not at its next regular checkpoint
                 self._next_checkpoint(slot, run, slot.token)
             else:
@@ -195,7 +195,7 @@ class Fleet:
             delay += self.config.resume
         per_step = step_seconds(d.request.num_frames, self.config.scale)
         run = Run(d.job_id, d.attempt, self.now + delay, first_step, d.request.num_inference_steps, per_step)
-        run.yield_at = slot.preempts.pop((d.job_id, d.attempt), None)
+        run.preempt_at = slot.preempts.pop((d.job_id, d.attempt), None)
         slot.running = run
         slot.token += 1
         self.first_start.setdefault(d.job_id, self.now)
@@ -215,8 +215,8 @@ class Fleet:
         every = self.config.checkpoint_every
         done = int(run.step_at(max(self.now, run.start)) + 1e-9)
         step = (done // every + 1) * every
-        if run.yield_at is not None:  # a worker hands back at the step asked, or the next one
-            step = min(step, max(run.yield_at, done + 1))
+        if run.preempt_at is not None:  # a worker stops at the step asked, or the next one
+            step = min(step, max(run.preempt_at, done + 1))
         step = min(step, run.total)
         when = run.start + (step - run.first_step) * run.per_step
         self.at(when, lambda: self._at_step(slot, run, token, step))
@@ -252,7 +252,7 @@ class Fleet:
                 occurred_at=self.clock(),
             )
         )
-        if run.yield_at is not None and step >= run.yield_at:
+        if run.preempt_at is not None and step >= run.preempt_at:
             self.preemptions += 1
             self._free(slot, run)
             self._event(

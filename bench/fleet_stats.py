@@ -205,7 +205,7 @@ class Outcome:
     ended: float | None = None
     status: str | None = None
     slot: int | None = None
-    # Per attempt: [slot, denoising started, GPU side done (frames made, handed back or ended)].
+    # Per attempt: [slot, denoising started, GPU side done (frames made, preempted or ended)].
     spans: dict[int, list[Any]] = field(default_factory=dict)
     preemptions: int = 0
 
@@ -274,7 +274,7 @@ def spans_by_slot(outcomes: Iterable[Outcome], slots: int = 0) -> dict[int, list
 
 
 def slot_gaps(outcomes: Iterable[Outcome]) -> list[float]:
-    """Idle time of a slot's GPU side: from one attempt's frames being made (or its hand-back, or its
+    """Idle time of a slot's GPU side: from one attempt's frames being made (or its preemption, or its
     end) to the start of the slot's next attempt. Encoding and storing a video overlap the next job."""
     return [
         nxt[0] - cur[1]

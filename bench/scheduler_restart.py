@@ -2,7 +2,7 @@
 
 Writes a history of `--events` records (default 1,000,000) onto fresh topics laid out like the contract's:
 finished jobs with their whole lifecycle (request, dispatch announcement and record, start, progress,
-checkpoints, success; some retried after a lost slot, some handed back and resumed, some cancelled while
+checkpoints, success; some retried after a lost slot, some preempted and resumed, some cancelled while
 waiting), slot heartbeats, and a few open jobs (waiting, running). Then, with the scheduler's own code
 (`services.scheduler.main.prepare`, the same clients `serve` builds):
 
@@ -69,7 +69,7 @@ TARGET_SECONDS: Final = 5.0
 SLOTS: Final = 8
 PARTITIONS: Final = 6
 TEMPLATE_JOB: Final = uuid.UUID("00000000-0000-4000-8000-000000000000")
-# Finished jobs by kind, per 100: most succeed at once, a few are retried, handed back or cancelled.
+# Finished jobs by kind, per 100: most succeed at once, a few are retried, preempted or cancelled.
 FINISHED_MIX: Final = (("succeeded", 88), ("retried", 5), ("preempted", 5), ("cancelled", 2))
 Role = str  # which input topic a record goes to: requested, events, control, dispatch, heartbeat
 
@@ -171,9 +171,12 @@ class _Job:
 
 def lifecycle(kind: str, job_id: uuid.UUID, slot: int, at: datetime) -> list[tuple[Role, BaseModel]]:
     """One job's records, by kind: finished ones (succeeded, retried, preempted, cancelled) and open
-    ones (waiting, running: started and checkpointed, not finished; handed_back: waiting to resume)."""
+    ones (waiting, running: started and checkpointed, not finished; preempted_waiting: to resume)."""
     job = _Job(
-        job_id, slot, at, Priority.BATCH if kind in ("preempted", "handed_back") else Priority.INTERACTIVE
+        job_id,
+        slot,
+        at,
+        Priority.BATCH if kind in ("preempted", "preempted_waiting") else Priority.INTERACTIVE,
     )
     job.requested()
     total = job.request.num_inference_steps
@@ -191,7 +194,7 @@ def lifecycle(kind: str, job_id: uuid.UUID, slot: int, at: datetime) -> list[tup
         job.dispatched(2, job.checkpoint_key(1, 8))
         job.run(2, 8, total)
         job.succeed(2)
-    elif kind in ("preempted", "handed_back"):
+    elif kind in ("preempted", "preempted_waiting"):
         job.add("control", JobPreemptRequested(**job.common("scheduler", 1), at_step=8, reason="balance"))
         job.run(1, 0, 8)
         key = job.checkpoint_key(1, 8)
@@ -332,7 +335,7 @@ class Writer:
 
 async def write_history(writer: Writer, events: int, start: datetime, open_jobs: int) -> dict[str, int]:
     """About `events` records: finished jobs in the mix, a heartbeat per slot every few jobs, then
-    `open_jobs` open ones (most waiting, one running per slot, some handed back)."""
+    `open_jobs` open ones (most waiting, one running per slot, some preempted, waiting to resume)."""
     templates = {
         (kind, slot): Template.of(kind, slot, start) for kind, _ in FINISHED_MIX for slot in range(SLOTS)
     }
@@ -349,7 +352,7 @@ async def write_history(writer: Writer, events: int, start: datetime, open_jobs:
         counts[kind] = counts.get(kind, 0) + 1
     now = datetime.now(UTC)
     for i in range(open_jobs):
-        kind = "running" if i < SLOTS else ("handed_back" if i % 10 == 0 else "waiting")
+        kind = "running" if i < SLOTS else ("preempted_waiting" if i % 10 == 0 else "waiting")
         for role, event in lifecycle(kind, uuid.uuid4(), i % SLOTS, now):
             await writer.send(role, encode(role, event))
         counts[kind] = counts.get(kind, 0) + 1

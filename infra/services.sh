@@ -2,7 +2,7 @@
 # reelstream's own services as local processes, on the stack that `make up` started.
 #
 #   infra/services.sh start    api, scheduler, projector, notifier and REELSTREAM_GPU_SLOTS workers (tiny-mochi, CPU)
-#   infra/services.sh stop     SIGTERM each (workers hand back their job at a checkpoint), then wait
+#   infra/services.sh stop     SIGTERM each (workers stop their job at a checkpoint), then wait
 #   infra/services.sh status   one line per service
 #
 # Logs go to .run/logs/<service>.log, pid files to .run/<service>.pid. See docs/running.md.
@@ -91,7 +91,7 @@ cmd_start() {
 
 cmd_stop() {
     local name
-    # Workers first: they hand their job back at a checkpoint while the scheduler still listens.
+    # Workers first: they stop their job at a checkpoint while the scheduler still listens.
     for name in $(services | tac); do stop_part "$name" "$(marker "$name")" TERM; done
 }
 

@@ -187,7 +187,7 @@ class JobRetrying(_Event):
 
 
 class JobPreemptRequested(_Event):
-    """The scheduler asks the slot running this attempt to hand it back at a checkpoint."""
+    """The scheduler preempts this attempt: its slot stops it at a checkpoint and the job waits again."""
 
     type: Literal[EventType.PREEMPT_REQUESTED] = EventType.PREEMPT_REQUESTED
     at_step: int = Field(ge=1, description="Stop after this step (or the next if past it) with a checkpoint.")

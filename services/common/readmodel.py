@@ -61,7 +61,7 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     checkpoint_key: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # Since when the job waits in its lane: created_at, or the time of its last hand-back (preemption).
+    # Since when the job waits in its lane: created_at, or the time of its last preemption.
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

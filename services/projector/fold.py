@@ -164,7 +164,7 @@ class JobView:
     checkpoint_key: str | None
     created_at: datetime
     queued_at: datetime
-    """Since when it waits in its lane: its acceptance, or its last hand-back (the scheduler's order)."""
+    """Since when it waits in its lane: its acceptance, or its last preemption (the scheduler's order)."""
     dispatched_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -308,7 +308,9 @@ class JobChange:
         return any(row.event.type is EventType.REQUESTED for row in self.rows)
 
 
-def plan(existing: Mapping[uuid.UUID, Sequence[StoredEvent]], events: Iterable[JobEvent]) -> list[JobChange]:
+def batch_changes(
+    existing: Mapping[uuid.UUID, Sequence[StoredEvent]], events: Iterable[JobEvent]
+) -> list[JobChange]:
     """The changes a batch of events makes, given the stored rows of the jobs it touches.
 
     `events` keeps each partition's order; each job is folded once, from its old and new rows together.

@@ -38,7 +38,7 @@ from services.common.readmodel import (
     JobEventRow,
 )
 from services.projector.errors import refusal
-from services.projector.fold import JobView, StoredEvent, plan
+from services.projector.fold import JobView, StoredEvent, batch_changes
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class Store:
         if not events:
             return BatchResult()
         existing = await self._load_rows(conn, list({event.job_id for event in events}))
-        changes = plan(existing, events)
+        changes = batch_changes(existing, events)
         new_rows = [_event_row(change.job_id, row) for change in changes for row in change.rows]
         if new_rows:
             await conn.execute(_INSERT_EVENTS, new_rows)

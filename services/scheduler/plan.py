@@ -214,11 +214,11 @@ def dispatches(state: SchedulerState, now: datetime) -> list[Decision]:
 #
 # Jobs cannot be split across GPUs, so a queue of equal long jobs ends in a last round that leaves
 # slots idle: 60 jobs on 8 slots run 7 full rounds and then 4 jobs alone. With preemption the work can
-# be balanced (McNaughton's wrap-around rule): some running jobs hand back at a checkpoint so that the
+# be balanced (McNaughton's wrap-around rule): some running jobs are preempted at a checkpoint so that the
 # last waiting jobs start earlier, and their remainders fill the slots that would have idled. The rule
 # below finds that online, one preemption at a time: it simulates the list schedule of the batch work
 # (running remainders, then waiting jobs in queue order on the slot free first) against the balanced
-# finish T = now + max(longest job, total work / slots), and asks the running job whose hand-back cuts
+# finish T = now + max(longest job, total work / slots), and asks the running job whose preemption cuts
 # the work predicted to end after T the most to stop at the step that lets the longest waiting job
 # still end by T. It acts only while no interactive job waits, and at most `max_preemptions` times
 # per job.
@@ -243,7 +243,7 @@ def _batch_picture(
     state: SchedulerState, alive: list[Slot], now: datetime
 ) -> tuple[list[float], list[tuple[float, float]], list[_Running]] | None:
     """When each slot is free (seconds from now), the batch work waiting (available at, seconds) in
-    queue order, and the batch jobs that may still be asked to hand back. None when a step time of a
+    queue order, and the batch jobs that may still be preempted. None when a step time of a
     job involved has not been measured yet: no guess is made."""
     free: list[float] = []
     remainders: list[tuple[float, float]] = []
@@ -259,7 +259,7 @@ def _batch_picture(
             if per_step is None or work is None:
                 return None
             steps = running.request.num_inference_steps
-            if running.preempt_at is not None:  # hands back after `work`; the rest waits again
+            if running.preempt_at is not None:  # preempted after `work`; the rest waits again
                 remainders.append((work, max(steps - running.preempt_at, 0) * per_step))
             elif running.request.priority is Priority.BATCH and running.preemptions < state.max_preemptions:
                 candidate = (running, work, per_step, steps - work / per_step)
@@ -318,7 +318,7 @@ def balance(state: SchedulerState, now: datetime) -> list[Decision]:
     gain = state.balance_gain.total_seconds()
     best: tuple[float, Preempt] | None = None
     for running in movable:
-        # Hand back so that the longest waiting job, started then, still ends by the balanced finish;
+        # Preempt so that the longest waiting job, started then, still ends by the balanced finish;
         # at one of the two steps around that moment (the worker takes a checkpoint there).
         ideal = running.step_now + max(finish - max(works), 0.0) / running.per_step
         total = running.job.request.num_inference_steps if running.job.request else 0

@@ -1,6 +1,6 @@
 """The queue as the scheduler will serve it: every waiting job's position and its wait and run estimates.
 
-The scheduler is the only one that knows its order (lanes, hand-backs, look-ahead) and the step times
+The scheduler is the only one that knows its order (lanes, preemptions, look-ahead) and the step times
 its workers report, so it computes the view and publishes it (`schemas/queue.py`); the api only reads.
 
 The estimate is the list schedule the dispatcher follows: each live slot is free once its running job

@@ -40,11 +40,11 @@ class SchedulerSettings(CommonSettings):
         gt=0,
         description=(
             "A preemption must cut at least this much slot time from the work predicted to end after "
-            "the balanced finish: well above what a hand-back costs (the next attempt loads the "
+            "the balanced finish: well above what a preemption costs (the next attempt loads the "
             "checkpoint and encodes the prompt again) and the error of the predictions."
         ),
     )
-    max_preemptions: int = Field(default=1, ge=0, description="Times one job may be handed back.")
+    max_preemptions: int = Field(default=1, ge=0, description="Times one job may be preempted.")
     queue_ttl_seconds: float = Field(
         default=24 * 3600,
         ge=0,
@@ -71,7 +71,7 @@ class SchedulerSettings(CommonSettings):
         default=20.0,
         gt=0,
         description=(
-            "Longest wait for the broker to acknowledge one snapshot, or to hand back the latest at start;"
+            "Longest wait for the broker to acknowledge one snapshot, or to return the latest at start;"
             " a snapshot that misses it is skipped (the next one, or a full replay, stands in)."
         ),
     )

@@ -90,10 +90,10 @@ class JobEntry:
     # The step its newest checkpoint holds (where the next attempt resumes).
     resume_step: int = 0
     first_step: int = 0  # where the current attempt began
-    # Preemption: the step the current attempt was asked to hand back at, and how often it was.
+    # Preemption: the step the current attempt was asked to stop at, and how often the job was preempted.
     preempt_at: int | None = None
     preemptions: int = 0
-    # A preempted job waits again from the moment it was handed back, behind the jobs already waiting.
+    # A preempted job waits again from the moment its attempt stopped, behind the jobs already waiting.
     queued_at: datetime | None = None
 
     @property
@@ -109,7 +109,7 @@ class JobEntry:
 
     @property
     def failed_attempts(self) -> int:
-        """Attempts that ended without an outcome, not counting the ones handed back on request."""
+        """Attempts that ended without an outcome, not counting the preempted ones."""
         return self.attempt - self.preemptions
 
 
@@ -404,7 +404,7 @@ class SchedulerState:
             return
         current = self.assignments.get(job.slot)
         ahead = self.jobs.get(current) if current not in (None, job.job_id) else None
-        if ahead is not None and ahead.preempt_at is None:  # a hand-back is settled by job.preempted
+        if ahead is not None and ahead.preempt_at is None:  # a preemption is settled by job.preempted
             self._to_finishing(ahead, at)
 
     def _on_progress(self, job: JobEntry, event: JobProgress) -> None:
@@ -425,7 +425,7 @@ class SchedulerState:
 
     def generating_left(self, job: JobEntry, now: datetime) -> timedelta | None:
         """How long the job should still hold its slot's GPU: the steps left at the measured step time,
-        then (unless it hands back at a checkpoint) its measured GPU time beyond the steps."""
+        then (unless it is preempted at a checkpoint) its measured GPU time beyond the steps."""
         if job.request is None or job.started_at is None:
             return None
         per_step = self.step_time(job)

@@ -98,12 +98,12 @@ async def test_upgrade_downgrade_upgrade_without_drift(scratch_url: str) -> None
 
 
 async def test_queued_at_is_filled_as_a_replay_would_fill_it(scratch_url: str) -> None:
-    """0002 on a read model with history: acceptance time, or the last counted hand-back."""
+    """0002 on a read model with history: acceptance time, or the last counted preemption."""
     await alembic(scratch_url, "upgrade", "0001")
-    plain, handed_back = uuid.uuid4(), uuid.uuid4()
+    plain, preempted_job = uuid.uuid4(), uuid.uuid4()
     conn = await asyncpg.connect(_dsn(scratch_url))
     try:
-        for job in (plain, handed_back):
+        for job in (plain, preempted_job):
             await conn.execute(
                 "INSERT INTO jobs (id, tenant, status, phase, progress, priority, model, request,"
                 " request_hash, attempt, created_at, updated_at, last_seq) VALUES ($1, 't', 'queued',"
@@ -118,7 +118,7 @@ async def test_queued_at_is_filled_as_a_replay_would_fill_it(scratch_url: str) -
         at = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
         for seq, minute, applied in ((1, 1, True), (2, 3, True), (3, 9, False)):  # the last one is stale
             await conn.execute(
-                preempted, uuid.uuid4(), handed_back, seq, applied, at + timedelta(minutes=minute)
+                preempted, uuid.uuid4(), preempted_job, seq, applied, at + timedelta(minutes=minute)
             )
     finally:
         await conn.close()
@@ -130,4 +130,4 @@ async def test_queued_at_is_filled_as_a_replay_would_fill_it(scratch_url: str) -
         rows = await conn.fetch("SELECT id, to_char(queued_at AT TIME ZONE 'UTC', 'HH24:MI') AS at FROM jobs")
     finally:
         await conn.close()
-    assert {row["id"]: row["at"] for row in rows} == {plain: "12:00", handed_back: "12:03"}
+    assert {row["id"]: row["at"] for row in rows} == {plain: "12:00", preempted_job: "12:03"}

@@ -1,6 +1,6 @@
 """jobs.queued_at: since when a job waits in its lane, so queue positions follow the scheduler's order.
 
-A job handed back at a checkpoint (preemption) waits again behind the jobs already waiting; ordering the
+A job preempted at a checkpoint waits again behind the jobs already waiting; ordering the
 lane by acceptance time put it at the front. Existing rows get the value a replay would give them:
 their last applied `job.preempted`, else their acceptance.
 
@@ -27,13 +27,13 @@ def upgrade() -> None:
     op.execute("UPDATE jobs SET queued_at = created_at")
     op.execute(
         """
-        UPDATE jobs SET queued_at = handed_back.occurred_at
+        UPDATE jobs SET queued_at = last_preemption.occurred_at
         FROM (
             SELECT DISTINCT ON (job_id) job_id, occurred_at FROM job_events
             WHERE type = 'job.preempted' AND applied
             ORDER BY job_id, seq DESC
-        ) AS handed_back
-        WHERE jobs.id = handed_back.job_id
+        ) AS last_preemption
+        WHERE jobs.id = last_preemption.job_id
         """
     )
     op.alter_column("jobs", "queued_at", nullable=False)

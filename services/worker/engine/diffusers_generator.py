@@ -61,7 +61,7 @@ class DiffusersGenerator:
 
     @property
     def supports_resume(self) -> bool:
-        """True when the scheduler's state is only the latents (first-order flow matching)."""
+        """True when the noise scheduler's state is only the latents (first-order flow matching)."""
         return scheduler_resumable(self.pipe.scheduler)
 
     def load(self) -> None:
@@ -102,7 +102,7 @@ class DiffusersGenerator:
 
         Phases go out as they start: `loading` (only if not loaded yet), `encoding_prompt`, `denoising`,
         `decoding`; the caller does `encoding_video`. After each step: a checkpoint when
-        `checkpoint_every` divides the step (not after the last) and the scheduler can resume, then
+        `checkpoint_every` divides the step (not after the last) and the noise scheduler can resume, then
         `on_step`. Raising `Cancelled` from a callback stops at once, without decoding; the pipeline stays
         usable. `resume` continues from a checkpoint of the same request, bit-identically to an
         uninterrupted run on the same device and dtype. Failures are `GenerationError` (OUT_OF_MEMORY,
@@ -143,7 +143,7 @@ class DiffusersGenerator:
         resumable = self.supports_resume
         start_step = check_resume(resume, request) if resume is not None else 0
         if start_step and not resumable:
-            log.warning("%s cannot resume with its scheduler; starting over", self.model_name)
+            log.warning("%s cannot resume with its noise scheduler; starting over", self.model_name)
             start_step = 0
         tracker.plan(start_step=start_step, checkpoint_every=checkpoint_every if resumable else 0)
         tracker.phase(Phase.ENCODING_PROMPT)

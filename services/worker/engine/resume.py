@@ -1,15 +1,15 @@
-"""Resuming a denoising loop from saved latents by slicing the scheduler's schedule.
+"""Resuming a denoising loop from saved latents by slicing the noise scheduler's schedule.
 
 Mochi's pipeline rejects `timesteps=` (it always passes its own sigmas), and `latents=` alone would start
 the schedule over. What works, bit-identically to an uninterrupted seeded run: call the pipeline with the
-same `num_inference_steps` and the latents saved after `k` finished steps, and let the scheduler's
+same `num_inference_steps` and the latents saved after `k` finished steps, and let the noise scheduler's
 `set_timesteps` drop the first `k` timesteps and sigmas. `sigmas` has one more entry than `timesteps` (the
-terminal value), so after the cut the scheduler, starting again at index 0, steps from sigma k to k+1
+terminal value), so after the cut the noise scheduler, starting again at index 0, steps from sigma k to k+1
 exactly as the uninterrupted run did. The pipeline reads `scheduler.timesteps` right after
 `set_timesteps`, so wrapping that one method on the instance is enough; the wrapper keeps the original's
 signature (`functools.wraps`), which diffusers inspects to see whether `sigmas=` is accepted.
 
-Only stateless first-order schedulers resume this way: a multistep solver (Wan's default UniPC) also
+Only stateless first-order noise schedulers resume this way: a multistep solver (Wan's default UniPC) also
 carries earlier model outputs, which the latents do not hold.
 """
 
@@ -28,7 +28,7 @@ RESUMABLE_SCHEDULERS = frozenset({"FlowMatchEulerDiscreteScheduler"})
 
 
 def scheduler_resumable(scheduler: Any) -> bool:
-    """True for schedulers whose whole state is the latents and the step index."""
+    """True for noise schedulers whose whole state is the latents and the step index."""
     if type(scheduler).__name__ not in RESUMABLE_SCHEDULERS:
         return False
     return not bool(getattr(scheduler.config, "stochastic_sampling", False))

@@ -77,7 +77,7 @@ def build_tiny_mochi() -> Any:
         layers_per_block=(1, 1, 1, 1, 1),
     )
     text_encoder, tokenizer = tiny_text_components()
-    # The scheduler genmo/mochi-1-preview ships.
+    # The noise scheduler genmo/mochi-1-preview ships.
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
     return diffusers.MochiPipeline(
         transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer

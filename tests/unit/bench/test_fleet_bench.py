@@ -126,7 +126,7 @@ def test_slot_gaps_are_the_gpu_idle_time_between_attempts_on_one_slot() -> None:
         o.spans = {attempt: list(span) for attempt, span in enumerate(spans, 1)}
         return o
 
-    # Slot 0 runs a job to 1.0, the next from 1.5 (handed back at 2.0, resumed on slot 1 from 3.0),
+    # Slot 0 runs a job to 1.0, the next from 1.5 (preempted at 2.0, resumed on slot 1 from 3.0),
     # then one from 2.25; a job whose video is stored after its frames overlaps nothing here.
     outcomes = [
         done((0, 0.0, 1.0)),

@@ -41,10 +41,10 @@ from services.projector.fold import (
     StoredEvent,
     admit,
     admit_all,
+    batch_changes,
     fold,
     history_of,
     is_applied,
-    plan,
 )
 from services.projector.replay import check_schema_name, compare_snapshots
 from services.projector.settings import ProjectorSettings
@@ -290,11 +290,11 @@ def test_retrying_puts_the_job_back_in_the_queue() -> None:
 
 
 def test_a_preempted_job_waits_again_with_its_progress_and_checkpoint() -> None:
-    handed_back = JobPreempted(
+    preempted = JobPreempted(
         job_id=JOB, occurred_at=at(5), producer="w", attempt=1, step=2, total_steps=4,
         checkpoint_key="ck/2", reason="balance",
     )  # fmt: skip
-    events = [requested(0), dispatched(1, 1), started(1, 2), progress(1, 3, 2), handed_back]
+    events = [requested(0), dispatched(1, 1), started(1, 2), progress(1, 3, 2), preempted]
     _, view = project(events)
     assert view is not None
     assert (view.status, view.phase, view.dispatched_at, view.step, view.total_steps) == (
@@ -304,8 +304,8 @@ def test_a_preempted_job_waits_again_with_its_progress_and_checkpoint() -> None:
     assert view.queued_at == at(5)  # behind the jobs already waiting, as the scheduler orders it
     _, view = project([*events, dispatched(2, 6), started(2, 7)])
     assert view is not None and (view.status, view.attempt) == (JobStatus.RUNNING, 2)
-    # A hand-back from an attempt that was already superseded changes nothing.
-    _, view = project([*events[:-1], retrying(1, 4), dispatched(2, 4.5), handed_back])
+    # A preemption of an attempt that was already superseded changes nothing.
+    _, view = project([*events[:-1], retrying(1, 4), dispatched(2, 4.5), preempted])
     assert view is not None and (view.status, view.attempt) == (JobStatus.QUEUED, 2)
     assert view.dispatched_at == at(4.5) and view.queued_at == at(0)
 
@@ -424,13 +424,13 @@ def test_plan_folds_each_job_once_from_old_and_new_rows() -> None:
     old, _ = admit_all(EMPTY_HISTORY, events[:3])
     stray = JobStarted(job_id=other, occurred_at=at(1), producer="w", attempt=0, slot=0, worker_id="w")
     new = [progress(1, 3, 1), progress(1, 4, 2)]
-    changes = plan({JOB: old}, [new[0], stray, events[1], new[1]])
+    changes = batch_changes({JOB: old}, [new[0], stray, events[1], new[1]])
     by_job = {change.job_id: change for change in changes}
     assert [row.seq for row in by_job[JOB].rows] == [3, 4]  # the redelivered dispatch is left out
     assert by_job[JOB].view == project([*events[:3], *new])[1]
     assert not by_job[JOB].requested
     assert by_job[other].view is None
-    assert plan({JOB: old}, events[:3]) == []
+    assert batch_changes({JOB: old}, events[:3]) == []
 
 
 # --- order independence ---------------------------------------------------------------------------------
@@ -464,12 +464,12 @@ def _job_events(draw: st.DrawFn) -> list[JobEvent]:
 
 
 def _in_batches(events: list[JobEvent], cuts: list[int]) -> tuple[list[StoredEvent], JobView | None]:
-    """Feed `events` to `plan` in batches, as the store does, keeping every row stored so far."""
+    """Feed `events` to `batch_changes` in batches, as the store does, keeping every row stored so far."""
     stored: list[StoredEvent] = []
     view: JobView | None = None
     bounds = sorted({0, len(events), *(c for c in cuts if c < len(events))})
     for start, end in itertools.pairwise(bounds):
-        for change in plan({JOB: stored}, events[start:end]):
+        for change in batch_changes({JOB: stored}, events[start:end]):
             stored.extend(change.rows)
             view = change.view
     return stored, view

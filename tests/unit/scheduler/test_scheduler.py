@@ -576,13 +576,13 @@ def test_a_preempted_job_waits_behind_the_jobs_already_waiting_and_resumes_from_
     later = T0 + timedelta(seconds=5)
     state.on_heartbeat(beat(0, later, position=1))
     decisions = plan(state, later)
-    # `second` waited since T0 + 1 s, before the hand-back at T0 + 5 s: it goes first.
+    # `second` waited since T0 + 1 s, before the preemption at T0 + 5 s: it goes first.
     assert [d.job_id for d in decisions if isinstance(d, Dispatch)] == [second.job_id]
     carry_out(state, decisions, offset=1)
     succeed(state, second.job_id, 1)
     decisions = plan(state, later)
     assert decisions == [Dispatch(first.job_id, 0, 2, first.request, "ck/4")]
-    # A hand-back is not a failure: the attempts left are unchanged.
+    # A preemption is not a failure: the attempts left are unchanged.
     assert state.jobs[first.job_id].failed_attempts == 0
 
 
@@ -597,7 +597,7 @@ def test_balance_asks_running_batch_jobs_back_only_when_the_lane_would_end_in_a_
     for job in jobs[:2]:
         started(state, job.job_id, 1, T0)
         progress(state, job.job_id, 1, T0, step=0, per_step=1.0)
-    # Two running, one waiting, all of `steps` seconds: without a hand-back the third runs alone
+    # Two running, one waiting, all of `steps` seconds: without a preemption the third runs alone
     # after the others; balanced, all end at 1.5 x steps.
     decisions = plan(state, T0)
     assert len(decisions) == 1 and isinstance(decisions[0], Preempt)

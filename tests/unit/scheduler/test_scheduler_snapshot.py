@@ -33,7 +33,7 @@ from services.scheduler.topics import SchedulerTopics
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SLOTS = 4
-KINDS = ("succeeded", "retried", "preempted", "cancelled", "waiting", "running", "handed_back")
+KINDS = ("succeeded", "retried", "preempted", "cancelled", "waiting", "running", "preempted_waiting")
 
 
 @pytest.fixture(scope="module")
