@@ -50,6 +50,7 @@ _SCHEDULER_EVENTS: Final = (_ET.DISPATCHED, _ET.RETRYING, _ET.FAILED, _ET.CANCEL
 _WORKER_EVENTS: Final = (
     _ET.STARTED,
     _ET.PROGRESS,
+    _ET.PREVIEW,
     _ET.CHECKPOINTED,
     _ET.PREEMPTED,
     _ET.SUCCEEDED,
@@ -77,7 +78,8 @@ SUMMARIES: Final[dict[str, str]] = {
     _ET.STARTED: "A worker took the job and began loading.",
     _ET.PROGRESS: "Phase and 0..1 progress; step and total_steps while denoising. Droppable.",
     _ET.CHECKPOINTED: "Denoising latents were saved; a retry resumes from here.",
-    _ET.SUCCEEDED: "Terminal: the video and poster are in S3.",
+    _ET.PREVIEW: "A low-resolution JPEG of the latents after a step (no VAE), at preview_key. Droppable.",
+    _ET.SUCCEEDED: "Terminal: the video, poster, thumbnail and spritesheet are in S3.",
     _ET.FAILED: "Terminal: the job failed, with an error code.",
     _ET.CANCEL_REQUESTED: "A client asked to cancel the job.",
     _ET.CANCELLED: "Terminal: the job was cancelled.",

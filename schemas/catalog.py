@@ -122,6 +122,10 @@ class ModelSpec(BaseModel):
         default_factory=_default_speeds,
         description="The speed tiers this model offers (`exact` always), each a named recipe.",
     )
+    text_to_video: bool = Field(default=True, description="Makes a video from a prompt alone.")
+    image_to_video: bool = Field(
+        default=False, description="Takes an input image (`image_url` or an upload) as the first frame."
+    )
 
     def speed_tier(self, speed: Speed) -> SpeedTier | None:
         """The model's recipe for `speed`, or None when it does not offer that tier."""
@@ -301,3 +305,21 @@ CATALOG: Final[dict[str, ModelSpec]] = {
 }
 
 DEFAULT_MODEL: Final = "mochi-1-preview"
+
+
+class UnknownModel(ValueError):
+    """A model name the catalog does not hold; `known` lists the ones it does."""
+
+    def __init__(self, name: object) -> None:
+        self.name = name
+        self.known = ", ".join(CATALOG)
+        super().__init__(f"model {name!r} is not in the catalog: {self.known}")
+
+
+def model_spec(name: object) -> ModelSpec:
+    """The catalog's entry for model `name`, or `UnknownModel`: the one check of a model name that the
+    api (resolving a request, naming allowed values) and the worker (its settings, its engine) share."""
+    spec = CATALOG.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise UnknownModel(name)
+    return spec

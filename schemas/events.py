@@ -33,6 +33,7 @@ class EventType(StrEnum):
     PREEMPT_REQUESTED = "job.preempt_requested"
     PREEMPTED = "job.preempted"
     DELETED = "job.deleted"
+    PREVIEW = "job.preview"
 
 
 def utcnow() -> datetime:
@@ -125,6 +126,19 @@ class JobCheckpointed(_Event):
     checkpoint_key: str
 
 
+class Spritesheet(BaseModel):
+    """How the spritesheet JPEG is laid out: `columns` x `rows` tiles, left to right then top to bottom,
+    tile i showing frame `frame_indices[i]` (evenly spaced over the clip)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    columns: int = Field(ge=1)
+    rows: int = Field(ge=1)
+    tile_width: int = Field(ge=1)
+    tile_height: int = Field(ge=1)
+    frame_indices: list[int]
+
+
 class VideoResult(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -137,6 +151,12 @@ class VideoResult(BaseModel):
     fps: int
     frames: int
     duration_seconds: float
+    # Absent in results stored before they were rendered.
+    thumbnail_key: str | None = Field(default=None, description="A small JPEG of the middle frame.")
+    spritesheet_key: str | None = Field(
+        default=None, description="A JPEG grid of evenly spaced frames, laid out as `spritesheet` says."
+    )
+    spritesheet: Spritesheet | None = None
 
 
 class JobSucceeded(_Event):
@@ -204,6 +224,17 @@ class JobPreempted(_Event):
     reason: str
 
 
+class JobPreview(_Event):
+    """A low-resolution look at the latents after `step`, projected to RGB without the VAE; droppable."""
+
+    type: Literal[EventType.PREVIEW] = EventType.PREVIEW
+    step: int = Field(ge=1)
+    total_steps: int = Field(ge=1)
+    preview_key: str = Field(description="S3 key of the preview JPEG.")
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+
+
 class DeletionReason(StrEnum):
     CLIENT = "client"
     RETENTION = "retention"
@@ -235,7 +266,8 @@ JobEvent = Annotated[
     | JobRetrying
     | JobPreemptRequested
     | JobPreempted
-    | JobDeleted,
+    | JobDeleted
+    | JobPreview,
     Field(discriminator="type"),
 ]
 JOB_EVENT_ADAPTER: Final[TypeAdapter[JobEvent]] = TypeAdapter(JobEvent)
@@ -256,6 +288,7 @@ EVENT_CLASSES: Final[dict[EventType, type[_Event]]] = {
     EventType.PREEMPT_REQUESTED: JobPreemptRequested,
     EventType.PREEMPTED: JobPreempted,
     EventType.DELETED: JobDeleted,
+    EventType.PREVIEW: JobPreview,
 }
 
 

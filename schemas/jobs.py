@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.catalog import CATALOG, DEFAULT_MODEL, ModelSpec, Quality, Speed
+from schemas.catalog import CATALOG, DEFAULT_MODEL, ModelSpec, Quality, Speed, UnknownModel, model_spec
 
 MAX_PROMPT_CHARS: Final = 2000
 MAX_METADATA_ENTRIES: Final = 16
@@ -103,6 +103,15 @@ MetaValue = Annotated[str, StringConstraints(max_length=512), Text]
 _WEBHOOK_EVENT_SCHEMA: Final = WithJsonSchema({"type": "string", "enum": [e.value for e in WebhookEvent]})
 
 
+def _https_only(url: AnyHttpUrl) -> AnyHttpUrl:
+    if url.scheme != "https":
+        raise ValueError(f"scheme {url.scheme!r} is not allowed (allowed: https)")
+    return url
+
+
+HttpsUrl = Annotated[AnyHttpUrl, AfterValidator(_https_only)]
+
+
 class JobRequest(BaseModel):
     """What a client posts to `POST /v1/jobs`. Model-specific limits are checked by `resolve()`."""
 
@@ -135,6 +144,13 @@ class JobRequest(BaseModel):
         description=f"Events the webhook is called for ({_WEBHOOK_EVENT_NAMES}); default: the terminal ones.",
     )
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
+    image_url: HttpsUrl | None = Field(
+        default=None,
+        description=(
+            "An https URL of a PNG, JPEG or WebP image to start the video from (its first frame), for a"
+            " model that does image-to-video. The api fetches it once, before accepting the job."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> Self:
@@ -171,6 +187,9 @@ class ResolvedRequest(BaseModel):
         description="Events the webhook is called for (absent in records older than the field: the default).",
     )
     metadata: dict[Annotated[str, Name], Annotated[str, Text]] = Field(default_factory=dict)
+    image_key: str | None = Field(
+        default=None, description="S3 key of the input image (image-to-video); None: text-to-video."
+    )
 
     @property
     def duration_seconds(self) -> float:
@@ -229,12 +248,38 @@ def _resolve_webhook_events(names: list[str] | None) -> tuple[list[WebhookEvent]
     return [event for event in WebhookEvent if event.value in names], None
 
 
-def resolve(req: JobRequest, seed_source: random.Random | None = None) -> ResolvedRequest:
-    """Check `req` against its model's limits and fill every default. Raises `RequestRejected`."""
-    spec = CATALOG.get(req.model)
-    if spec is None:
-        raise RequestRejected([FieldProblem("model", f"unknown model {req.model!r}", ", ".join(CATALOG))])
+def _check_mode(spec: ModelSpec, image_field: str | None) -> FieldProblem | None:
+    """An image for a model without image-to-video, or none for a model that needs one."""
+    if image_field is not None and not spec.image_to_video:
+        able = ", ".join(name for name, s in CATALOG.items() if s.image_to_video)
+        msg = f"model {spec.name} does not take an input image"
+        return FieldProblem(image_field, msg, f"an input image with a model that takes one: {able}")
+    if image_field is None and not spec.text_to_video:
+        msg = f"model {spec.name} makes video from an input image only"
+        return FieldProblem("image_url", msg, "an https URL of a PNG, JPEG or WebP image")
+    return None
+
+
+def resolve(
+    req: JobRequest,
+    seed_source: random.Random | None = None,
+    *,
+    image_field: str | None = None,
+    image_key: str | None = None,
+) -> ResolvedRequest:
+    """Check `req` against its model's limits and fill every default. Raises `RequestRejected`.
+
+    `image_field` names where an input image came from when it did not come as `image_url` (an upload
+    field); `image_key` is where the api stored it (set once it is stored)."""
+    try:
+        spec = model_spec(req.model)
+    except UnknownModel as e:
+        raise RequestRejected([FieldProblem("model", f"unknown model {req.model!r}", e.known)]) from None
     problems: list[FieldProblem] = []
+    if image_field is None and req.image_url is not None:
+        image_field = "image_url"
+    if (mode_problem := _check_mode(spec, image_field)) is not None:
+        problems.append(mode_problem)
     width = req.width if req.width is not None else spec.default_width
     height = req.height if req.height is not None else spec.default_height
     for name, value in (("width", width), ("height", height)):
@@ -276,4 +321,5 @@ def resolve(req: JobRequest, seed_source: random.Random | None = None) -> Resolv
         webhook_url=str(req.webhook_url) if req.webhook_url is not None else None,
         webhook_events=webhook_events,
         metadata=dict(req.metadata),
+        image_key=image_key,
     )

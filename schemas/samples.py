@@ -29,12 +29,14 @@ from schemas.events import (
     JobFailed,
     JobPreempted,
     JobPreemptRequested,
+    JobPreview,
     JobProgress,
     JobRequested,
     JobRetrying,
     JobStarted,
     JobSucceeded,
     SlotState,
+    Spritesheet,
     VideoResult,
     WorkerHeartbeat,
 )
@@ -133,6 +135,15 @@ def _result() -> VideoResult:
         fps=30,
         frames=163,
         duration_seconds=round(163 / 30, 3),
+        thumbnail_key=f"jobs/{JOB_ID}/attempt-1/thumbnail.jpg",
+        spritesheet_key=f"jobs/{JOB_ID}/attempt-1/spritesheet.jpg",
+        spritesheet=Spritesheet(
+            columns=4,
+            rows=4,
+            tile_width=160,
+            tile_height=90,
+            frame_indices=[round(i * 162 / 15) for i in range(16)],
+        ),
     )
 
 
@@ -190,6 +201,14 @@ def events() -> dict[EventType, BaseModel]:
             **_common(t.PREEMPT_REQUESTED, 60.0, "scheduler", 1, 3),
             at_step=24,
             reason="balance the batch lane: a waiting job starts now instead of after the last round",
+        ),
+        t.PREVIEW: JobPreview(
+            **_common(t.PREVIEW, 41.4, WORKER, 1, 21),
+            step=16,
+            total_steps=32,
+            preview_key=f"jobs/{JOB_ID}/attempt-1/preview-step-00016.jpg",
+            width=212,
+            height=120,
         ),
         t.PREEMPTED: JobPreempted(
             **_common(t.PREEMPTED, 62.0, WORKER, 1, 30),

@@ -31,7 +31,8 @@ def _rejected(**fields: Any) -> RequestRejected:
 
 @pytest.mark.parametrize("spec", CATALOG.values(), ids=lambda s: s.name)
 def test_defaults_are_filled_from_the_model(spec: ModelSpec) -> None:
-    resolved = resolve(JobRequest(prompt="  a red fox  ", model=spec.name), random.Random(7))
+    image = None if spec.text_to_video else "https://images.example.com/fox.png"
+    resolved = resolve(JobRequest(prompt="  a red fox  ", model=spec.name, image_url=image), random.Random(7))
     assert resolved.prompt == "a red fox"
     assert (resolved.width, resolved.height) == (spec.default_width, spec.default_height)
     assert (resolved.num_frames, resolved.fps) == (spec.default_frames, spec.default_fps)
