@@ -26,6 +26,7 @@ from services.worker.engine.generator import (
 )
 from services.worker.engine.progress import CallerError, StepTracker
 from services.worker.engine.resume import check_resume, schedule_hook, scheduler_resumable
+from services.worker.engine.speed import AppliedSpeed, SpeedTiers
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class DiffusersGenerator:
         self._pipe: Any = None
         self.device = torch.device("cpu")
         self.dtype = torch.float32
+        self._speeds = SpeedTiers(model_name, settings)
+        self.last_speed: AppliedSpeed | None = None
+        """What the last `generate()` ran with: its speed tier's recipe and the parts that applied."""
 
     @property
     def pipe(self) -> Any:
@@ -161,9 +165,15 @@ class DiffusersGenerator:
         pipe = self.pipe
         kwargs = self._call_kwargs(request, resume, tracker)
         try:
-            with schedule_hook(
-                pipe.scheduler, skip_steps=tracker.start_step, on_set=lambda: tracker.phase(Phase.DENOISING)
+            with (
+                self._speeds.applied(pipe, request.speed, self.device) as applied,
+                schedule_hook(
+                    pipe.scheduler,
+                    skip_steps=tracker.start_step,
+                    on_set=lambda: tracker.phase(Phase.DENOISING),
+                ),
             ):
+                self.last_speed = applied
                 output = pipe(**kwargs)
             return to_uint8_frames(output.frames)
         except (CallerError, GenerationError):

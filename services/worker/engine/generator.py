@@ -20,6 +20,7 @@ import numpy.typing as npt
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 
+from schemas.catalog import Speed
 from schemas.events import ErrorCode
 from schemas.jobs import Phase, ResolvedRequest
 
@@ -77,6 +78,10 @@ def request_fingerprint(request: ResolvedRequest) -> str:
             "guidance_scale",
         }
     )
+    # A tier's cache changes the latents too. Only a non-exact tier is hashed, so checkpoints written
+    # before tiers existed still resume their (exact) jobs.
+    if request.speed is not Speed.EXACT:
+        fields["speed"] = request.speed.value
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
