@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.events import JobError, VideoResult
+from schemas.events import JobError, Spritesheet, VideoResult
 from schemas.jobs import JobStatus, Phase, ResolvedRequest
 from services.api.queue_view import Eta
 from services.common.readmodel import Job
@@ -22,6 +22,10 @@ class ResultOut(BaseModel):
     fps: int
     frames: int
     duration_seconds: float
+    poster_url: str | None = None
+    thumbnail_url: str | None = None
+    spritesheet_url: str | None = None
+    spritesheet: Spritesheet | None = None
 
 
 class EtaOut(BaseModel):
@@ -60,19 +64,40 @@ class JobList(BaseModel):
     next_cursor: str | None
 
 
-def links(base: str, job_id: uuid.UUID, succeeded: bool) -> dict[str, str]:
+# Content variants a result may hold, by the `VideoResult` field of their S3 key.
+STILLS = {"poster": "poster_key", "thumbnail": "thumbnail_key", "spritesheet": "spritesheet_key"}
+
+
+def content_url(base: str, job_id: uuid.UUID, variant: str) -> str:
+    return f"{base}/v1/jobs/{job_id}/content?variant={variant}"
+
+
+def links(
+    base: str, job_id: uuid.UUID, succeeded: bool, result: dict[str, Any] | None = None
+) -> dict[str, str]:
     root = f"{base}/v1/jobs/{job_id}"
     out = {"self": root, "events": f"{root}/events", "cancel": f"{root}/cancel"}
     if succeeded:
         out |= {"result": f"{root}/result", "content": f"{root}/content"}
+        for variant, field in STILLS.items():
+            if result is not None and result.get(field):
+                out[variant] = content_url(base, job_id, variant)
     return out
 
 
-def _result(raw: dict[str, Any] | None) -> ResultOut | None:
+def _result(raw: dict[str, Any] | None, base: str, job_id: uuid.UUID) -> ResultOut | None:
     if raw is None:
         return None
     video = VideoResult.model_validate(raw)
-    return ResultOut(**video.model_dump(exclude={"video_key", "poster_key"}))
+    urls = {
+        f"{variant}_url": content_url(base, job_id, variant) if getattr(video, field) else None
+        for variant, field in STILLS.items()
+    }
+    return ResultOut(
+        **video.model_dump(exclude={"video_key", *STILLS.values(), "spritesheet"}),
+        spritesheet=video.spritesheet,
+        **urls,
+    )
 
 
 def job_out(job: Job, base: str, position: int | None, eta: Eta | None = None) -> JobOut:
@@ -100,7 +125,7 @@ def job_out(job: Job, base: str, position: int | None, eta: Eta | None = None) -
         finished_at=job.finished_at,
         updated_at=job.updated_at,
         request=ResolvedRequest.model_validate(job.request),
-        result=_result(job.result),
+        result=_result(job.result, base, job.id),
         error=JobError.model_validate(job.error) if job.error else None,
-        links=links(base, job.id, status is JobStatus.SUCCEEDED),
+        links=links(base, job.id, status is JobStatus.SUCCEEDED, job.result),
     )

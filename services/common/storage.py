@@ -37,6 +37,24 @@ def poster_key(job_id: uuid.UUID, attempt: int) -> str:
     return f"{attempt_prefix(job_id, attempt)}poster.jpg"
 
 
+def thumbnail_key(job_id: uuid.UUID, attempt: int) -> str:
+    return f"{attempt_prefix(job_id, attempt)}thumbnail.jpg"
+
+
+def spritesheet_key(job_id: uuid.UUID, attempt: int) -> str:
+    return f"{attempt_prefix(job_id, attempt)}spritesheet.jpg"
+
+
+def preview_key(job_id: uuid.UUID, attempt: int, step: int) -> str:
+    """The low-resolution look at the latents after `step` (a JPEG)."""
+    return f"{attempt_prefix(job_id, attempt)}preview-step-{step:05d}.jpg"
+
+
+def input_image_key(job_id: uuid.UUID) -> str:
+    """The image an image-to-video job starts from, as the client gave it (PNG, JPEG or WebP)."""
+    return f"jobs/{job_id}/input/image"
+
+
 def checkpoint_prefix(job_id: uuid.UUID) -> str:
     return f"checkpoints/{job_id}/"
 

@@ -18,7 +18,7 @@ from schemas.jobs import JobRequest, JobStatus, resolve
 from services.api import metrics
 from services.api.admission import QueueFull, QuotaExceeded
 from services.api.auth import CallerDep, SubmitterDep
-from services.api.content import stream_object
+from services.api.content import MEDIA_TYPES, ContentVariant, stream_object, variant_key
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound, problems
 from services.api.ids import created_at_of, keyed_job_id, new_job_id
@@ -326,16 +326,33 @@ async def result(
     response_model=None,
     response_class=StreamingResponse,
     responses={
-        200: {"description": "The MP4", "content": {"video/mp4": {}}},
-        206: {"description": "The asked Range of the MP4", "content": {"video/mp4": {}}},
+        200: {
+            "description": "The MP4, or a JPEG for the other variants",
+            "content": {"video/mp4": {}, "image/jpeg": {}},
+        },
+        206: {"description": "The asked Range", "content": {"video/mp4": {}, "image/jpeg": {}}},
         **problems(404, 409, 416),
     },
 )
 async def content(
-    job_id: uuid.UUID, request: Request, *, caller: CallerDep, state: StateDep, session: SessionDep
+    job_id: uuid.UUID,
+    request: Request,
+    *,
+    caller: CallerDep,
+    state: StateDep,
+    session: SessionDep,
+    variant: ContentVariant = ContentVariant.VIDEO,
+    step: Annotated[
+        int | None, Query(ge=1, le=100_000, description="variant=preview: the step of a job.preview event")
+    ] = None,
+    attempt: Annotated[
+        int | None, Query(ge=1, le=1000, description="variant=preview: its attempt (default: the current)")
+    ] = None,
 ) -> StreamingResponse:
-    """The MP4 streamed through the api, with HTTP Range support."""
+    """The MP4 (`variant=video`), its poster, thumbnail or spritesheet (JPEG), or the preview of the
+    latents after a step (`variant=preview&step=N`), streamed through the api with HTTP Range support."""
     state.streams.check("the download")
     job = await load_job(state, session, job_id, caller.tenant)
-    key = str(_succeeded(job)["video_key"])
-    return await stream_object(state.storage, key, request.headers.get("range"), state.streams)
+    key = variant_key(job, variant, step, attempt)
+    range_header = request.headers.get("range")
+    return await stream_object(state.storage, key, range_header, state.streams, MEDIA_TYPES[variant])

@@ -1,15 +1,23 @@
-"""Writing frames out: an H.264 MP4 that browsers play while downloading, and a poster JPEG."""
+"""Writing frames out: an H.264 MP4 that browsers play while downloading, a poster, a thumbnail and a
+spritesheet (JPEGs)."""
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import av
 import numpy as np
 from PIL import Image
 
+from schemas.events import Spritesheet
 from services.worker.engine.generator import Frames
+
+THUMBNAIL_WIDTH = 320
+SPRITESHEET_TILES = 16
+SPRITESHEET_COLUMNS = 4
+SPRITESHEET_TILE_WIDTH = 160
 
 
 def _check_frames(frames: Frames) -> None:
@@ -52,3 +60,52 @@ def poster_jpeg(frames: Frames, *, quality: int = 85) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frames[len(frames) // 2]).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def _scaled(frame: Image.Image, width: int) -> Image.Image:
+    """`frame` at `width` pixels wide (never wider than it is), the height in proportion."""
+    width = min(width, frame.width)
+    height = max(1, round(frame.height * width / frame.width))
+    return frame if (width, height) == frame.size else frame.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def thumbnail_jpeg(frames: Frames, *, width: int = THUMBNAIL_WIDTH, quality: int = 80) -> bytes:
+    """The poster's frame, `width` pixels wide (smaller clips keep their size): for lists and galleries."""
+    _check_frames(frames)
+    buffer = io.BytesIO()
+    _scaled(Image.fromarray(frames[len(frames) // 2]), width).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def spritesheet_frames(count: int, tiles: int = SPRITESHEET_TILES) -> list[int]:
+    """`tiles` frame indices evenly spaced from the first frame to the last (all of them when fewer)."""
+    if count <= tiles:
+        return list(range(count))
+    return [round(i * (count - 1) / (tiles - 1)) for i in range(tiles)]
+
+
+def spritesheet_jpeg(
+    frames: Frames,
+    *,
+    tiles: int = SPRITESHEET_TILES,
+    columns: int = SPRITESHEET_COLUMNS,
+    tile_width: int = SPRITESHEET_TILE_WIDTH,
+    quality: int = 75,
+) -> tuple[bytes, Spritesheet]:
+    """A grid of evenly spaced frames, left to right then top to bottom, for scrubbing previews; with
+    its layout. Tiles are `tile_width` wide (or the frame's width, when smaller)."""
+    _check_frames(frames)
+    indices = spritesheet_frames(len(frames), max(1, tiles))
+    columns = max(1, min(columns, len(indices)))
+    rows = math.ceil(len(indices) / columns)
+    tiles_images = [_scaled(Image.fromarray(frames[i]), tile_width) for i in indices]
+    width, height = tiles_images[0].size
+    sheet = Image.new("RGB", (columns * width, rows * height))
+    for n, tile in enumerate(tiles_images):
+        sheet.paste(tile, ((n % columns) * width, (n // columns) * height))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="JPEG", quality=quality)
+    layout = Spritesheet(
+        columns=columns, rows=rows, tile_width=width, tile_height=height, frame_indices=indices
+    )
+    return buffer.getvalue(), layout

@@ -11,10 +11,25 @@ from typing import Any
 
 import pytest
 
-from schemas.events import ErrorCode, EventType, JobCancelled, JobDispatched, JobEvent, JobProgress
+from schemas.events import (
+    ErrorCode,
+    EventType,
+    JobCancelled,
+    JobDispatched,
+    JobEvent,
+    JobProgress,
+    JobSucceeded,
+)
 from schemas.jobs import JobRequest, Phase, resolve
 from services.common.errors import BrokerUnavailable, StorageUnavailable
-from services.common.storage import ObjectMissing, checkpoint_prefix, video_key
+from services.common.storage import (
+    ObjectMissing,
+    checkpoint_prefix,
+    poster_key,
+    spritesheet_key,
+    thumbnail_key,
+    video_key,
+)
 from services.worker.attempt import Attempt, attempt_event
 from services.worker.engine import SimulatedGenerator
 from services.worker.runner import Backoff, JobRunner, ProgressPump
@@ -82,6 +97,11 @@ def dispatch(attempt: int = 1, resume: str | None = None) -> JobDispatched:
     )
 
 
+def result_keys(job: JobDispatched) -> list[str]:
+    """What a succeeded attempt stores, in upload order."""
+    return [f(job.job_id, job.attempt) for f in (video_key, poster_key, thumbnail_key, spritesheet_key)]
+
+
 def runner(
     tmp_path: Path,
     generator: SimulatedGenerator,
@@ -123,7 +143,12 @@ async def test_success_reports_in_order_stores_one_video_and_drops_checkpoints(t
     assert phases[-1] == "uploading"
     sequences = [e.sequence for e in publish.events]
     assert sequences == sorted(sequences)
-    assert list(store.objects) == [video_key(job.job_id, 1), f"jobs/{job.job_id}/attempt-1/poster.jpg"]
+    assert list(store.objects) == result_keys(job)
+    result = next(e for e in publish.events if isinstance(e, JobSucceeded)).result
+    assert [result.video_key, result.poster_key, result.thumbnail_key, result.spritesheet_key] == result_keys(
+        job
+    )
+    assert result.spritesheet is not None and result.spritesheet.frame_indices[-1] == result.frames - 1
     assert store.objects[video_key(job.job_id, 1)][4:8] == b"ftyp"
     assert not any(k.startswith(checkpoint_prefix(job.job_id)) for k in store.objects)
 
@@ -358,7 +383,7 @@ async def succeed_with_minimum(
 async def test_a_job_shorter_than_the_checkpoint_minimum_stores_none_and_deletes_none(tmp_path: Path) -> None:
     job, store, publish = await succeed_with_minimum(tmp_path, seconds_per_step=0.01, minimum=60)
     assert EventType.CHECKPOINTED not in publish.types()
-    assert list(store.objects) == [video_key(job.job_id, 1), f"jobs/{job.job_id}/attempt-1/poster.jpg"]
+    assert list(store.objects) == result_keys(job)
     assert store.deleted_prefixes == []  # a first attempt that stored no checkpoint has none to delete
 
 
