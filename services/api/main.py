@@ -21,13 +21,14 @@ from services.api.auth import KeyCache, Keys, RateLimits
 from services.api.deps import AppState
 from services.api.feeds import JobFeeds, database_rows, queue_places
 from services.api.notify import JobNotifier
+from services.api.observability import RequestContext
 from services.api.publisher import JobPublisher
 from services.api.queue_view import QueueViewFollower
 from services.api.routes import admin, deliveries, events, health, jobs
 from services.api.settings import ApiSettings, get_settings
 from services.api.streams import StreamLimit
 from services.common.db import make_engine, make_sessions
-from services.common.logging import configure
+from services.common.logging import observe
 from services.common.storage import Storage
 
 
@@ -138,6 +139,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.mount("/metrics", make_asgi_app())
 
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)  # outermost: every answer, a 413 included, has its id and span
 
     page = files("services.api.web").joinpath("index.html").read_text()
 
@@ -150,14 +152,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
 def run() -> None:
     settings = get_settings()
-    configure("api", settings.log_level)
+    observe("api", settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
-        access_log=False,
+        # The access log goes through our handler (JSON or text), with each request's X-Request-ID.
+        access_log=True,
+        log_config=None,
     )
 
 

@@ -10,11 +10,13 @@ from datetime import datetime
 
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
+from opentelemetry.trace import SpanKind
 
 from schemas.envelope import encode_event
 from schemas.events import JobEvent, JobRequested
 from schemas.topics import JOBS_CONTROL, JOBS_REQUESTED
 from services.api.settings import ApiSettings
+from services.common import tracing
 from services.common.errors import BrokerUnavailable
 from services.common.kafka import append_time
 
@@ -70,15 +72,19 @@ class JobPublisher:
 
     async def _publish(self, topic: str, event: JobEvent, wait_seconds: float) -> Ack:
         record = encode_event(event)
-        headers = {k: v.decode() for k, v in record.headers}
         broker = self._broker
-        try:
-            async with asyncio.timeout(wait_seconds):
-                # With confirmation (the default) FastStream returns aiokafka's RecordMetadata.
-                meta = await broker.publish(record.value, topic, key=record.key, headers=headers)
-        except (KafkaError, TimeoutError) as e:
-            await self._reconnect(broker)
-            raise BrokerUnavailable(f"Kafka did not acknowledge {event.type} for job {event.job_id}") from e
+        attributes = {"messaging.destination.name": topic, "reelstream.job_id": str(event.job_id)}
+        with tracing.span("api", f"publish {event.type}", kind=SpanKind.PRODUCER, attributes=attributes):
+            # The record carries this span's context: the job's trace goes on from it in every consumer.
+            headers = {k: v.decode() for k, v in tracing.inject(record.headers)}
+            try:
+                async with asyncio.timeout(wait_seconds):
+                    # With confirmation (the default) FastStream returns aiokafka's RecordMetadata.
+                    meta = await broker.publish(record.value, topic, key=record.key, headers=headers)
+            except (KafkaError, TimeoutError) as e:
+                await self._reconnect(broker)
+                what = f"{event.type} for job {event.job_id}"
+                raise BrokerUnavailable(f"Kafka did not acknowledge {what}") from e
         return Ack(meta.partition, meta.offset, append_time(meta.timestamp, meta.timestamp_type))
 
     async def _reconnect(self, broken: KafkaBroker) -> None:

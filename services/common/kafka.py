@@ -21,7 +21,9 @@ from schemas.dlq import DeadLetter
 from schemas.envelope import Record, encode_event, encode_heartbeat
 from schemas.events import JobEvent, JobRequested, WorkerHeartbeat
 from schemas.topics import DLQ
+from services.common import tracing
 from services.common.errors import BrokerUnavailable
+from services.common.metrics import DEAD_LETTERS
 from services.common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -162,10 +164,12 @@ def make_consumer(
 
 
 async def send(producer: Producer, topic: str, record: Record, partition: int | None = None) -> Any:
-    """Send and wait for the broker's acknowledgement; broker trouble becomes `BrokerUnavailable`."""
+    """Send and wait for the broker's acknowledgement; broker trouble becomes `BrokerUnavailable`.
+    The current trace context goes with the record (`ce_traceparent`, `ce_tracestate`)."""
+    headers = tracing.inject(record.headers)
     try:
         return await producer.send_and_wait(
-            topic, value=record.value, key=record.key, headers=record.headers, partition=partition
+            topic, value=record.value, key=record.key, headers=headers, partition=partition
         )
     except KafkaError as e:
         raise BrokerUnavailable(f"Kafka did not acknowledge a record on {topic}: {e}") from e
@@ -197,7 +201,10 @@ async def dead_letter(producer: Producer, msg: ConsumerRecord[Any, Any], reason:
         reason,
     )
     record = Record(key=msg.key or b"", value=msg.value or b"", headers=letter.headers())
-    await send(producer, DLQ, record)
+    # Outside any span: the letter keeps the trace context of the record it parks.
+    with tracing.attached(tracing.extract(msg.headers)):
+        await send(producer, DLQ, record)
+    DEAD_LETTERS.labels(consumer, msg.topic).inc()
 
 
 async def partitions_of(settings: CommonSettings, topics: Sequence[str]) -> list[TopicPartition]:

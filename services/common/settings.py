@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Self
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRETS = frozenset({"reelstream", "reelstream-secret", "changethis"})
@@ -23,6 +23,20 @@ class CommonSettings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] | None = Field(
+        default=None,
+        description="json: one JSON object a line; text: key=value lines. Default: json in production.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "otlp_endpoint", "REELSTREAM_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+        description=(
+            "OTLP/HTTP collector that traces are exported to (REELSTREAM_OTLP_ENDPOINT, else the standard"
+            " OTEL_EXPORTER_OTLP_ENDPOINT). Unset: spans are made for the logs' trace_id, exported nowhere."
+        ),
+    )
     service_name: str = "reelstream"
 
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -53,6 +67,13 @@ class CommonSettings(BaseSettings):
 
     gpu_slots: int = Field(default=2, ge=1, le=64, description="Partitions of jobs.dispatch = GPU slots.")
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @property
+    def log_style(self) -> str:
+        """The log format in effect: the one set, else json in production and text in development."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.environment is Environment.PRODUCTION else "text"
 
     @model_validator(mode="after")
     def _no_dev_secrets_in_production(self) -> Self:

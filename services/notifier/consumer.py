@@ -29,8 +29,10 @@ from prometheus_client import Counter, Gauge
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
+from services.common import tracing
 from services.common.errors import BrokerUnavailable, RetryableError
 from services.common.kafka import make_consumer, missed_deadline
+from services.common.metrics import observe_lag
 from services.common.webhooks import TENANT_CHARS
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Incoming, Store
@@ -162,6 +164,7 @@ class Subscriptions:
         records = [msg for messages in batch.values() for msg in messages]
         if not records:
             return 0
+        began = time.time_ns()
         for tp, messages in batch.items():
             if messages:
                 self.positions[tp] = messages[-1].offset + 1
@@ -186,11 +189,13 @@ class Subscriptions:
             QUEUED.inc(queued)
             self._queued.set()
         self._observe_lag()
+        tracing.consumed_batch("notifier", "queue", records, began)
         return len(records)
 
     def _observe_lag(self) -> None:
         ends = [(self._consumer.highwater(tp), self.positions.get(tp)) for tp in self.assigned]
         LAG.set(sum(max(end - at, 0) for end, at in ends if end is not None and at is not None))
+        observe_lag(self.settings.consumer_name, self._consumer, self.positions.items())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: poll and apply, picking up new partitions now and then; pauses on trouble."""

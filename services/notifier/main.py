@@ -17,7 +17,7 @@ from aiohttp.abc import AbstractResolver
 
 from services.common.db import make_engine
 from services.common.errors import RetryableError
-from services.common.logging import configure
+from services.common.logging import observe
 from services.common.runtime import run_until_signalled, serve_metrics
 from services.notifier.consumer import Subscriptions, open_clients, wait_or_stop
 from services.notifier.sender import Sender, WebhookClient
@@ -61,7 +61,7 @@ async def run_live(
 def run() -> None:
     """Console script entry point."""
     settings = NotifierSettings()
-    configure(settings.service_name, settings.log_level)
+    observe(settings.service_name, settings)
     if settings.allow_http or settings.allow_private_targets:
         log.warning(
             "webhook targets are not restricted: allow_http=%s allow_private_targets=%s (development only)",

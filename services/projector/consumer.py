@@ -24,8 +24,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
+from services.common import tracing
 from services.common.errors import BrokerUnavailable, RetryableError
 from services.common.kafka import Producer, dead_letter, make_consumer, make_producer, missed_deadline
+from services.common.metrics import observe_lag
 from services.projector.errors import RecordRefused
 from services.projector.settings import ProjectorSettings
 from services.projector.store import BatchResult, Incoming, Store, unfit
@@ -205,6 +207,7 @@ class Projection:
     async def process(self, batch: Batch) -> BatchResult:
         """Dead-letter the poison records, then apply the batch and its offsets in one transaction."""
         started = time.perf_counter()
+        began = time.time_ns()
         pending: list[Pending] = []
         for tp, messages in batch.items():
             for msg in messages:
@@ -218,6 +221,8 @@ class Projection:
                 self.positions[tp] = messages[-1].offset + 1
         result = await self._apply(pending)
         self._observe(result, time.perf_counter() - started)
+        if self._clients.producer is not None:  # the live projector; a replay's spans would only repeat
+            tracing.consumed_batch("projector", "apply", (msg for _, msg in pending), began)
         return result
 
     async def _apply(self, pending: Sequence[Pending]) -> BatchResult:
@@ -258,6 +263,9 @@ class Projection:
         consumer = self._clients.consumer
         ends = [(consumer.highwater(tp), self.positions.get(tp, 0)) for tp in self.assigned]
         LAG.set(sum(end - position for end, position in ends if end is not None))
+        observe_lag(
+            self.settings.consumer_name, consumer, ((tp, self.positions.get(tp, 0)) for tp in self.assigned)
+        )
 
     async def _gather(self, stop: asyncio.Event, taken: float) -> None:
         """Let the records that arrive meanwhile gather (the consumer keeps fetching) until

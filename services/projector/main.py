@@ -16,7 +16,7 @@ from functools import partial
 
 from services.common.db import make_engine
 from services.common.errors import RetryableError
-from services.common.logging import configure
+from services.common.logging import observe
 from services.common.runtime import run_until_signalled, serve_metrics
 from services.projector.consumer import Projection, open_clients, wait_or_stop
 from services.projector.replay import ReplayFailed, check_schema_name, compare, replay
@@ -104,7 +104,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     """Console script entry point."""
     args = _parser().parse_args(argv)
     settings = ProjectorSettings()
-    configure(settings.service_name, settings.log_level)
+    observe(settings.service_name, settings)
     if args.command is None:
         serve_metrics(settings.metrics_port)
         run_until_signalled(partial(run_live, settings))

@@ -6,22 +6,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 
 from schemas.envelope import MalformedMessage, decode_event, decode_heartbeat
 from schemas.events import (
+    TERMINAL_TYPES,
     JobCancelled,
     JobDispatched,
     JobError,
+    JobEvent,
     JobFailed,
     JobPreemptRequested,
     JobRetrying,
 )
+from services.common import logging as logs
+from services.common import tracing
 from services.common.errors import RetryableError
 from services.common.kafka import (
     Producer,
@@ -32,8 +38,9 @@ from services.common.kafka import (
     partitions_of,
     publish_event,
 )
-from services.common.logging import configure
+from services.common.metrics import observe_lag
 from services.common.runtime import retry, run_until_signalled, serve_metrics
+from services.scheduler.metrics import LAST_REBUILD_SECONDS, REBUILD_SECONDS, QueueGauges
 from services.scheduler.plan import is_alive, plan
 from services.scheduler.queue_publish import QueueViewWriter
 from services.scheduler.settings import SchedulerSettings
@@ -96,6 +103,12 @@ class Scheduler:
             unserviceable_after=_seconds_or_none(settings.unserviceable_after_seconds),
             epoch=datetime.now(UTC),
         )
+        # The trace context of each open job (its job.requested record's), so every decision about it
+        # belongs to the job's trace. Not in the snapshot: a job restored from one whose request came
+        # before it is traced from the next record of it that is read, else from its decision on.
+        self.traces: dict[uuid.UUID, dict[str, str]] = {}
+        self.queue_gauges = QueueGauges()
+        self.positions: dict[TopicPartition, int] = {}  # of the records folded, for the lag metric
 
     def _decided(self, kind: type[E], job_id: uuid.UUID, attempt: int, **fields: Any) -> E:
         """A decision's event, carrying its job's tenant."""
@@ -115,6 +128,7 @@ class Scheduler:
             if msg.topic == topics.requested and (late := missed_deadline(event, msg)) is not None:
                 log.info("skipped job=%s offset=%s: %s", event.job_id, msg.offset, late)
                 return
+            self._trace(event, msg)
             if msg.topic == topics.dispatch:
                 if isinstance(event, JobDispatched):
                     self.state.on_dispatch(event, msg.offset)
@@ -126,7 +140,36 @@ class Scheduler:
             else:
                 log.debug("skipped malformed record topic=%s offset=%s", msg.topic, msg.offset)
 
+    def _trace(self, event: JobEvent, msg: ConsumerRecord[bytes, bytes]) -> None:
+        """Keep the trace context of an open job: its request's, else the first one a record of it has."""
+        if event.type in TERMINAL_TYPES:
+            self.traces.pop(event.job_id, None)
+            return
+        if msg.topic != self.topics.requested and event.job_id in self.traces:
+            return
+        if event.job_id in self.state.done:
+            return
+        if found := tracing.carrier(getattr(msg, "headers", None)):  # fakes in tests may have none
+            self.traces[event.job_id] = found
+
     async def execute(self, decision: Decision) -> None:
+        """Carry out `decision` in a span of its job's trace (the records it publishes carry it)."""
+        job = self.state.jobs.get(decision.job_id)
+        attributes: dict[str, str | int | float] = {"reelstream.job_id": str(decision.job_id)}
+        if job is not None:
+            attributes["reelstream.tenant"] = job.tenant
+            attributes["reelstream.attempt"] = job.attempt
+            if job.request is not None:
+                attributes["reelstream.lane"] = job.request.priority.value
+        name = f"scheduler.{type(decision).__name__.lower()}"
+        parent = self.traces.get(decision.job_id) or {}
+        with (
+            logs.bound(job_id=decision.job_id),
+            tracing.span("scheduler", name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes),
+        ):
+            await self._execute(decision)
+
+    async def _execute(self, decision: Decision) -> None:
         if isinstance(decision, Dispatch):
             await self._dispatch(decision)
         elif isinstance(decision, Retry):
@@ -165,6 +208,20 @@ class Scheduler:
         DECISIONS.labels(type(decision).__name__.lower()).inc()
 
     async def _dispatch(self, d: Dispatch) -> None:
+        job = self.state.jobs.get(d.job_id)
+        trace = self.traces.get(d.job_id)
+        if job is not None and job.created_at is not None and trace:
+            # The wait in the queue, as a span of the job's trace (from its request, or its preemption).
+            since = job.queued_at or job.created_at
+            waited = tracing.start_span(
+                "scheduler",
+                "scheduler.queued",
+                parent=trace,
+                attributes={"reelstream.slot": d.slot},
+                start_time=int(since.timestamp() * 1e9),
+            )
+            waited.end()
+        tracing.annotate({"reelstream.attempt": d.attempt, "reelstream.slot": d.slot})
         event = self._decided(
             JobDispatched,
             d.job_id,
@@ -216,6 +273,8 @@ class Scheduler:
         now = datetime.now(UTC)
         for lane, keys in self.state.lanes.items():
             WAITING.labels(lane.value).set(len(keys))
+        self.queue_gauges.observe(self.state, now)
+        observe_lag("reelstream-scheduler", self.consumer, self.positions.items())
         SLOTS_ALIVE.set(sum(1 for s in self.state.slots.values() if is_alive(self.state, s, now)))
         SLOTS_BUSY.set(len(self.state.assignments))
 
@@ -301,12 +360,16 @@ async def rebuild(scheduler: Scheduler, partitions: list[TopicPartition], stop: 
 async def prepare(scheduler: Scheduler, stop: asyncio.Event) -> bool:
     """Everything before the first decision: the latest snapshot (unless restoring is off), then the
     records after it. True when a snapshot was used."""
+    started = time.monotonic()
     partitions = await assign_all(scheduler)
     snapshot = None
     if scheduler.settings.snapshot_restore:
         snapshot = await load_latest(scheduler.settings, scheduler.topics.snapshot)
     used = await resume(scheduler, partitions, snapshot)
     await rebuild(scheduler, partitions, stop)
+    seconds = time.monotonic() - started
+    REBUILD_SECONDS.observe(seconds)
+    LAST_REBUILD_SECONDS.set(seconds)
     return used
 
 
@@ -349,9 +412,11 @@ async def loop(
         batch = await scheduler.consumer.getmany(timeout_ms=tick_ms, max_records=2000)
         if batch:
             scheduler.state.on_input(datetime.now(UTC))
-        for records in batch.values():
+        for tp, records in batch.items():
             for msg in records:
                 await scheduler.apply(msg)
+            if records:
+                scheduler.positions[tp] = records[-1].offset + 1
         try:
             for decision in plan(scheduler.state, datetime.now(UTC)):
                 await scheduler.execute(decision)
@@ -368,7 +433,7 @@ async def loop(
 
 def run() -> None:
     settings = SchedulerSettings()
-    configure("scheduler", settings.log_level)
+    logs.observe("scheduler", settings)
     serve_metrics(settings.metrics_port)
     run_until_signalled(lambda stop: serve(settings, stop))
 

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from schemas.events import JobCheckpointed, JobDispatched, VideoResult
 from schemas.jobs import Phase
+from services.common import tracing
 from services.common.errors import ReelstreamError, RetryableError
 from services.common.runtime import retry
 from services.common.storage import (
@@ -23,13 +24,12 @@ from services.common.storage import (
     checkpoint_key,
     checkpoint_prefix,
     poster_key,
-    spritesheet_key,
-    thumbnail_key,
     video_key,
 )
 from services.worker.attempt import Attempt, Backoff, Superseded
 from services.worker.engine.generator import GeneratedVideo, ResumeState
-from services.worker.engine.video import encode_mp4, poster_jpeg, spritesheet_jpeg, thumbnail_jpeg
+from services.worker.engine.video import encode_mp4, poster_jpeg
+from services.worker.telemetry import CHECKPOINT_FAILURES, UPLOAD_FAILURES
 
 log = logging.getLogger("reelstream.worker")
 
@@ -96,11 +96,17 @@ class Artifacts:
     async def _save_checkpoint(self, attempt: Attempt, state: ResumeState) -> int:
         d = attempt.dispatch
         key = checkpoint_key(d.job_id, d.attempt, state.step)
-        data = await asyncio.to_thread(state.to_bytes)
-        await retry("save checkpoint", lambda: self.store.put_bytes(key, data, "application/octet-stream"))
-        await attempt.emit(
-            JobCheckpointed, step=state.step, total_steps=state.total_steps, checkpoint_key=key
-        )
+        parent = attempt.phases.context() if attempt.phases is not None else None
+        with tracing.span(
+            "worker", "worker.checkpoint", parent=parent, attributes={"reelstream.step": state.step}
+        ):
+            data = await asyncio.to_thread(state.to_bytes)
+            await retry(
+                "save checkpoint", lambda: self.store.put_bytes(key, data, "application/octet-stream")
+            )
+            await attempt.emit(
+                JobCheckpointed, step=state.step, total_steps=state.total_steps, checkpoint_key=key
+            )
         return state.step
 
     @staticmethod
@@ -112,6 +118,7 @@ class Artifacts:
         try:
             attempt.last_checkpoint_step = saving.result(timeout=120)
         except (RetryableError, TimeoutError) as e:
+            CHECKPOINT_FAILURES.inc()
             log.warning("a checkpoint of job=%s was not saved: %s", attempt.job_id, e)
 
     async def settled(self, attempt: Attempt) -> None:
@@ -130,8 +137,7 @@ class Artifacts:
 
     # ---- the result ------------------------------------------------------------------------------------
     async def store_video(self, attempt: Attempt, video: GeneratedVideo) -> VideoResult:
-        """Encode the MP4, render the poster, thumbnail and spritesheet, and upload them under the
-        attempt's keys."""
+        """Encode the MP4 and the poster and upload both under the attempt's keys."""
         d = attempt.dispatch
         attempt.offer(Phase.ENCODING_VIDEO)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
@@ -139,9 +145,6 @@ class Artifacts:
         try:
             await asyncio.to_thread(encode_mp4, video.frames, video.fps, path)
             poster = await asyncio.to_thread(poster_jpeg, video.frames)
-            thumbnail = await asyncio.to_thread(thumbnail_jpeg, video.frames)
-            sheet, layout = await asyncio.to_thread(spritesheet_jpeg, video.frames)
-            tkey, skey = thumbnail_key(d.job_id, d.attempt), spritesheet_key(d.job_id, d.attempt)
             attempt.offer(Phase.UPLOADING)
             vkey, pkey = video_key(d.job_id, d.attempt), poster_key(d.job_id, d.attempt)
             if attempt.superseded.is_set():
@@ -149,8 +152,6 @@ class Artifacts:
             deadline = asyncio.get_running_loop().time() + self.upload_retry_seconds
             await self._upload(attempt, deadline, lambda: self.store.put_file(vkey, str(path), "video/mp4"))
             await self._upload(attempt, deadline, lambda: self.store.put_bytes(pkey, poster, "image/jpeg"))
-            await self._upload(attempt, deadline, lambda: self.store.put_bytes(tkey, thumbnail, "image/jpeg"))
-            await self._upload(attempt, deadline, lambda: self.store.put_bytes(skey, sheet, "image/jpeg"))
             if attempt.superseded.is_set():  # told during the upload: take back what this attempt stored
                 await self.store.delete_prefix(attempt_prefix(d.job_id, d.attempt))
                 raise Superseded("superseded during its upload")
@@ -164,9 +165,6 @@ class Artifacts:
                 fps=video.fps,
                 frames=frames,
                 duration_seconds=frames / video.fps,
-                thumbnail_key=tkey,
-                spritesheet_key=skey,
-                spritesheet=layout,
             )
         finally:
             path.unlink(missing_ok=True)
@@ -181,6 +179,7 @@ class Artifacts:
                 await put()
                 return
             except RetryableError as e:
+                UPLOAD_FAILURES.inc()
                 left = deadline - loop.time()
                 if left <= 0:
                     raise

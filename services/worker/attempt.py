@@ -23,9 +23,11 @@ from typing import TypeVar
 
 from schemas.events import JobDispatched, JobEvent, JobProgress, JobStarted
 from schemas.jobs import Phase
+from services.common import tracing
 from services.common.errors import RetryableError
 from services.common.runtime import retry
 from services.worker.engine.generator import StepInfo
+from services.worker.telemetry import TERMINAL_RETRIES, Phases
 
 log = logging.getLogger("reelstream.worker")
 
@@ -128,6 +130,8 @@ class Attempt:
     # When the attempt started generating or took its last checkpoint (time.monotonic()).
     unsaved_since: float = 0.0
     stored_checkpoints: bool = False  # this attempt began storing at least one
+    # Its phase spans and durations (telemetry.py); set by the runner.
+    phases: Phases | None = None
 
     @property
     def job_id(self) -> uuid.UUID:
@@ -195,6 +199,8 @@ class Attempt:
 
     def offer(self, phase: Phase) -> None:
         """Progress from the event loop (encoding and storing the video)."""
+        if self.phases is not None:
+            self.phases.enter(phase)
         if self.pump is not None:
             self.pump.offer(self.phase_progress(phase))
 
@@ -205,28 +211,36 @@ class Attempt:
         the process exits non-zero), or the job passing to a newer attempt (`Superseded`)."""
         if self.pump is not None:
             await self.pump.close()
+        if self.phases is not None:
+            self.phases.close()
         async with self.sending:
             if not self.admitted:
                 return
             event = self.event(kind, **fields)
-            delays = self.backoff.delays()
-            while True:
-                try:
-                    await self.publish(event)
-                    return
-                except RetryableError as e:
-                    if self.stopping.is_set():
-                        raise Undelivered(f"{event.type} not published before shutdown: {e}") from e
-                    if self.superseded.is_set():
-                        raise Superseded("given to a newer attempt") from e
-                    delay = next(delays)
-                    log.warning(
-                        "job=%s: %s not published, retrying in %.1f s: %s", self.job_id, event.type, delay, e
-                    )
-                # A shutdown cuts the wait short: one more try, then the attempt is given up.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self.stopping.wait()
+            with tracing.span("worker", f"worker.publish {event.type}"):
+                await self._send_terminal(event)
+
+    async def _send_terminal(self, event: JobEvent) -> None:
+        """Publish the last event until Kafka has it; see `terminal`."""
+        delays = self.backoff.delays()
+        while True:
+            try:
+                await self.publish(event)
+                return
+            except RetryableError as e:
+                TERMINAL_RETRIES.labels(event.type.value).inc()
+                if self.stopping.is_set():
+                    raise Undelivered(f"{event.type} not published before shutdown: {e}") from e
+                if self.superseded.is_set():
+                    raise Superseded("given to a newer attempt") from e
+                delay = next(delays)
+                log.warning(
+                    "job=%s: %s not published, retrying in %.1f s: %s", self.job_id, event.type, delay, e
+                )
+            # A shutdown cuts the wait short: one more try, then the attempt is given up.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.stopping.wait()
 
 
 class ProgressPump:

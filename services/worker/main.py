@@ -17,13 +17,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.events import JobEvent
 from schemas.topics import JOBS_CONTROL, JOBS_DISPATCH, JOBS_EVENTS
 from services.common.kafka import make_consumer, make_producer, partitions_of, publish_event
-from services.common.logging import configure
+from services.common.logging import observe
 from services.common.runtime import run_until_signalled, serve_metrics
 from services.common.storage import Storage
 from services.worker.engine import GenerationError, Generator, build_generator
 from services.worker.runner import JobRunner
 from services.worker.settings import WorkerSettings
 from services.worker.slot import GROUP, Slot
+from services.worker.telemetry import watch_gpu
 
 log = logging.getLogger("reelstream.worker")
 
@@ -127,8 +128,10 @@ async def serve(
 
 def run() -> None:
     settings = WorkerSettings()
-    configure(f"worker-{settings.slot_id}", settings.log_level)
+    observe(f"worker-{settings.slot_id}", settings)
     ready = threading.Event()
+    if settings.metrics_port is not None:
+        watch_gpu()
     serve_metrics(settings.metrics_port, ready=ready.is_set)
     try:
         run_until_signalled(lambda stop: serve(settings, stop, ready=ready))

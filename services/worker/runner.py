@@ -16,6 +16,8 @@ from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
+from opentelemetry import context as otel_context
+
 from schemas.events import (
     ErrorCode,
     JobCancelled,
@@ -49,6 +51,7 @@ from services.worker.engine.generator import (
     ResumeState,
     StepInfo,
 )
+from services.worker.telemetry import Phases
 
 log = logging.getLogger("reelstream.worker")
 
@@ -166,6 +169,8 @@ class JobRunner:
             stopping=self.stopping,
             admission=admission,
         )
+        # Phase spans are children of the span the run is called in (the slot's `worker.attempt`).
+        attempt.phases = Phases(otel_context.get_current(), dispatch.request.model)
         self.current, self.state = attempt, RunState.RUNNING
         outcome = "abandoned"
         # job.started is sent while the generation starts (it holds the send lock, so it still comes
@@ -175,6 +180,7 @@ class JobRunner:
         try:
             outcome = await self._attempt(attempt, on_generated)
         finally:
+            attempt.phases.close()  # an attempt that ended without a last event (shutdown, superseded)
             await asyncio.gather(started, return_exceptions=True)
             if outcome not in KEEPS_CHECKPOINTS:
                 await self.artifacts.delete_checkpoints(attempt)
@@ -256,10 +262,14 @@ class JobRunner:
         artifacts = self.artifacts
 
         def on_phase(phase: Phase) -> None:
+            if attempt.phases is not None:
+                attempt.phases.enter(phase)
             pump.offer_threadsafe(attempt.phase_progress(phase))
 
         def on_step(info: StepInfo) -> None:
             attempt.seconds_per_step = info.seconds_per_step
+            if attempt.phases is not None:
+                attempt.phases.step(info.step)
             if attempt.superseded.is_set():
                 raise Superseded(f"superseded at step {info.step}")
             if attempt.cancel.is_set():

@@ -16,6 +16,8 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import (
@@ -30,6 +32,8 @@ from schemas.events import (
     WorkerHeartbeat,
 )
 from schemas.topics import JOBS_EVENTS, WORKERS_HEARTBEAT
+from services.common import logging as logs
+from services.common import tracing
 from services.common.errors import RetryableError
 from services.common.kafka import Producer, dead_letter, publish_event, publish_heartbeat
 from services.worker.attempt import attempt_event
@@ -297,6 +301,7 @@ class Slot:
             await self.commit(consumer, tp, msg.offset + 1)
             return
         self.claimed = event
+        trace = tracing.extract(msg.headers)  # the scheduler's dispatch span: the attempt's parent
         try:
             if event.attempt <= self.superseded.get(event.job_id, 0):
                 await self.commit(consumer, tp, msg.offset + 1)
@@ -305,12 +310,15 @@ class Slot:
             if event.job_id in self.cancelled:
                 await self.commit(consumer, tp, msg.offset + 1)
                 cancelled = attempt_event(event, JobCancelled, self.runner.producer)
-                await publish_event(self.producer, JOBS_EVENTS, cancelled)
+                with tracing.attached(trace):
+                    await publish_event(self.producer, JOBS_EVENTS, cancelled)
                 return
             committing = asyncio.create_task(self.commit(consumer, tp, msg.offset + 1))
             self.beat_soon()  # tell the scheduler at once that this slot holds the job
             generated = asyncio.Event()
-            run = asyncio.create_task(self._run(event, generated, committing), name=f"job-{event.job_id}")
+            run = asyncio.create_task(
+                self._run(event, generated, committing, trace), name=f"job-{event.job_id}"
+            )
             await asyncio.sleep(0)  # the run takes the GPU side (runner.current) before anything else
             self._apply_preempt()
             self.runs.add(run)
@@ -328,10 +336,26 @@ class Slot:
             await asyncio.wait(set(self.runs), return_when=asyncio.FIRST_COMPLETED)
 
     async def _run(
-        self, event: JobDispatched, generated: asyncio.Event, committing: asyncio.Future[None]
+        self,
+        event: JobDispatched,
+        generated: asyncio.Event,
+        committing: asyncio.Future[None],
+        trace: Context | None = None,
     ) -> str:
+        attributes: dict[str, str | int] = {
+            "reelstream.job_id": str(event.job_id),
+            "reelstream.attempt": event.attempt,
+            "reelstream.slot": event.slot,
+            "reelstream.model": event.request.model,
+        }
+        # The task's own context: its log lines name the job, its spans are the attempt's.
+        logs.bind(job_id=event.job_id, attempt=event.attempt, slot=event.slot)
         try:
-            outcome = await self.runner.run(event, on_generated=generated.set, admission=committing)
+            with tracing.span(
+                "worker", "worker.attempt", parent=trace, kind=SpanKind.CONSUMER, attributes=attributes
+            ) as span:
+                outcome = await self.runner.run(event, on_generated=generated.set, admission=committing)
+                span.set_attribute("reelstream.outcome", outcome)
         except Exception:
             log.exception("job=%s attempt=%d: the run crashed", event.job_id, event.attempt)
             raise
