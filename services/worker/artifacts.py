@@ -24,11 +24,13 @@ from services.common.storage import (
     checkpoint_key,
     checkpoint_prefix,
     poster_key,
+    spritesheet_key,
+    thumbnail_key,
     video_key,
 )
 from services.worker.attempt import Attempt, Backoff, Superseded
 from services.worker.engine.generator import GeneratedVideo, ResumeState
-from services.worker.engine.video import encode_mp4, poster_jpeg
+from services.worker.engine.video import encode_mp4, poster_jpeg, spritesheet_jpeg, thumbnail_jpeg
 from services.worker.telemetry import CHECKPOINT_FAILURES, UPLOAD_FAILURES
 
 log = logging.getLogger("reelstream.worker")
@@ -137,7 +139,8 @@ class Artifacts:
 
     # ---- the result ------------------------------------------------------------------------------------
     async def store_video(self, attempt: Attempt, video: GeneratedVideo) -> VideoResult:
-        """Encode the MP4 and the poster and upload both under the attempt's keys."""
+        """Encode the MP4, render the poster, thumbnail and spritesheet, and upload them under the
+        attempt's keys."""
         d = attempt.dispatch
         attempt.offer(Phase.ENCODING_VIDEO)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +148,9 @@ class Artifacts:
         try:
             await asyncio.to_thread(encode_mp4, video.frames, video.fps, path)
             poster = await asyncio.to_thread(poster_jpeg, video.frames)
+            thumbnail = await asyncio.to_thread(thumbnail_jpeg, video.frames)
+            sheet, layout = await asyncio.to_thread(spritesheet_jpeg, video.frames)
+            tkey, skey = thumbnail_key(d.job_id, d.attempt), spritesheet_key(d.job_id, d.attempt)
             attempt.offer(Phase.UPLOADING)
             vkey, pkey = video_key(d.job_id, d.attempt), poster_key(d.job_id, d.attempt)
             if attempt.superseded.is_set():
@@ -152,6 +158,8 @@ class Artifacts:
             deadline = asyncio.get_running_loop().time() + self.upload_retry_seconds
             await self._upload(attempt, deadline, lambda: self.store.put_file(vkey, str(path), "video/mp4"))
             await self._upload(attempt, deadline, lambda: self.store.put_bytes(pkey, poster, "image/jpeg"))
+            await self._upload(attempt, deadline, lambda: self.store.put_bytes(tkey, thumbnail, "image/jpeg"))
+            await self._upload(attempt, deadline, lambda: self.store.put_bytes(skey, sheet, "image/jpeg"))
             if attempt.superseded.is_set():  # told during the upload: take back what this attempt stored
                 await self.store.delete_prefix(attempt_prefix(d.job_id, d.attempt))
                 raise Superseded("superseded during its upload")
@@ -165,6 +173,9 @@ class Artifacts:
                 fps=video.fps,
                 frames=frames,
                 duration_seconds=frames / video.fps,
+                thumbnail_key=tkey,
+                spritesheet_key=skey,
+                spritesheet=layout,
             )
         finally:
             path.unlink(missing_ok=True)
