@@ -1,0 +1,149 @@
+"""Trace context on Kafka records: `ce_traceparent`/`ce_tracestate` written by `inject` (and by `send` on
+every record), read back by `extract`, and the spans of a consumer parented on them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+    get_current_span,
+    set_span_in_context,
+)
+
+from schemas.envelope import encode_event
+from schemas.events import JobRequested
+from schemas.samples import resolved_request
+from services.common import tracing
+from services.common.kafka import dead_letter, send
+
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+SPAN_ID = 0xB7AD6B7169203331
+TRACEPARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    yield exporter
+    tracing.use_provider(None)
+
+
+def remote_context(state: str = "") -> Any:
+    ctx = SpanContext(
+        TRACE_ID,
+        SPAN_ID,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=TraceState.from_header([state]) if state else TraceState(),
+    )
+    return set_span_in_context(NonRecordingSpan(ctx))
+
+
+def test_inject_writes_the_cloudevents_extension_headers_and_extract_reads_them_back() -> None:
+    headers = tracing.inject([("ce_id", b"1")], remote_context("vendor=abc"))
+    assert headers == [("ce_id", b"1"), ("ce_traceparent", TRACEPARENT), ("ce_tracestate", b"vendor=abc")]
+    back = get_current_span(tracing.extract(headers)).get_span_context()
+    assert (back.trace_id, back.span_id, back.is_remote) == (TRACE_ID, SPAN_ID, True)
+    assert back.trace_state.get("vendor") == "abc"
+
+
+def test_inject_replaces_a_context_already_there_and_keeps_one_without_a_current_span() -> None:
+    stale = [("ce_traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"), ("ce_tracestate", b"x=y")]
+    replaced = tracing.inject(stale, remote_context())
+    assert replaced == [("ce_traceparent", TRACEPARENT)]  # no state in the new context: none written
+    assert tracing.inject(stale) == stale  # no span current: a passed-on record keeps its own
+
+
+def test_extract_takes_plain_w3c_names_and_kept_carriers_and_ignores_garbage() -> None:
+    plain = get_current_span(tracing.extract([("traceparent", TRACEPARENT)])).get_span_context()
+    assert plain.trace_id == TRACE_ID
+    kept = get_current_span(tracing.extract({"traceparent": TRACEPARENT.decode()})).get_span_context()
+    assert kept.span_id == SPAN_ID
+    for bad in ([], None, [("ce_traceparent", b"not a traceparent")], [("ce_traceparent", b"\xff")]):
+        assert not get_current_span(tracing.extract(bad)).get_span_context().is_valid
+    assert tracing.carrier([("ce_traceparent", TRACEPARENT), ("ce_id", b"1")]) == {
+        "traceparent": TRACEPARENT.decode()
+    }
+
+
+def test_a_span_made_from_a_records_headers_is_its_child(spans: InMemorySpanExporter) -> None:
+    with tracing.span("worker", "worker.attempt", parent=[("ce_traceparent", TRACEPARENT)]) as current:
+        inner = tracing.inject([])
+    (done,) = spans.get_finished_spans()
+    assert done.parent is not None and done.parent.span_id == SPAN_ID
+    assert done.context.trace_id == TRACE_ID
+    assert (done.attributes or {})["reelstream.service"] == "worker"
+    # What is published inside the span names the span as the parent of the consumer's.
+    assert tracing.carrier(inner)["traceparent"].split("-")[2] == f"{current.get_span_context().span_id:016x}"
+
+
+def test_consumed_batch_records_a_consumer_span_per_traced_record(spans: InMemorySpanExporter) -> None:
+    class Msg:
+        def __init__(self, headers: list[tuple[str, bytes]], offset: int) -> None:
+            self.topic, self.partition, self.offset, self.headers = "t", 0, offset, headers
+
+    traced = Msg([("ce_type", b"io.reelstream.job.succeeded"), ("ce_traceparent", TRACEPARENT)], 7)
+    untraced = Msg([("ce_type", b"io.reelstream.job.progress")], 8)
+    tracing.consumed_batch("projector", "apply", [traced, untraced], start_time=1)
+    (done,) = spans.get_finished_spans()
+    assert done.name == "projector.apply job.succeeded"
+    assert done.parent is not None and done.parent.span_id == SPAN_ID
+    assert (done.attributes or {})["messaging.kafka.offset"] == 7
+
+
+class FakeProducer:
+    """Records what `send` hands the producer."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_and_wait(self, topic: str, **kwargs: Any) -> None:
+        self.sent.append({"topic": topic, **kwargs})
+
+
+def test_every_record_sent_inside_a_span_carries_its_context(spans: InMemorySpanExporter) -> None:
+    producer = FakeProducer()
+    event = JobRequested(job_id=uuid.uuid4(), producer="api", request=resolved_request(), request_hash="h")
+    record = encode_event(event)
+
+    async def scenario() -> None:
+        await send(producer, "outside", record)  # type: ignore[arg-type]
+        with tracing.span("api", "publish job.requested") as current:
+            await send(producer, "inside", record)  # type: ignore[arg-type]
+        outside, inside = producer.sent
+        assert not tracing.carrier(outside["headers"])
+        parent = get_current_span(tracing.extract(inside["headers"])).get_span_context()
+        assert parent.span_id == current.get_span_context().span_id
+        assert inside["headers"][: len(record.headers)] == record.headers  # the ce_* envelope as it was
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_letter_keeps_the_context_of_the_record_it_parks() -> None:
+    producer = FakeProducer()
+
+    class Msg:
+        topic, partition, offset, key, value = "reelstream.jobs.events", 1, 5, b"k", b"{"
+        headers = (("ce_traceparent", TRACEPARENT),)
+
+    async def scenario() -> None:
+        with tracing.span("projector", "elsewhere"):
+            await dead_letter(producer, Msg(), "value is not JSON", "reelstream-projector")  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    (letter,) = producer.sent
+    assert tracing.carrier(letter["headers"]) == {"traceparent": TRACEPARENT.decode()}
