@@ -7,11 +7,12 @@ from those offsets gives the state a full replay gives. What the live loop deriv
 (`epoch`, `last_input`, `mismatch_since`) is not in it: a restarted scheduler starts those afresh, as after
 a full replay. The settings-derived fields (slots, limits) come from the restarted scheduler's settings.
 
-Encoding (schema_version 1): one JSON object, `StateSnapshot`. Jobs and slots are the dataclasses of
+Encoding (schema_version 2): one JSON object, `StateSnapshot`. Jobs and slots are the dataclasses of
 `state.py` field by field; `done` is the base64 of the sorted 16-byte ids of the ended jobs (a list of
 UUID strings would be 1.8 times larger, and there are as many as jobs ever ran); `step_times` and
-`extra_seconds` are lists of [[model, frames, height, width], seconds]. A change that old code cannot
-read gets a new version: the old code then refuses it and replays in full.
+`extra_seconds` are lists of [[model, frames, height, width, speed], seconds]. A change that old code
+cannot read gets a new version: the old code then refuses it and replays in full. Version 2 added the
+speed tier to the step-time keys; a version 1 snapshot still loads, its keys read as `exact`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidat
 from schemas.jobs import Priority
 from services.scheduler.state import JobEntry, SchedulerState, Slot, StepKey
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 UUID_BYTES: Final = 16
 
 # Fields of SchedulerState a snapshot leaves out: configuration (from the settings) and what the live
@@ -91,10 +92,20 @@ class PartitionOffset(BaseModel):
     offset: int = Field(ge=0)
 
 
+V1StepKey = tuple[str, int, int, int]  # version 1: before speed tiers, every job ran exact
+
+
+def _step_key(key: StepKey | V1StepKey) -> StepKey:
+    if len(key) == 4:
+        model, frames, height, width = key
+        return (model, frames, height, width, "exact")
+    return key
+
+
 class StateSnapshot(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     taken_at: datetime
     offsets: tuple[PartitionOffset, ...]
     jobs: tuple[JobEntry, ...]
@@ -103,8 +114,8 @@ class StateSnapshot(BaseModel):
     assignments: dict[int, uuid.UUID]
     queued_next: dict[int, uuid.UUID]
     finishing: dict[uuid.UUID, int]
-    step_times: tuple[tuple[StepKey, float], ...]
-    extra_seconds: tuple[tuple[StepKey, float], ...]
+    step_times: tuple[tuple[StepKey | V1StepKey, float], ...]
+    extra_seconds: tuple[tuple[StepKey | V1StepKey, float], ...]
     model_seen: dict[str, datetime]
     cancel_waiting: frozenset[uuid.UUID]
     lanes: dict[Priority, tuple[tuple[datetime, str], ...]]
@@ -146,8 +157,8 @@ def restore(state: SchedulerState, snapshot: StateSnapshot) -> None:
     state.assignments = dict(snapshot.assignments)
     state.queued_next = dict(snapshot.queued_next)
     state.finishing = dict(snapshot.finishing)
-    state.step_times = dict(snapshot.step_times)
-    state.extra_seconds = dict(snapshot.extra_seconds)
+    state.step_times = {_step_key(key): seconds for key, seconds in snapshot.step_times}
+    state.extra_seconds = {_step_key(key): seconds for key, seconds in snapshot.extra_seconds}
     state.model_seen = dict(snapshot.model_seen)
     state.cancel_waiting = set(snapshot.cancel_waiting)
     state.lanes = {lane: list(snapshot.lanes.get(lane, ())) for lane in state.lanes}

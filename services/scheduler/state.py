@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
+from schemas.catalog import CATALOG, Speed
 from schemas.events import (
     TERMINAL_TYPES,
     ErrorCode,
@@ -35,7 +36,8 @@ from schemas.jobs import Phase, Priority, ResolvedRequest
 LANES = (Priority.INTERACTIVE, Priority.BATCH)
 # Phases after which the GPU side of a job is done: the slot can take its next job.
 FINISHING_PHASES = frozenset({Phase.ENCODING_VIDEO, Phase.UPLOADING})
-StepKey = tuple[str, int, int, int]  # model, frames, height, width: what a step costs depends on them
+# model, frames, height, width, speed tier: what a step costs depends on them
+StepKey = tuple[str, int, int, int, str]
 
 
 def _insert(keys: list[tuple[datetime, str]], key: tuple[datetime, str]) -> None:
@@ -51,7 +53,14 @@ def _remove(keys: list[tuple[datetime, str]], key: tuple[datetime, str]) -> None
 
 
 def step_key(request: ResolvedRequest) -> StepKey:
-    return (request.model, request.num_frames, request.height, request.width)
+    return (request.model, request.num_frames, request.height, request.width, request.speed.value)
+
+
+def tier_ratio(model: str, speed: str) -> float | None:
+    """The catalog's step time of `speed` over `exact` for `model` (None: not a tier of the model)."""
+    spec = CATALOG.get(model)
+    tier = spec.speed_tier(Speed(speed)) if spec is not None and speed in Speed.__members__.values() else None
+    return tier.step_time_ratio if tier is not None else None
 
 
 class Stage(StrEnum):
@@ -421,7 +430,35 @@ class SchedulerState:
         """The job's own measured seconds per step, else the last measured for its kind."""
         if job.request is None:
             return None
-        return job.seconds_per_step or self.step_times.get(step_key(job.request))
+        return job.seconds_per_step or self.kind_step_time(step_key(job.request))
+
+    def kind_step_time(self, key: StepKey) -> float | None:
+        """Seconds per step last measured for `key` (model, frames, size, speed tier). Until a tier is
+        measured at that size, another tier's measurement scaled by the catalog's expected ratios
+        stands in (`exact` first, as the most often measured)."""
+        if (measured := self.step_times.get(key)) is not None:
+            return measured
+        model, frames, height, width, speed = key
+        wanted = tier_ratio(model, speed)
+        if wanted is None:
+            return None
+        for other in (Speed.EXACT, *Speed):
+            seen = self.step_times.get((model, frames, height, width, other.value))
+            ratio = tier_ratio(model, other.value)
+            if seen is not None and ratio:
+                return seen * wanted / ratio
+        return None
+
+    def kind_extra(self, key: StepKey) -> float | None:
+        """GPU seconds a job of `key` spends besides its steps (prompt, decode): measured for the tier,
+        else for another tier of the same model and size (the tiers speed up the steps only)."""
+        if (measured := self.extra_seconds.get(key)) is not None:
+            return measured
+        model, frames, height, width, _ = key
+        for other in Speed:
+            if (seen := self.extra_seconds.get((model, frames, height, width, other.value))) is not None:
+                return seen
+        return None
 
     def generating_left(self, job: JobEntry, now: datetime) -> timedelta | None:
         """How long the job should still hold its slot's GPU: the steps left at the measured step time,
@@ -429,7 +466,7 @@ class SchedulerState:
         if job.request is None or job.started_at is None:
             return None
         per_step = self.step_time(job)
-        extra = 0.0 if job.preempt_at is not None else self.extra_seconds.get(step_key(job.request))
+        extra = 0.0 if job.preempt_at is not None else self.kind_extra(step_key(job.request))
         if per_step is None or extra is None:
             return None
         since = job.step_at or job.started_at
@@ -457,7 +494,7 @@ class SchedulerState:
         if job.request is None or per_step is None:
             return None
         steps = job.request.num_inference_steps - job.resume_step
-        return steps * per_step + self.extra_seconds.get(step_key(job.request), 0.0)
+        return steps * per_step + (self.kind_extra(step_key(job.request)) or 0.0)
 
     def _retry(self, job: JobEntry, next_attempt: int) -> None:
         if next_attempt <= job.live_attempt:

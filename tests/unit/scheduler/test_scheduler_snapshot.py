@@ -121,14 +121,14 @@ async def test_a_snapshot_is_versioned_json_with_compact_ended_ids(bench: Module
     s = scheduler()
     await fold(s, history(bench, 1))
     payload = json.loads(encode(capture(s.state, {}, T0)))
-    assert payload["schema_version"] == 1
+    assert payload["schema_version"] == 2
     assert isinstance(payload["done"], str)
     assert len(decode(encode(capture(s.state, {}, T0))).done) == len(s.state.done)
 
 
 @pytest.mark.parametrize(
     "raw",
-    [None, b"", b"not json", b'{"schema_version": 2}', b"[]"],
+    [None, b"", b"not json", b'{"schema_version": 3}', b"[]"],
 )
 def test_an_unusable_snapshot_is_refused(raw: bytes | None) -> None:
     with pytest.raises(SnapshotError):
@@ -137,7 +137,7 @@ def test_an_unusable_snapshot_is_refused(raw: bytes | None) -> None:
 
 def test_a_newer_version_is_refused() -> None:
     payload = json.loads(encode(capture(scheduler().state, {}, T0)))
-    payload["schema_version"] = 2
+    payload["schema_version"] = 3
     with pytest.raises(SnapshotError):
         decode(json.dumps(payload).encode())
 
