@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.catalog import CATALOG, DEFAULT_MODEL
+from schemas.catalog import DEFAULT_MODEL, UnknownModel, model_spec
 from schemas.jobs import RequestRejected
 from services.common.errors import BrokerUnavailable, PermanentError, RetryableError
 
@@ -133,9 +133,10 @@ def problem(
 def _allowed_for(field: str, body: Any) -> str | None:
     """The model-specific allowed values for a field, so a type error still says what would be accepted."""
     model = body.get("model", DEFAULT_MODEL) if isinstance(body, dict) else DEFAULT_MODEL
-    spec = CATALOG.get(model) if isinstance(model, str) else None
-    if spec is None:
-        return ", ".join(CATALOG) if field == "model" else None
+    try:
+        spec = model_spec(model)
+    except UnknownModel as e:
+        return e.known if field == "model" else None
     sides = f"integer multiple of {spec.size_multiple} from {spec.min_side} to {spec.max_side}"
     return {
         "width": sides,

@@ -8,7 +8,7 @@ from typing import Self
 
 from pydantic import AliasChoices, Field, model_validator
 
-from schemas.catalog import CATALOG, DEFAULT_MODEL
+from schemas.catalog import DEFAULT_MODEL, model_spec
 from services.common.settings import CommonSettings
 from services.worker.engine.generator import EngineOptions, EngineSettings
 
@@ -63,8 +63,7 @@ class WorkerSettings(CommonSettings, EngineOptions):
 
     @model_validator(mode="after")
     def _slot_and_model(self) -> Self:
-        if self.model not in CATALOG:
-            raise ValueError(f"model {self.model!r} is not in the catalog: {', '.join(CATALOG)}")
+        model_spec(self.model)  # UnknownModel, a ValueError: the settings are refused
         if self.slot is None:
             match = re.search(r"-(\d+)$", self.hostname)
             if match is None:

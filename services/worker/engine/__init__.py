@@ -5,7 +5,7 @@ Import is cheap and side-effect free: diffusers is imported and weights are read
 
 from __future__ import annotations
 
-from schemas.catalog import CATALOG
+from schemas.catalog import UnknownModel, model_spec
 from schemas.events import ErrorCode
 from services.worker.engine.diffusers_generator import DiffusersGenerator
 from services.worker.engine.generator import (
@@ -30,9 +30,10 @@ def build_generator(model: str, settings: EngineSettings) -> Generator:
     `settings.simulate` gives a `SimulatedGenerator` (sleeps instead of computing). An unknown model is
     `GenerationError(MODEL_UNAVAILABLE)`.
     """
-    if model not in CATALOG:
-        known = ", ".join(CATALOG)
-        raise GenerationError(ErrorCode.MODEL_UNAVAILABLE, f"model {model!r} is not in the catalog ({known})")
+    try:
+        model_spec(model)
+    except UnknownModel as e:
+        raise GenerationError(ErrorCode.MODEL_UNAVAILABLE, str(e)) from None
     if settings.simulate:
         return SimulatedGenerator(model, seconds_per_step=settings.simulated_seconds_per_step)
     return DiffusersGenerator(model, settings)
