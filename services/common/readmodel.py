@@ -86,6 +86,8 @@ class Job(Base):
             "id",
             postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
         ),
+        # The retention sweeper's expired jobs.
+        Index("ix_jobs_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
     )
 
 
@@ -107,7 +109,11 @@ class JobEventRow(Base):
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
-    __table_args__ = (Index("uq_job_events_job_seq", "job_id", "seq", unique=True),)
+    __table_args__ = (
+        Index("uq_job_events_job_seq", "job_id", "seq", unique=True),
+        # Tombstones of deleted jobs (they fence off late events); the sweeper reads the recent ones.
+        Index("ix_job_events_tombstones", "occurred_at", postgresql_where=text("type = 'job.deleted'")),
+    )
 
 
 class ConsumerOffset(Base):

@@ -64,6 +64,14 @@ class CommonSettings(BaseSettings):
     s3_access_key: SecretStr = SecretStr("reelstream")
     s3_secret_key: SecretStr = SecretStr("reelstream-secret")
     s3_bucket: str = "reelstream-videos"
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Days after a job ended that it is deleted with its S3 objects (the projector's sweeper);"
+            " None: kept until deleted. The api shows the expiry as `expires_at`."
+        ),
+    )
 
     gpu_slots: int = Field(default=2, ge=1, le=64, description="Partitions of jobs.dispatch = GPU slots.")
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

@@ -63,6 +63,16 @@ def checkpoint_key(job_id: uuid.UUID, attempt: int, step: int) -> str:
     return f"{checkpoint_prefix(job_id)}attempt-{attempt}/step-{step:05d}.pt"
 
 
+def job_prefix(job_id: uuid.UUID) -> str:
+    """Everything a job's attempts and inputs leave, but checkpoints: video, poster, previews, input image."""
+    return f"jobs/{job_id}/"
+
+
+def job_prefixes(job_id: uuid.UUID) -> tuple[str, str]:
+    """Every prefix a job has objects under: deleting both deletes all of it."""
+    return (job_prefix(job_id), checkpoint_prefix(job_id))
+
+
 class ObjectMissing(PermanentError):
     """The object does not exist."""
 
@@ -189,6 +199,13 @@ class Storage:
                         f"first {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
                     )
                 deleted += len(keys)
+        return deleted
+
+    async def delete_job_objects(self, job_id: uuid.UUID) -> int:
+        """Delete every object of the job (`job_prefixes`); returns how many. Deleting again deletes 0."""
+        deleted = 0
+        for prefix in job_prefixes(job_id):
+            deleted += await self.delete_prefix(prefix)
         return deleted
 
     async def presign_get(self, key: str, expires_in: int, filename: str | None = None) -> str:

@@ -57,6 +57,7 @@ class History:
     events_count: int = 0
     attempt: int = 0
     terminal: bool = False
+    deleted: bool = False
 
 
 EMPTY_HISTORY: Final = History()
@@ -83,6 +84,7 @@ def record(history: History, stored: StoredEvent) -> History:
         events_count=history.events_count + (0 if is_requested else 1),
         attempt=max(history.attempt, moved_to) if moved_to is not None else history.attempt,
         terminal=history.terminal or (stored.applied and event.type in TERMINAL_TYPES),
+        deleted=history.deleted or event.type is EventType.DELETED,
     )
 
 
@@ -117,10 +119,15 @@ def admit(history: History, event: JobEvent) -> tuple[StoredEvent | None, Histor
     """The row to store for `event` (None: store nothing) and the history after it.
 
     A known event id is a redelivery and is skipped. Only the first `job.requested` of a job is kept; a
-    `jobs.events` event gets the next seq after the job's `jobs.events` rows so far.
+    `jobs.events` event gets the next seq after the job's `jobs.events` rows so far. Nothing is stored
+    after a tombstone (`job.deleted`), not even a request read after it in a replay; the tombstone itself
+    always counts, so that the job's streams end on it.
     """
-    if event.event_id in history.event_ids:
+    if event.event_id in history.event_ids or history.deleted:
         return None, history
+    if event.type is EventType.DELETED:
+        stored = StoredEvent(history.events_count + 1, True, event)
+        return stored, record(history, stored)
     if event.type is EventType.REQUESTED:
         if history.has_requested:
             return None, history
@@ -284,8 +291,11 @@ def apply(view: JobView, seq: int, event: JobEvent) -> JobView:
 
 
 def fold(rows: Iterable[StoredEvent]) -> JobView | None:
-    """The `jobs` row of one job from its stored rows; None while its `job.requested` is not among them."""
+    """The `jobs` row of one job from its stored rows; None while its `job.requested` is not among them,
+    and None once it is deleted (a tombstone among them)."""
     counted = sorted((row for row in rows if row.applied), key=lambda row: row.seq)
+    if any(row.event.type is EventType.DELETED for row in counted):
+        return None
     if not counted or not isinstance(counted[0].event, JobRequested):
         return None
     view = requested_view(counted[0].event)
@@ -306,6 +316,11 @@ class JobChange:
     def requested(self) -> bool:
         """Whether this change stores the job's request, i.e. creates its `jobs` row."""
         return any(row.event.type is EventType.REQUESTED for row in self.rows)
+
+    @property
+    def deleted(self) -> bool:
+        """Whether this change stores the job's tombstone: its `jobs` row and its other events go."""
+        return any(row.event.type is EventType.DELETED for row in self.rows)
 
 
 def batch_changes(

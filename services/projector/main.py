@@ -20,6 +20,7 @@ from services.common.logging import observe
 from services.common.runtime import run_until_signalled, serve_metrics
 from services.projector.consumer import Projection, open_clients, wait_or_stop
 from services.projector.replay import ReplayFailed, check_schema_name, compare, replay
+from services.projector.retention import run_sweeper
 from services.projector.settings import ProjectorSettings
 from services.projector.store import Store
 
@@ -27,12 +28,14 @@ log = logging.getLogger(__name__)
 
 
 async def run_live(settings: ProjectorSettings, stop: asyncio.Event) -> None:
-    """Project into `public` until `stop`; waits (with back-off) for Kafka to be reachable at start.
+    """Project into `public` until `stop`; waits (with back-off) for Kafka to be reachable at start. The
+    retention sweeper (`retention.py`) runs beside it, on its own connections, and stops with it.
 
     No ping before each transaction: one that fails on a closed connection is retried from the stored
     offsets like any other, and the ping would add a round trip to every batch.
     """
     engine = make_engine(settings, pre_ping=False)
+    sweeper = asyncio.create_task(run_sweeper(settings, stop), name="sweeper")
     backoff = 0.5
     try:
         while not stop.is_set():
@@ -44,6 +47,8 @@ async def run_live(settings: ProjectorSettings, stop: asyncio.Event) -> None:
                 await wait_or_stop(stop, backoff)
                 backoff = min(backoff * 2, settings.retry_max_seconds)
     finally:
+        stop.set()
+        await sweeper
         await engine.dispose()
     log.info("projector stopped")
 

@@ -56,3 +56,26 @@ class ProjectorSettings(CommonSettings):
     replay_stall_seconds: float = Field(
         default=120.0, gt=0, description="A replay that reads nothing for this long gives up."
     )
+    sweep_interval_seconds: float = Field(
+        default=300.0, gt=0, description="How often the sweeper deletes expired jobs (retention_days)."
+    )
+    sweep_timeout_seconds: float = Field(
+        default=240.0, gt=0, description="Longest one sweep may take; what it did not reach, the next does."
+    )
+    sweep_batch: int = Field(default=100, ge=1, le=10_000, description="Jobs the sweeper reads per query.")
+    deleted_grace_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description=(
+            "After a job's tombstone, when the sweeper empties its S3 prefixes once more: a slot that was"
+            " running the job may still have written an object after the delete."
+        ),
+    )
+    deleted_recheck_window_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "How long after its grace a tombstone is still looked for (once): covers a projector that"
+            " projected it late, and a sweeper restarted meanwhile."
+        ),
+    )

@@ -21,13 +21,13 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import asyncpg
-from sqlalchemy import BigInteger, RowMapping, bindparam, func, select, text
+from sqlalchemy import BigInteger, RowMapping, bindparam, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.envelope import upcast
-from schemas.events import JOB_EVENT_ADAPTER, JobEvent, JobRequested
+from schemas.events import JOB_EVENT_ADAPTER, EventType, JobEvent, JobRequested
 from services.common.errors import DatabaseUnavailable
 from services.common.readmodel import (
     NOTIFY_CHANNEL,
@@ -73,6 +73,12 @@ _SELECT_ROWS = select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.
 _INSERT_EVENTS = insert(EVENTS).on_conflict_do_nothing(index_elements=["event_id"])
 _UPSERT_JOBS = _upsert(JOBS, ["id"], (name for name in _JOB_COLUMNS if name not in _IMMUTABLE_JOB_COLUMNS))
 _UPSERT_OFFSETS = _upsert(OFFSETS, ["consumer", "topic", "partition"], ["next_offset"])
+# A tombstone removes the job's row and every event of it but the tombstone, which stays to fence off
+# whatever arrives for the job afterwards (and to end its streams).
+_DELETE_JOBS = delete(JOBS).where(JOBS.c.id.in_(bindparam("job_ids", expanding=True)))
+_DELETE_HISTORY = delete(EVENTS).where(
+    EVENTS.c.job_id.in_(bindparam("job_ids", expanding=True)), EVENTS.c.type != EventType.DELETED.value
+)
 _NOTIFY = text("SELECT pg_notify(:channel, id) FROM unnest(CAST(:ids AS text[])) AS id")
 
 
@@ -94,6 +100,7 @@ class BatchResult:
     applied: int = 0
     skipped: int = 0
     jobs: int = 0
+    deleted: int = 0
 
     def __add__(self, other: BatchResult) -> BatchResult:
         return BatchResult(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -254,6 +261,9 @@ class Store:
         ]
         if jobs:
             await conn.execute(_UPSERT_JOBS, jobs)
+        if deleted := [change.job_id for change in changes if change.deleted]:
+            await conn.execute(_DELETE_JOBS, {"job_ids": deleted})
+            await conn.execute(_DELETE_HISTORY, {"job_ids": deleted})
         if notify and changes:
             ids = sorted(str(change.job_id) for change in changes)
             await conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "ids": ids})
@@ -262,6 +272,7 @@ class Store:
             applied=sum(row["applied"] for row in new_rows),
             skipped=len(events) - len(new_rows),
             jobs=len(jobs),
+            deleted=len(deleted),
         )
 
     async def _load_rows(
