@@ -8,7 +8,9 @@
 #      (infra/validate_manifests.py);
 #   3. checkov finds nothing unwaived in the built manifests and the Dockerfiles, hadolint nothing in the
 #      Dockerfiles (waivers: checkov.io/skipN annotations in k8s/, .hadolint.yaml);
-#   4. docker-compose.yml loads with compose-go, the loader behind `docker compose config`
+#   4. the alert rules of k8s/components/monitoring pass `promtool check rules` and its unit tests
+#      (`promtool test rules`), on the PrometheusRule as kustomize built it;
+#   5. docker-compose.yml loads with compose-go, the loader behind `docker compose config`
 #      (interpolation, Compose Specification schema, consistency), for each profile, and refuses to
 #      render without its required variables; `docker compose config` runs too where it is installed.
 #
@@ -95,6 +97,29 @@ run_hadolint() {
     fi
 }
 
+# The rule groups of every PrometheusRule in the built monitoring component, as a Prometheus rule file,
+# checked by promtool and tested by the component's rules-test.yaml.
+check_rules() {
+    local built="$OUT/manifests/h100x8+monitoring.yaml" dir="$OUT/rules"
+    if ! command -v promtool >/dev/null; then
+        fail "promtool not installed (infra/setup installs it)"
+        return
+    fi
+    mkdir -p "$dir"
+    "$TOOLS_DIR/validate/bin/python" - "$built" "$dir/rules.yaml" <<'PY' || { fail "extract the rule groups"; return; }
+import sys
+import yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PrometheusRule"]
+if not docs:
+    sys.exit(f"no PrometheusRule in {sys.argv[1]}")
+groups = [group for doc in docs for group in doc["spec"]["groups"]]
+yaml.safe_dump({"groups": groups}, open(sys.argv[2], "w"), sort_keys=False)
+PY
+    promtool check rules "$dir/rules.yaml" || fail "promtool check rules"
+    cp k8s/components/monitoring/rules-test.yaml "$dir/"
+    promtool test rules "$dir/rules-test.yaml" || fail "promtool test rules"
+}
+
 check_compose() {
     local check=("$BIN/compose-config") profile out
     for profile in cpu gpu; do
@@ -131,6 +156,8 @@ step "checkov $(cat "$TOOLS_DIR/checkov.version"): built manifests and Dockerfil
 run_checkov
 step "$("$BIN/hadolint" --version)"
 run_hadolint
+step "$(promtool --version 2>/dev/null | head -1): alert rules of k8s/components/monitoring"
+check_rules
 step "docker-compose.yml: compose-go $(awk '$2 ~ /compose-go/ {print $3; exit}' infra/compose-config/go.mod) (the loader of docker compose config)"
 check_compose
 

@@ -30,6 +30,7 @@ CUSTOM_GROUPS = {
     "kafka.strimzi.io": "Strimzi CRD, validated by the Strimzi operator's CRD schema at apply time",
     "postgresql.cnpg.io": "CloudNativePG CRD, validated by its CRD schema and webhook at apply time",
     "keda.sh": "KEDA CRD, validated by its CRD schema and admission webhook at apply time",
+    "monitoring.coreos.com": "Prometheus Operator CRD; the rules themselves are checked by promtool",
 }
 
 
@@ -48,6 +49,8 @@ REQUIRED_CUSTOM_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "KafkaTopic": (("spec", "topicName"), ("spec", "partitions"), ("spec", "replicas")),
     "Cluster": (("spec", "instances"), ("spec", "storage", "size"), ("spec", "bootstrap", "initdb")),
     "ScaledObject": (("spec", "scaleTargetRef", "name"), ("spec", "triggers")),
+    "PrometheusRule": (("spec", "groups"),),
+    "PodMonitor": (("spec", "selector"), ("spec", "podMetricsEndpoints")),
 }
 
 
