@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from schemas.events import TERMINAL_TYPES
+from schemas.events import TERMINAL_TYPES, EventType
 from services.api.errors import DB_ERRORS
 from services.api.notify import JobNotifier, wait_event
 from services.api.queries import events_after
@@ -36,8 +36,15 @@ ReadPosition = Callable[[uuid.UUID], Awaitable[tuple[int | None, Eta | None]]]
 
 
 def frame(row: JobEventRow) -> bytes:
-    """One SSE frame, encoded once for every stream that sends it."""
-    data = json.dumps({"seq": row.seq, **row.payload}, separators=(",", ":"))
+    """One SSE frame, encoded once for every stream that sends it. A preview carries the api path that
+    serves its image (`url`, relative to the api), as its S3 key is no use to a client."""
+    payload = {"seq": row.seq, **row.payload}
+    if row.type == EventType.PREVIEW and {"job_id", "step", "attempt"} <= payload.keys():
+        payload["url"] = (
+            f"/v1/jobs/{payload['job_id']}/content?variant=preview"
+            f"&step={payload['step']}&attempt={payload['attempt']}"
+        )
+    data = json.dumps(payload, separators=(",", ":"))
     return f"id: {row.seq}\nevent: {row.type}\ndata: {data}\n\n".encode()
 
 

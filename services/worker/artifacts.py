@@ -8,32 +8,40 @@ upload is retried, so a storage outage costs a wait, not the GPU work.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
-from schemas.events import JobCheckpointed, JobDispatched, VideoResult
+import PIL.Image
+
+from schemas.events import ErrorCode, JobCheckpointed, JobDispatched, JobPreview, VideoResult
 from schemas.jobs import Phase
 from services.common import tracing
 from services.common.errors import ReelstreamError, RetryableError
 from services.common.runtime import retry
 from services.common.storage import (
+    ObjectMissing,
     attempt_prefix,
     checkpoint_key,
     checkpoint_prefix,
     poster_key,
+    preview_key,
     spritesheet_key,
     thumbnail_key,
     video_key,
 )
 from services.worker.attempt import Attempt, Backoff, Superseded
-from services.worker.engine.generator import GeneratedVideo, ResumeState
+from services.worker.engine.generator import GeneratedVideo, GenerationError, Preview, ResumeState
+from services.worker.engine.preview import preview_jpeg
 from services.worker.engine.video import encode_mp4, poster_jpeg, spritesheet_jpeg, thumbnail_jpeg
 from services.worker.telemetry import CHECKPOINT_FAILURES, UPLOAD_FAILURES
 
 log = logging.getLogger("reelstream.worker")
+PREVIEW_UPLOAD_SECONDS: Final = 10.0
+"""A preview that S3 has not taken by then is dropped: a newer one is on its way."""
 
 
 class ArtifactStore(Protocol):
@@ -62,6 +70,57 @@ class Artifacts:
         self.checkpoint_min_seconds = checkpoint_min_seconds
         self.upload_retry_seconds = upload_retry_seconds
         self.backoff = backoff
+
+    # ---- the input image ------------------------------------------------------------------------------
+    async def load_image(self, d: JobDispatched) -> PIL.Image.Image | None:
+        """The input image of an image-to-video job (None for text-to-video). Missing: INVALID_REQUEST;
+        unreadable: MODEL_REJECTED_INPUT; S3 away: the storage error stands (retryable)."""
+        key = d.request.image_key
+        if key is None:
+            return None
+        try:
+            data = await retry("read input image", lambda: self.store.get_bytes(key))
+        except ObjectMissing as e:
+            raise GenerationError(ErrorCode.INVALID_REQUEST, f"the input image {key} is not stored") from e
+        try:
+            return await asyncio.to_thread(_decode_image, data)
+        except (OSError, ValueError) as e:
+            msg = f"the input image {key} is not a readable image: {e}"
+            raise GenerationError(ErrorCode.MODEL_REJECTED_INPUT, msg) from e
+
+    # ---- previews ------------------------------------------------------------------------------------
+    def start_preview(self, attempt: Attempt, preview: Preview, loop: asyncio.AbstractEventLoop) -> None:
+        """From the generation thread: store the preview and announce it (`job.preview`) while denoising
+        goes on. Previews are droppable: while one is on its way, newer ones are skipped."""
+        if attempt.previewing is not None and not attempt.previewing.done():
+            log.debug(
+                "job=%s: preview of step %d skipped, the previous one is on its way",
+                attempt.job_id,
+                preview.step,
+            )
+            return
+        attempt.previewing = asyncio.run_coroutine_threadsafe(self._save_preview(attempt, preview), loop)
+
+    async def _save_preview(self, attempt: Attempt, preview: Preview) -> None:
+        """One try to store and announce a preview; any failure is logged and never fails the job."""
+        d = attempt.dispatch
+        key = preview_key(d.job_id, d.attempt, preview.step)
+        try:
+            data = await asyncio.to_thread(preview_jpeg, preview.image)
+            async with asyncio.timeout(PREVIEW_UPLOAD_SECONDS):
+                await self.store.put_bytes(key, data, "image/jpeg")
+            await attempt.emit_droppable(
+                JobPreview,
+                step=preview.step,
+                total_steps=preview.total_steps,
+                preview_key=key,
+                width=preview.width,
+                height=preview.height,
+            )
+        except Exception as e:  # a preview is a nicety: whatever went wrong, the job goes on
+            log.warning(
+                "job=%s: preview of step %d dropped: %s: %s", d.job_id, preview.step, type(e).__name__, e
+            )
 
     # ---- checkpoints -------------------------------------------------------------------------------
     async def load_resume(self, d: JobDispatched) -> ResumeState | None:
@@ -206,3 +265,9 @@ class Artifacts:
                 )
             attempt.offer(Phase.UPLOADING)  # the job is still uploading, not stuck
             await asyncio.sleep(delay)
+
+
+def _decode_image(data: bytes) -> PIL.Image.Image:
+    """The input image as RGB, fully read (PIL reads lazily)."""
+    with PIL.Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")

@@ -130,6 +130,9 @@ class Attempt:
     # When the attempt started generating or took its last checkpoint (time.monotonic()).
     unsaved_since: float = 0.0
     stored_checkpoints: bool = False  # this attempt began storing at least one
+    # The preview being stored and announced; at most one is in flight (a newer one is dropped meanwhile).
+    previewing: concurrent.futures.Future[None] | None = None
+    ended: bool = False  # its last event is being sent: droppable events stop here
     # Its phase spans and durations (telemetry.py); set by the runner.
     phases: Phases | None = None
 
@@ -187,6 +190,13 @@ class Attempt:
             event = self.event(kind, **fields)
             await retry(f"publish {event.type}", lambda: self.publish(event))
 
+    async def emit_droppable(self, kind: type[JobEvent], **fields: object) -> None:
+        """An event that may be lost (a preview): one try, and never after the attempt's last event."""
+        async with self.sending:
+            if not self.admitted or self.ended:
+                return
+            await self.publish(self.event(kind, **fields))
+
     async def send_progress(self, event: JobProgress) -> object:
         async with self.sending:
             if not self.admitted:
@@ -214,6 +224,7 @@ class Attempt:
         if self.phases is not None:
             self.phases.close()
         async with self.sending:
+            self.ended = True
             if not self.admitted:
                 return
             event = self.event(kind, **fields)

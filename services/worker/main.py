@@ -113,6 +113,7 @@ async def serve(
         checkpoint_min_seconds=settings.checkpoint_min_seconds,
         progress_interval=settings.progress_interval_seconds,
         upload_retry_seconds=settings.upload_retry_seconds,
+        preview_every=settings.preview_every_steps,
     )
     slot = Slot(settings, producer, runner, ready)
     try:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
+import PIL.Image
 from opentelemetry import context as otel_context
 
 from schemas.events import (
@@ -82,8 +83,10 @@ class JobRunner:
         progress_interval: float = 0.25,
         upload_retry_seconds: float = 600.0,
         backoff: Backoff = DEFAULT_BACKOFF,
+        preview_every: int = 0,
     ) -> None:
         self.slot = slot
+        self.preview_every = preview_every
         self.producer = f"worker-{slot}"
         self.generator = generator
         self.publish = publish
@@ -209,7 +212,8 @@ class JobRunner:
     async def _outcome(self, attempt: Attempt, on_generated: Callable[[], object] | None) -> str:
         d = attempt.dispatch
         try:
-            video = await self._generate(attempt, await self.artifacts.load_resume(d))
+            image = await self.artifacts.load_image(d)
+            video = await self._generate(attempt, await self.artifacts.load_resume(d), image)
             self.finishing[d.job_id] = attempt
             self._release(attempt)
             if on_generated is not None:
@@ -256,7 +260,9 @@ class JobRunner:
         await attempt.terminal(JobFailed, error=JobError(code=code, message=message, retryable=retryable))
 
     # ---- generation on the worker thread -------------------------------------------------------------
-    async def _generate(self, attempt: Attempt, resume: ResumeState | None) -> GeneratedVideo:
+    async def _generate(
+        self, attempt: Attempt, resume: ResumeState | None, image: PIL.Image.Image | None = None
+    ) -> GeneratedVideo:
         loop = asyncio.get_running_loop()
         pump = attempt.start_pump(self.progress_interval)
         artifacts = self.artifacts
@@ -278,6 +284,8 @@ class JobRunner:
                 raise Abandoned(f"shutting down at step {info.step}")
             value = PHASE_WEIGHT[Phase.DENOISING] + 0.85 * info.step / info.total_steps
             pump.offer_threadsafe(attempt.progress(Phase.DENOISING, value, info))
+            if info.preview is not None:
+                artifacts.start_preview(attempt, info.preview, loop)
 
         def on_checkpoint(state: ResumeState) -> None:
             if not artifacts.checkpoint_wanted(attempt, state.step):
@@ -305,6 +313,8 @@ class JobRunner:
                 # store: the regular ones, and the one a preemption or a shutdown stops at, at once.
                 checkpoint_every=1 if self.checkpoint_every else 0,
                 on_checkpoint=on_checkpoint if self.checkpoint_every else None,
+                preview_every=self.preview_every,
+                image=image,
             )
         except BaseException:
             # Whatever cut the generation short, its last checkpoint is stored (or has failed) before

@@ -24,6 +24,14 @@ class WorkerSettings(CommonSettings, EngineOptions):
     checkpoint_every: int = Field(
         default=8, ge=0, description="Denoising steps between checkpoints; 0 = off."
     )
+    preview_every_steps: int = Field(
+        default=4,
+        ge=0,
+        description=(
+            "Denoising steps between previews of the latents (a small JPEG in S3 and a job.preview event);"
+            " 0 = off."
+        ),
+    )
     checkpoint_min_seconds: float = Field(
         default=0,
         ge=0,

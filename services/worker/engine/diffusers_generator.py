@@ -8,8 +8,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import PIL.Image
 import torch
 
+from schemas.catalog import CATALOG
 from schemas.events import ErrorCode
 from schemas.jobs import Phase, ResolvedRequest
 from services.worker.engine import loading, memory
@@ -24,6 +26,7 @@ from services.worker.engine.generator import (
     StepCallback,
     request_fingerprint,
 )
+from services.worker.engine.preview import enlarged, latents_to_rgb
 from services.worker.engine.progress import CallerError, StepTracker
 from services.worker.engine.resume import check_resume, schedule_hook, scheduler_resumable
 from services.worker.engine.speed import AppliedSpeed, SpeedTiers
@@ -50,6 +53,7 @@ class DiffusersGenerator:
         self.source = loading.source_for(model_name)
         self._loader = loader
         self._pipe: Any = None
+        self._image: PIL.Image.Image | None = None  # the input image of the call under way
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self._speeds = SpeedTiers(model_name, settings)
@@ -101,6 +105,8 @@ class DiffusersGenerator:
         resume: ResumeState | None = None,
         checkpoint_every: int = 0,
         on_checkpoint: CheckpointCallback | None = None,
+        preview_every: int = 0,
+        image: PIL.Image.Image | None = None,
     ) -> GeneratedVideo:
         """Generate `request` into decoded frames.
 
@@ -111,8 +117,12 @@ class DiffusersGenerator:
         usable. `resume` continues from a checkpoint of the same request, bit-identically to an
         uninterrupted run on the same device and dtype. Failures are `GenerationError` (OUT_OF_MEMORY,
         MODEL_REJECTED_INPUT, MODEL_UNAVAILABLE, INTERNAL); exceptions from the caller's callbacks pass
-        through unchanged.
+        through unchanged. Every `preview_every` steps the `StepInfo` carries a `Preview` of the latents
+        (no VAE). `image` is the first frame of an image-to-video request; an image-to-video model
+        without one, or an image for a text-to-video model, is MODEL_REJECTED_INPUT.
         """
+        self._check_image(request, image)
+        self._image = image
         started = time.perf_counter()
         tracker = StepTracker(
             total_steps=request.num_inference_steps,
@@ -123,6 +133,8 @@ class DiffusersGenerator:
             on_step=on_step,
             on_checkpoint=on_checkpoint,
             sync=self._sync,
+            preview_every=preview_every,
+            project=self._project,
         )
         try:
             frames = self._generate(request, tracker, resume, checkpoint_every)
@@ -154,6 +166,19 @@ class DiffusersGenerator:
         frames = self._run(request, resume if start_step else None, tracker)
         tracker.finish()
         return frames
+
+    def _check_image(self, request: ResolvedRequest, image: PIL.Image.Image | None) -> None:
+        takes_image = CATALOG[self.model_name].image_to_video
+        if takes_image and image is None:
+            msg = f"{self.model_name} makes video from an input image; the request has none"
+            raise GenerationError(ErrorCode.MODEL_REJECTED_INPUT, msg)
+        if not takes_image and (image is not None or request.image_key is not None):
+            msg = f"{self.model_name} does not take an input image"
+            raise GenerationError(ErrorCode.MODEL_REJECTED_INPUT, msg)
+
+    def _project(self, latents: torch.Tensor) -> Frames:
+        """A preview of `latents` with the family's latent-to-RGB factors."""
+        return enlarged(latents_to_rgb(latents, CATALOG[self.model_name].family))
 
     def _sync(self) -> None:
         # Steps are queued asynchronously on a GPU; waiting here makes step times real, and costs only
@@ -211,6 +236,8 @@ class DiffusersGenerator:
         }
         if resume is not None:
             kwargs["latents"] = resume.latents
+        if self._image is not None:
+            kwargs["image"] = self._image
         return kwargs
 
 

@@ -17,6 +17,7 @@ from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
+import PIL.Image
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 
@@ -50,17 +51,37 @@ class GenerationError(Exception):
         return self.code is ErrorCode.OUT_OF_MEMORY
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Preview:
+    """The latents after `step` of `total_steps` as a small RGB uint8 image (height, width, 3), projected
+    without the VAE (see `preview.py`)."""
+
+    step: int
+    total_steps: int
+    image: npt.NDArray[np.uint8]
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
 @dataclass(frozen=True, slots=True)
 class StepInfo:
     """Progress after one finished denoising step.
 
     `step` counts finished steps from 1 and continues the count of a resumed run; `seconds_per_step` is
     the mean over the steps this call has run, without the time spent in the caller's callbacks.
+    `preview` is set at the steps `preview_every` asks for.
     """
 
     step: int
     total_steps: int
     seconds_per_step: float
+    preview: Preview | None = None
 
 
 def request_fingerprint(request: ResolvedRequest) -> str:
@@ -82,6 +103,9 @@ def request_fingerprint(request: ResolvedRequest) -> str:
     # before tiers existed still resume their (exact) jobs.
     if request.speed is not Speed.EXACT:
         fields["speed"] = request.speed.value
+    # The input image of an image-to-video job (its key names the job's own stored image).
+    if request.image_key is not None:
+        fields["image_key"] = request.image_key
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -173,8 +197,12 @@ class Generator(Protocol):
         resume: ResumeState | None = None,
         checkpoint_every: int = 0,
         on_checkpoint: CheckpointCallback | None = None,
+        preview_every: int = 0,
+        image: PIL.Image.Image | None = None,
     ) -> GeneratedVideo:
-        """Run one request to decoded frames; see `DiffusersGenerator.generate` for the contract."""
+        """Run one request to decoded frames; see `DiffusersGenerator.generate` for the contract.
+        `preview_every` > 0 puts a `Preview` in the `StepInfo` of every such step; `image` is the input
+        image of an image-to-video request (its first frame)."""
         ...
 
 

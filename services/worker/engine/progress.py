@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -14,12 +15,16 @@ from services.worker.engine.generator import (
     Frames,
     GeneratedVideo,
     PhaseCallback,
+    Preview,
     ResumeState,
     StepCallback,
     StepInfo,
 )
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
+Projector = Callable[[torch.Tensor], Frames]
+"""Latents to a small RGB image (see `preview.py`)."""
 
 
 class CallerError(Exception):
@@ -51,6 +56,8 @@ class StepTracker:
         on_checkpoint: CheckpointCallback | None = None,
         sync: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.perf_counter,
+        preview_every: int = 0,
+        project: Projector | None = None,
     ) -> None:
         self.total_steps = total_steps
         self.start_step = start_step
@@ -62,6 +69,8 @@ class StepTracker:
         self._on_checkpoint = on_checkpoint
         self._sync = sync
         self._clock = clock
+        self._preview_every = preview_every if project is not None else 0
+        self._project = project
         self.phase_seconds: dict[Phase, float] = {}
         self._phase: Phase | None = None
         self._phase_started = clock()
@@ -119,11 +128,22 @@ class StepTracker:
         try:
             if self._every > 0 and step % self._every == 0 and step < self.total_steps:
                 self._checkpoint(step, latents)
-            self._call(self._on_step, StepInfo(step, self.total_steps, self.seconds_per_step))
+            preview = self._preview(step, latents)
+            self._call(self._on_step, StepInfo(step, self.total_steps, self.seconds_per_step, preview))
         finally:
             self._callback_seconds += self._clock() - callbacks_started
         if step >= self.total_steps:
             self.phase(Phase.DECODING)
+
+    def _preview(self, step: int, latents: torch.Tensor) -> Preview | None:
+        """The preview due at `step`, if any; one that cannot be made is skipped, never an error."""
+        if self._project is None or self._preview_every <= 0 or step % self._preview_every:
+            return None
+        try:
+            return Preview(step, self.total_steps, self._project(latents))
+        except Exception as e:
+            log.warning("no preview at step %d: %s: %s", step, type(e).__name__, e)
+            return None
 
     def _checkpoint(self, step: int, latents: torch.Tensor) -> None:
         assert self._on_checkpoint is not None  # _every > 0 implies it

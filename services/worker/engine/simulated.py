@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import PIL.Image
 import torch
 
 from schemas.events import ErrorCode
@@ -74,6 +75,7 @@ class SimulatedGenerator:
         self._sleep = sleep
         self._clock = clock
         self.loaded = False
+        self.last_image: PIL.Image.Image | None = None  # the input image of the last call (tests)
 
     def load(self) -> None:
         """Pretend to load weights (sleeps `load_seconds` once)."""
@@ -90,8 +92,12 @@ class SimulatedGenerator:
         resume: ResumeState | None = None,
         checkpoint_every: int = 0,
         on_checkpoint: CheckpointCallback | None = None,
+        preview_every: int = 0,
+        image: PIL.Image.Image | None = None,
     ) -> GeneratedVideo:
-        """Same contract as `DiffusersGenerator.generate`, with sleeps for the work."""
+        """Same contract as `DiffusersGenerator.generate`, with sleeps for the work; a preview is a small
+        tint of the latents; an input image is only recorded (`last_image`)."""
+        self.last_image = image
         started = self._clock()
         tracker = StepTracker(
             total_steps=request.num_inference_steps,
@@ -103,6 +109,8 @@ class SimulatedGenerator:
             checkpoint_every=checkpoint_every,
             on_checkpoint=on_checkpoint,
             clock=self._clock,
+            preview_every=preview_every,
+            project=self._project,
         )
         try:
             frames = self._run(request, tracker, resume)
@@ -140,6 +148,11 @@ class SimulatedGenerator:
         the core away and may get it back milliseconds later."""
         if seconds > 0:
             self._sleep(seconds)
+
+    def _project(self, latents: torch.Tensor) -> Frames:
+        """The simulated latents as an 8x12 RGB image of one colour."""
+        tint = int(latents.abs().sum().item() * 997) % 256
+        return np.full((8, 12, 3), (tint, 255 - tint, 128), dtype=np.uint8)
 
     def _frames(self, count: int, latents: torch.Tensor) -> Frames:
         """A moving diagonal gradient whose colour comes from the final latents."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -9,8 +10,9 @@ import pytest
 
 from services.api.content import ContentMissing, ContentVariant, StepRequired, variant_key
 from services.api.errors import Conflict
+from services.api.feeds import frame
 from services.api.views import _result, links
-from services.common.readmodel import Job
+from services.common.readmodel import Job, JobEventRow
 
 JOB = uuid.UUID("0b7e4c1a-5d2f-4e8a-9c31-7f6d2a8b9e40")
 BASE = "http://api.example"
@@ -95,3 +97,14 @@ def test_the_result_carries_urls_and_the_layout_but_no_keys() -> None:
     assert not any(key.endswith("_key") for key in dumped)
     old = _result(OLD_RESULT, BASE, JOB)
     assert old is not None and old.thumbnail_url is None and old.poster_url is not None
+
+
+def test_a_preview_frame_on_sse_carries_the_url_that_serves_it() -> None:
+    payload = {"type": "job.preview", "job_id": str(JOB), "attempt": 2, "step": 4, "preview_key": "k"}
+    row = JobEventRow(seq=7, type="job.preview", payload=payload)
+    text = frame(row).decode()
+    assert text.startswith("id: 7\nevent: job.preview\ndata: ")
+    data = json.loads(text.split("data: ", 1)[1])
+    assert data["url"] == f"/v1/jobs/{JOB}/content?variant=preview&step=4&attempt=2"
+    other = frame(JobEventRow(seq=8, type="job.progress", payload={"type": "job.progress", "step": 4}))
+    assert "url" not in json.loads(other.decode().split("data: ", 1)[1])
