@@ -97,12 +97,30 @@ def test_consumed_batch_records_a_consumer_span_per_traced_record(spans: InMemor
             self.topic, self.partition, self.offset, self.headers = "t", 0, offset, headers
 
     traced = Msg([("ce_type", b"io.reelstream.job.succeeded"), ("ce_traceparent", TRACEPARENT)], 7)
-    untraced = Msg([("ce_type", b"io.reelstream.job.progress")], 8)
-    tracing.consumed_batch("projector", "apply", [traced, untraced], start_time=1)
+    untraced = Msg([("ce_type", b"io.reelstream.job.started")], 8)
+    progress = Msg([("ce_type", b"io.reelstream.job.progress"), ("ce_traceparent", TRACEPARENT)], 9)
+    tracing.consumed_batch("projector", "apply", [traced, untraced, progress], start_time=1)
     (done,) = spans.get_finished_spans()
     assert done.name == "projector.apply job.succeeded"
     assert done.parent is not None and done.parent.span_id == SPAN_ID
     assert (done.attributes or {})["messaging.kafka.offset"] == 7
+
+
+def test_consumer_spans_cost_nothing_when_no_span_is_exported() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider, exporting=False)
+    try:
+        msg = type(
+            "Msg",
+            (),
+            {"topic": "t", "partition": 0, "offset": 1, "headers": [("ce_traceparent", TRACEPARENT)]},
+        )
+        tracing.consumed_batch("projector", "apply", [msg()], start_time=1)
+    finally:
+        tracing.use_provider(None)
+    assert not exporter.get_finished_spans()
 
 
 class FakeProducer:
