@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -21,7 +22,7 @@ from services.api.auth import KeyCache, Keys, RateLimits
 from services.api.deps import AppState
 from services.api.feeds import JobFeeds, database_rows, queue_places
 from services.api.notify import JobNotifier
-from services.api.observability import RequestContext
+from services.api.observability import QuietProbes, RequestContext
 from services.api.publisher import JobPublisher
 from services.api.queue_view import QueueViewFollower
 from services.api.routes import admin, deliveries, events, health, jobs
@@ -153,6 +154,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 def run() -> None:
     settings = get_settings()
     observe("api", settings)
+    logging.getLogger("uvicorn.access").addFilter(QuietProbes())
     uvicorn.run(
         create_app(settings),
         host=settings.host,

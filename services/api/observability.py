@@ -8,6 +8,7 @@ Plain ASGI, like `Guard`: Starlette's BaseHTTPMiddleware would copy every SSE fr
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from typing import Final
@@ -63,3 +64,16 @@ class RequestContext:
                 if route is not None:
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
+
+
+class QuietProbes(logging.Filter):
+    """Drops uvicorn's access lines of probes and scrapes (every few seconds each, from the kubelet and
+    Prometheus): the access log keeps the requests of clients."""
+
+    QUIET: Final = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/metrics/"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            return args[2].partition("?")[0] not in self.QUIET
+        return True

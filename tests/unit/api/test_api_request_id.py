@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import make_asgi_app
 
 from services.api import metrics as api_metrics
-from services.api.observability import RequestContext, request_id
+from services.api.observability import QuietProbes, RequestContext, request_id
 from services.common import logging as logs
 from services.common import tracing
 
@@ -90,3 +90,16 @@ async def test_sse_clients_are_exposed(spans: InMemorySpanExporter) -> None:
     assert api_metrics.SSE_CLIENTS is not None
     text = (await get("/metrics/")).text
     assert "# TYPE reelstream_api_sse_clients gauge" in text
+
+
+def test_the_access_log_leaves_out_probes_and_scrapes() -> None:
+    def access(path: str) -> logging.LogRecord:
+        args = ("10.0.0.1:5000", "GET", path, "1.1", 200)
+        return logging.LogRecord(
+            "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', args, None
+        )
+
+    quiet = QuietProbes()
+    assert not quiet.filter(access("/healthz")) and not quiet.filter(access("/metrics"))
+    assert not quiet.filter(access("/livez?verbose=1"))
+    assert quiet.filter(access("/v1/jobs/j1"))
