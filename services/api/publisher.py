@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,9 +16,7 @@ from schemas.topics import JOBS_CONTROL, JOBS_REQUESTED
 from services.api.settings import ApiSettings
 from services.common import tracing
 from services.common.errors import BrokerUnavailable
-from services.common.kafka import append_time
-
-log = logging.getLogger(__name__)
+from services.common.kafka import Renewing, append_time
 
 
 def make_broker(settings: ApiSettings) -> KafkaBroker:
@@ -54,25 +50,26 @@ class JobPublisher:
     Giving up on an ack does not take the record back: the producer keeps it and may deliver it once the
     broker returns. That is why a job request carries a deadline (`accept_by`) that its consumers judge by
     the broker's append time (see `services/api/submit.py`). After a failed or timed-out send the broker
-    is reconnected, because aiokafka's idempotent sequence for that partition may now be broken.
+    is renewed (`services.common.kafka.Renewing`), because aiokafka's idempotent sequence for that
+    partition may now be broken.
     """
 
     def __init__(self, settings: ApiSettings) -> None:
-        self._settings = settings
-        self._broker = make_broker(settings)
+        self._broker = Renewing(
+            "reelstream-api", lambda: make_broker(settings), KafkaBroker.connect, KafkaBroker.stop
+        )
         # Cancels have no deadline: wait as long as the producer itself tries.
         self._control_wait = settings.kafka_request_timeout_ms / 1000 + 5
-        self._reconnecting = asyncio.Lock()
 
     async def connect(self) -> None:
-        await self._broker.connect()
+        await self._broker.current.connect()
 
     async def stop(self) -> None:
-        await self._broker.stop()
+        await self._broker.current.stop()
 
     async def _publish(self, topic: str, event: JobEvent, wait_seconds: float) -> Ack:
         record = encode_event(event)
-        broker = self._broker
+        broker = self._broker.current
         attributes = {"messaging.destination.name": topic, "reelstream.job_id": str(event.job_id)}
         with tracing.span("api", f"publish {event.type}", kind=SpanKind.PRODUCER, attributes=attributes):
             # The record carries this span's context: the job's trace goes on from it in every consumer.
@@ -82,25 +79,10 @@ class JobPublisher:
                     # With confirmation (the default) FastStream returns aiokafka's RecordMetadata.
                     meta = await broker.publish(record.value, topic, key=record.key, headers=headers)
             except (KafkaError, TimeoutError) as e:
-                await self._reconnect(broker)
+                await self._broker.renew(broker)
                 what = f"{event.type} for job {event.job_id}"
                 raise BrokerUnavailable(f"Kafka did not acknowledge {what}") from e
         return Ack(meta.partition, meta.offset, append_time(meta.timestamp, meta.timestamp_type))
-
-    async def _reconnect(self, broken: KafkaBroker) -> None:
-        async with self._reconnecting:
-            if self._broker is not broken:
-                return
-            fresh = make_broker(self._settings)
-            try:
-                await fresh.connect()
-            except Exception as e:
-                log.warning("Kafka still unreachable, keeping the old connection: %s", e)
-                return
-            self._broker = fresh
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await broken.stop()
 
     async def requested(self, event: JobRequested, wait_seconds: float) -> Ack:
         """Kafka's ack of a job request; `BrokerUnavailable` when none came within `wait_seconds`."""
@@ -110,4 +92,4 @@ class JobPublisher:
         await self._publish(JOBS_CONTROL, event, self._control_wait)
 
     async def ping(self, seconds: float) -> bool:
-        return bool(await self._broker.ping(seconds))
+        return bool(await self._broker.current.ping(seconds))

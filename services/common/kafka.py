@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -69,6 +69,48 @@ def _aiokafka_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProd
     )
 
 
+Client = TypeVar("Client")
+
+
+class Renewing(Generic[Client]):
+    """One Kafka producing client, replaced by a fresh one after a send that may have broken it: the one
+    renewal routine, for the services' `Producer` and the api's FastStream broker (`api/publisher.py`).
+
+    `make` builds a client, `start` connects it, `stop` closes it. `renew(broken)` does nothing when a
+    concurrent failed send already replaced `broken`; when the fresh client cannot connect, the current
+    one is kept (and renewed again after the next failure). The replaced client is closed afterwards,
+    outside the lock, within 5 s, its errors ignored.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[], Client],
+        start: Callable[[Client], Awaitable[Any]],
+        stop: Callable[[Client], Awaitable[Any]],
+    ) -> None:
+        self._name = name
+        self._make, self._start, self._stop = make, start, stop
+        self.current: Client = make()
+        self._lock = asyncio.Lock()
+
+    async def renew(self, broken: Client) -> None:
+        async with self._lock:
+            if self.current is not broken:
+                return  # another send already renewed it
+            log.warning("renewing the Kafka producer %s after a failed send", self._name)
+            fresh = self._make()
+            try:
+                await self._start(fresh)
+            except Exception as e:
+                log.warning("Kafka still unreachable, keeping the %s producer: %s", self._name, e)
+                return
+            self.current = fresh
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self._stop(broken)
+
+
 class Producer:
     """The acks=all idempotent producer every service uses, renewed when its sequence state breaks.
 
@@ -86,19 +128,17 @@ class Producer:
     ) -> None:
         """`factory` makes the underlying producer (and each renewal) where one needs other settings
         than `_aiokafka_producer`'s (compression, request size)."""
-        self._client_id = client_id
-        self._make = factory or (lambda: _aiokafka_producer(settings, client_id))
-        self._producer = self._make()
-        self._renewing = asyncio.Lock()
+        make = factory or (lambda: _aiokafka_producer(settings, client_id))
+        self._client = Renewing(client_id, make, AIOKafkaProducer.start, AIOKafkaProducer.stop)
 
     async def start(self) -> None:
-        await self._producer.start()
+        await self._client.current.start()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        await self._client.current.stop()
 
     async def partitions_for(self, topic: str) -> set[int]:
-        partitions: set[int] = await self._producer.partitions_for(topic)
+        partitions: set[int] = await self._client.current.partitions_for(topic)
         return partitions
 
     async def send_and_wait(
@@ -109,26 +149,14 @@ class Producer:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Any:
-        producer = self._producer
+        producer = self._client.current
         try:
             return await producer.send_and_wait(
                 topic, value=value, key=key, partition=partition, headers=headers
             )
         except (OutOfOrderSequenceNumber, KafkaTimeoutError):
-            await self._renew(producer)
+            await self._client.renew(producer)
             raise
-
-    async def _renew(self, broken: AIOKafkaProducer) -> None:
-        async with self._renewing:
-            if self._producer is not broken:
-                return  # another send already renewed it
-            log.warning("renewing the Kafka producer %s after a failed send", self._client_id)
-            fresh = self._make()
-            await fresh.start()
-            self._producer = fresh
-        with contextlib.suppress(KafkaError, TimeoutError, OSError):
-            async with asyncio.timeout(5):
-                await broken.stop()
 
 
 def make_producer(settings: CommonSettings, client_id: str) -> Producer:
