@@ -1,16 +1,23 @@
 """Generation cost on one GPU: the engine's own path against the bare diffusers call, in one process.
 
-For each mode (eager, then per-block compiled) and each frame count it runs, on the same pipeline:
-a warm-up (2 steps, latents only; for compiled mode this is the compile), the bare `pipe(...)` call, and
-the engine's `generate()`, then encodes the engine's frames to MP4 and a poster. It reports seconds per
-step, decode, MP4 encode, peak memory, and the engine's overhead over bare diffusers (target < 2%).
+For each mode (eager, then per-block compiled), each frame count and each speed tier it runs, on the same
+pipeline: a warm-up (2 steps, latents only; for compiled mode this is the compile, for `fastest` on an
+FP8 GPU the FP8 build), then `--repeats` pairs of the bare `pipe(...)` call and the engine's `generate()`
+in alternating order (bare first, then engine first, ...), so neither side always runs on a warmer GPU;
+then it encodes the engine's frames to MP4 and a poster. It prints one table per model and tier: seconds
+per step and per video (medians), decode, MP4 encode, peak memory, and the engine's overhead over bare
+diffusers (target < 2%). Under a tier the bare call runs with the same recipe (the same cache hook, the
+same FP8 transformer), as a diffusers user would set it up, so the overhead compares like with like.
 
 Without real weights it builds the full-size Mochi with random weights directly on the GPU in bf16
 (timing does not depend on the values). On the CPU with `--model tiny-mochi` it runs end to end in
 seconds:
 
-    uv run python bench/gpu_generate.py                       # GPU: mochi, 31 and 163 frames, 4 steps
+    uv run python bench/gpu_generate.py                       # GPU: mochi, 31 and 163 frames, 8 steps
     uv run python bench/gpu_generate.py --model tiny-mochi --device cpu --frames 7,13 --steps 2
+
+Speed tiers skip steps on a schedule that starts after a few full steps, so the default step count (8)
+is enough for `fastest` to skip some; compare tiers at the same step count only.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import importlib
 import json
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +38,7 @@ from typing import Any
 
 import torch
 
-from schemas.catalog import CATALOG, Quality
+from schemas.catalog import CATALOG, Quality, Speed
 from schemas.events import ErrorCode
 from schemas.jobs import Priority, ResolvedRequest
 from services.worker.engine import (
@@ -57,10 +65,14 @@ WARMUP_STEPS = 2  # Mochi's sigma schedule divides by num_steps // 2, so 1 step 
 class Row:
     model: str
     weights: str
+    speed: str
+    recipe: str
+    applied: str
     mode: str
     frames: int
     size: str
     steps: int
+    repeats: int
     warmup_s: float
     bare_s: float
     engine_s: float
@@ -82,7 +94,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="mochi-1-preview", choices=sorted(loading.SOURCES))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--frames", default="31,163", help="comma-separated frame counts")
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps per run (bounded: time)")
+    parser.add_argument("--steps", type=int, default=8, help="denoising steps per run (bounded: time)")
+    parser.add_argument("--speeds", default="exact,fast,fastest", help="speed tiers (those the model has)")
+    parser.add_argument("--repeats", type=int, default=1, help="bare/engine pairs per row, order alternating")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--modes", default="eager,compiled", help="eager and/or compiled (per block)")
@@ -152,7 +166,9 @@ def make_generator(args: argparse.Namespace) -> tuple[DiffusersGenerator, str]:
     ), "random"
 
 
-def make_request(args: argparse.Namespace, frames: int, height: int, width: int) -> ResolvedRequest:
+def make_request(
+    args: argparse.Namespace, frames: int, height: int, width: int, speed: Speed = Speed.EXACT
+) -> ResolvedRequest:
     spec = CATALOG[args.model]
     return ResolvedRequest(
         prompt=PROMPT,
@@ -163,6 +179,7 @@ def make_request(args: argparse.Namespace, frames: int, height: int, width: int)
         num_frames=frames,
         fps=spec.default_fps,
         quality=Quality.MEDIUM,
+        speed=speed,
         num_inference_steps=args.steps,
         seed=0,
         guidance_scale=spec.default_guidance,
@@ -198,30 +215,65 @@ def timed(device: torch.device, action: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def measure(
-    args: argparse.Namespace, generator: DiffusersGenerator, weights: str, mode: str, frames: int
+    args: argparse.Namespace,
+    generator: DiffusersGenerator,
+    weights: str,
+    mode: str,
+    frames: int,
+    speed: Speed = Speed.EXACT,
 ) -> Row:
-    """Warm-up, bare call, engine call and MP4 encode for one mode and frame count."""
+    """Warm-up, then alternating bare and engine calls, and the MP4 encode, for one mode, size and tier."""
     spec, device, pipe = CATALOG[args.model], generator.device, generator.pipe
     height, width = args.height or spec.default_height, args.width or spec.default_width
-    request = make_request(args, frames, height, width)
-    warm_kwargs = {**bare_kwargs(generator, request, WARMUP_STEPS), "output_type": "latent"}
-    warmup_s, _ = timed(device, lambda: pipe(**warm_kwargs))
-    bare_s, _ = timed(device, lambda: pipe(**bare_kwargs(generator, request, args.steps)))
+    request = make_request(args, frames, height, width, speed)
+    tier = spec.speeds[speed]
+
+    def bare(steps: int, **overrides: Any) -> Any:
+        # The same recipe as the engine's call: a diffusers user would enable the same cache.
+        with generator.speeds.applied(pipe, speed, device):
+            return pipe(**{**bare_kwargs(generator, request, steps), **overrides})
+
+    warmup_s, _ = timed(device, lambda: bare(WARMUP_STEPS, output_type="latent"))
+    bare_times: list[float] = []
+    engine_times: list[float] = []
+    video: Any = None
     memory.reset_peak_memory(device)
-    engine_s, video = timed(device, lambda: generator.generate(request, on_phase=_ignore, on_step=_ignore))
+    for repeat in range(max(args.repeats, 1)):
+        for side in ("bare", "engine") if repeat % 2 == 0 else ("engine", "bare"):
+            if side == "bare":
+                bare_times.append(timed(device, lambda: bare(args.steps))[0])
+            else:
+                seconds, video = timed(
+                    device, lambda: generator.generate(request, on_phase=_ignore, on_step=_ignore)
+                )
+                engine_times.append(seconds)
     peak = memory.peak_memory_gib(device)
+    bare_s, engine_s = statistics.median(bare_times), statistics.median(engine_times)
     with tempfile.TemporaryDirectory() as scratch:
         mp4_s, _ = timed(device, lambda: encode_mp4(video.frames, video.fps, Path(scratch) / "out.mp4"))
     poster_s, _ = timed(device, lambda: poster_jpeg(video.frames))
     phases = {str(phase): seconds for phase, seconds in video.phase_seconds.items()}
     return Row(
-        model=args.model, weights=weights, mode=mode, frames=frames, size=f"{height}x{width}",
-        steps=args.steps, warmup_s=warmup_s, bare_s=bare_s, engine_s=engine_s,
+        model=args.model, weights=weights, speed=speed.value, recipe=tier.recipe, applied=_applied(generator),
+        mode=mode, frames=frames, size=f"{height}x{width}", steps=args.steps, repeats=len(engine_times),
+        warmup_s=warmup_s, bare_s=bare_s, engine_s=engine_s,
         overhead_pct=100.0 * (engine_s - bare_s) / bare_s, s_per_step=video.seconds_per_step,
         encode_prompt_s=phases.get("encoding_prompt", 0.0), denoise_s=phases.get("denoising", 0.0),
         decode_s=phases.get("decoding", 0.0), mp4_s=mp4_s, poster_s=poster_s, peak_gib=peak,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )  # fmt: skip
+
+
+def _applied(generator: DiffusersGenerator) -> str:
+    """Which parts of the tier's recipe ran ('-' for exact), and why the others did not."""
+    applied = generator.last_speed
+    if applied is None or applied.speed is Speed.EXACT:
+        return "-"
+    parts = [
+        str(applied.cache),
+        *(name for name, on in (("fp8", applied.fp8), ("compiled", applied.compiled)) if on),
+    ]
+    return " + ".join(parts) + "".join(f"; {why}" for why in applied.skipped)
 
 
 def _ignore(_: object) -> None:
@@ -231,7 +283,8 @@ def _ignore(_: object) -> None:
 COLUMNS = [
     ("mode", "mode"), ("frames", "frames"), ("size", "size"), ("steps", "steps"), ("s/step", "s_per_step"),
     ("denoise s", "denoise_s"), ("decode s", "decode_s"), ("prompt s", "encode_prompt_s"),
-    ("mp4 s", "mp4_s"), ("engine s", "engine_s"), ("bare s", "bare_s"), ("overhead %", "overhead_pct"),
+    ("s/video", "engine_s"), ("mp4 s", "mp4_s"), ("bare s", "bare_s"), ("overhead %", "overhead_pct"),
+    ("repeats", "repeats"),
     ("warm-up s", "warmup_s"), ("peak GiB", "peak_gib"), ("peak RSS MiB", "peak_rss_mib"),
 ]  # fmt: skip
 
@@ -272,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     frame_counts = [int(f) for f in args.frames.split(",") if f]
     modes = [m for m in args.modes.split(",") if m]
+    offered = CATALOG[args.model].speeds
+    speeds = [Speed(s) for s in args.speeds.split(",") if s and Speed(s) in offered]
     generator, weights = make_generator(args)
     load_s, _ = timed(memory.resolve_device(generator.settings), generator.load)
     rows: list[Row] = []
@@ -281,10 +336,18 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
                 update={"compile": CompileMode.BLOCKS, "compile_backend": args.compile_backend}
             )
             memory.compile_blocks(generator.pipe, compiled)
-        rows.extend(measure(args, generator, weights, mode, frames) for frames in frame_counts)
+        rows.extend(
+            measure(args, generator, weights, mode, frames, speed)
+            for speed in speeds
+            for frames in frame_counts
+        )
     env = environment(generator)
     header = f"{args.model} ({weights} weights) on {env['device']}, {env['dtype']}, load {load_s:.1f} s"
-    print(header + "\n\n" + markdown_table(rows))
+    print(header)
+    for speed in speeds:  # one table per model and tier
+        mine = [row for row in rows if row.speed == speed.value]
+        print(f"\n### {args.model}, {speed.value}: {mine[0].recipe} (applied: {mine[0].applied})\n")
+        print(markdown_table(mine))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"environment": env, "load_s": load_s, "rows": [asdict(r) for r in rows]}
     args.json.write_text(json.dumps(report, indent=2))

@@ -56,7 +56,7 @@ class DiffusersGenerator:
         self._image: PIL.Image.Image | None = None  # the input image of the call under way
         self.device = torch.device("cpu")
         self.dtype = torch.float32
-        self._speeds = SpeedTiers(model_name, settings)
+        self.speeds = SpeedTiers(model_name, settings)
         self.last_speed: AppliedSpeed | None = None
         """What the last `generate()` ran with: its speed tier's recipe and the parts that applied."""
 
@@ -191,7 +191,7 @@ class DiffusersGenerator:
         kwargs = self._call_kwargs(request, resume, tracker)
         try:
             with (
-                self._speeds.applied(pipe, request.speed, self.device) as applied,
+                self.speeds.applied(pipe, request.speed, self.device) as applied,
                 schedule_hook(
                     pipe.scheduler,
                     skip_steps=tracker.start_step,

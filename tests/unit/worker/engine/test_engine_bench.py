@@ -27,7 +27,18 @@ def test_bench_prints_a_row_per_frame_count_and_writes_json(
 ) -> None:
     bench = _load_bench()
     out = tmp_path / "bench.json"
-    argv = ["--model", "tiny-mochi", "--device", "cpu", "--frames", "7,13", "--steps", "2"]
+    argv = [
+        "--model",
+        "tiny-mochi",
+        "--device",
+        "cpu",
+        "--frames",
+        "7,13",
+        "--steps",
+        "2",
+        "--speeds",
+        "exact",
+    ]
 
     rows = bench.main([*argv, "--modes", "eager", "--tiny-cache-dir", str(tiny_cache), "--json", str(out)])
 

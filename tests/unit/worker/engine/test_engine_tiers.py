@@ -84,7 +84,7 @@ def test_fp8_and_compile_are_skipped_on_the_cpu_with_the_reason_logged(
     tiny_generator: DiffusersGenerator, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="services.worker.engine.speed")
-    tiny_generator._speeds._logged.clear()  # logged once per generator: start from a clean slate
+    tiny_generator.speeds._logged.clear()  # logged once per generator: start from a clean slate
 
     _run(tiny_generator, Speed.FASTEST, num_frames=7)
     _run(tiny_generator, Speed.FASTEST, num_frames=7)
