@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from schemas.jobs import JobStatus
 from schemas.topics import JOBS_REQUESTED
 from services.api.errors import RETRY_AFTER_SECONDS, ApiError
 from services.common.readmodel import ConsumerOffset, Job
@@ -43,7 +44,7 @@ class QueueDepth:
             return self.value
         async with self._lock:
             if time.monotonic() - self._read_at >= self.max_age:
-                stmt = select(func.count()).select_from(Job).where(Job.status == "queued")
+                stmt = select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
                 self.value = int((await session.execute(stmt)).scalar_one())
                 self._read_at = time.monotonic()
         return self.value

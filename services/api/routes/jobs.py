@@ -14,7 +14,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from schemas.events import JobCancelRequested, JobRequested, utcnow
-from schemas.jobs import JobRequest, JobStatus, resolve
+from schemas.jobs import JobRequest, JobStatus, Phase, resolve
 from services.api import metrics
 from services.api.admission import QueueFull, QuotaExceeded
 from services.api.auth import CallerDep, SubmitterDep
@@ -205,7 +205,7 @@ def _unprojected_view(state: AppState, event: JobRequested) -> JobOut:
     return JobOut(
         id=event.job_id,
         status=JobStatus.QUEUED,
-        phase="queued",
+        phase=Phase.QUEUED,
         progress=0.0,
         step=None,
         total_steps=None,
