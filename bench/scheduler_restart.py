@@ -58,6 +58,7 @@ from schemas.events import (
 from schemas.jobs import JobRequest, Phase, Priority, resolve
 from schemas.topics import SNAPSHOT_MAX_BYTES
 from services.common.kafka import make_consumer, make_producer
+from services.common.storage import checkpoint_key
 from services.scheduler.main import Scheduler, prepare
 from services.scheduler.plan import plan
 from services.scheduler.settings import SchedulerSettings
@@ -147,7 +148,7 @@ class _Job:
                     ),
                 )
             if step % checkpoint_every == 0:
-                key = f"checkpoints/{self.job_id}/attempt-{attempt}/step-{step:04d}.safetensors"
+                key = self.checkpoint_key(attempt, step)
                 self.add(
                     "events",
                     JobCheckpointed(
@@ -166,7 +167,7 @@ class _Job:
         )
 
     def checkpoint_key(self, attempt: int, step: int) -> str:
-        return f"checkpoints/{self.job_id}/attempt-{attempt}/step-{step:04d}.safetensors"
+        return checkpoint_key(self.job_id, attempt, step)
 
 
 def lifecycle(kind: str, job_id: uuid.UUID, slot: int, at: datetime) -> list[tuple[Role, BaseModel]]:

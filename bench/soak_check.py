@@ -9,9 +9,12 @@ fault (attempts exhausted after repeated kills) is allowed, and reported by its 
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from services.common.storage import poster_key, video_key
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 TERMINAL_TYPES = frozenset(f"job.{s}" for s in TERMINAL_STATUSES)
@@ -110,8 +113,8 @@ def allowed_objects(job_id: str, view: JobView) -> set[str]:
     """The objects a finished job may leave: a success its attempt's MP4 and poster, anything else none."""
     if view.status != "succeeded" or len(view.terminals) != 1:
         return set()
-    attempt = view.terminals[0][1]
-    return {f"jobs/{job_id}/attempt-{attempt}/video.mp4", f"jobs/{job_id}/attempt-{attempt}/poster.jpg"}
+    job, attempt = uuid.UUID(job_id), view.terminals[0][1]
+    return {video_key(job, attempt), poster_key(job, attempt)}
 
 
 def _job_problems(job_id: str, view: JobView, objects: list[str], sse: list[str] | str | None) -> list[str]:
@@ -124,7 +127,7 @@ def _job_problems(job_id: str, view: JobView, objects: list[str], sse: list[str]
     elif sse is not None and view.status in TERMINAL_STATUSES and sse != [f"job.{view.status}"]:
         out.append(f"{job_id}: status {view.status} but its SSE stream ended with terminal events {sse}")
     if view.status == "succeeded" and kinds:
-        wanted = f"jobs/{job_id}/attempt-{view.terminals[0][1]}/video.mp4"
+        wanted = video_key(uuid.UUID(job_id), view.terminals[0][1])
         mp4s = [k for k in objects if k.endswith(".mp4")]
         if mp4s != [wanted] or view.video_key != wanted:
             out.append(f"{job_id}: MP4 objects {mp4s}, result {view.video_key}; expected exactly {wanted}")

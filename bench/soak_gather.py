@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.soak_check import TERMINAL_STATUSES, TERMINAL_TYPES, JobView
 from services.common.readmodel import Job
-from services.common.storage import Storage
+from services.common.storage import Storage, job_prefixes
 from tests.e2e.chaos import SETTINGS, read_model
 
 
@@ -81,7 +81,7 @@ async def objects(job_ids: Iterable[str]) -> dict[str, list[str]]:
         paginator = s3.get_paginator("list_objects_v2")
         for job_id in job_ids:
             keys: list[str] = []
-            for prefix in (f"jobs/{job_id}/", f"checkpoints/{job_id}/"):
+            for prefix in job_prefixes(uuid.UUID(job_id)):
                 async for page in paginator.paginate(Bucket=storage.bucket, Prefix=prefix):
                     keys += [obj["Key"] for obj in page.get("Contents", [])]
             out[job_id] = sorted(keys)
