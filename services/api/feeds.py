@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from schemas.events import TERMINAL_TYPES, EventType
+from schemas.events import STREAM_END_TYPES, EventType
 from services.api.errors import DB_ERRORS
 from services.api.notify import JobNotifier, wait_event
 from services.api.queries import events_after
@@ -29,7 +29,8 @@ from services.api.queue_view import Eta, QueueViewFollower
 from services.common.readmodel import JobEventRow
 
 log = logging.getLogger(__name__)
-TERMINAL = {t.value for t in TERMINAL_TYPES}
+# A stream ends after the job's terminal event, or after its tombstone (it was deleted).
+TERMINAL = {t.value for t in STREAM_END_TYPES}
 
 ReadRows = Callable[[uuid.UUID, int], Awaitable[Sequence[JobEventRow]]]
 ReadPosition = Callable[[uuid.UUID], Awaitable[tuple[int | None, Eta | None]]]

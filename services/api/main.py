@@ -25,7 +25,7 @@ from services.api.notify import JobNotifier
 from services.api.observability import QuietProbes, RequestContext
 from services.api.publisher import JobPublisher
 from services.api.queue_view import QueueViewFollower
-from services.api.routes import admin, deliveries, events, health, jobs
+from services.api.routes import admin, deliveries, events, health, jobs, videos
 from services.api.settings import ApiSettings, get_settings
 from services.api.streams import StreamLimit
 from services.common.db import make_engine, make_sessions
@@ -133,6 +133,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(jobs.router)
+    app.include_router(videos.router)
     app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(admin.router)

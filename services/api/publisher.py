@@ -11,8 +11,8 @@ from faststream.kafka import KafkaBroker
 from opentelemetry.trace import SpanKind
 
 from schemas.envelope import encode_event
-from schemas.events import JobEvent, JobRequested
-from schemas.topics import JOBS_CONTROL, JOBS_REQUESTED
+from schemas.events import JobDeleted, JobEvent, JobRequested
+from schemas.topics import JOBS_CONTROL, JOBS_EVENTS, JOBS_REQUESTED
 from services.api.settings import ApiSettings
 from services.common import tracing
 from services.common.errors import BrokerUnavailable
@@ -90,6 +90,10 @@ class JobPublisher:
 
     async def control(self, event: JobEvent) -> None:
         await self._publish(JOBS_CONTROL, event, self._control_wait)
+
+    async def deleted(self, event: JobDeleted) -> None:
+        """A deleted job's tombstone, for the projector and every downstream consumer of jobs.events."""
+        await self._publish(JOBS_EVENTS, event, self._control_wait)
 
     async def ping(self, seconds: float) -> bool:
         return bool(await self._broker.current.ping(seconds))

@@ -19,6 +19,7 @@ from services.api import metrics
 from services.api.admission import QueueFull, QuotaExceeded
 from services.api.auth import CallerDep, SubmitterDep
 from services.api.content import MEDIA_TYPES, ContentVariant, stream_object, variant_key
+from services.api.deletion import DeletedOut, delete_job, was_deleted
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound, problems
 from services.api.ids import created_at_of, keyed_job_id, new_job_id
@@ -67,10 +68,12 @@ def _view(state: AppState, job: Job) -> JobOut:
         202: {"description": "Accepted, durable"},
         **problems(
             400,
+            409,
             413,
             429,
             why={
                 400: "The body is not UTF-8 JSON",
+                409: "The Idempotency-Key named a job that was deleted: submit with a new key",
                 503: (
                     "Job not created (Kafka did not take it by its submit deadline; it will never run)."
                     " Retry after Retry-After seconds with the same Idempotency-Key."
@@ -98,6 +101,11 @@ async def submit(
         existing = await find_by_idempotency_key(session, caller.tenant, idempotency_key)
         if existing is not None:
             return await _replayed(state, session, existing, digest, response)
+        if await was_deleted(session, job_id):
+            raise Conflict(
+                f"this Idempotency-Key named job {job_id}, which was deleted; submit with a new key",
+                job_id=str(job_id),
+            )
     else:
         job_id = new_job_id()
     await _check_queue(state, session)
@@ -231,7 +239,8 @@ async def load_job(state: AppState, session: SessionDep, job_id: uuid.UUID, tena
         return job
     created = created_at_of(job_id)
     recent = timedelta(seconds=state.settings.recent_job_seconds)
-    if created is not None and datetime.now(UTC) - created < recent:
+    young = created is not None and datetime.now(UTC) - created < recent
+    if young and not await was_deleted(session, job_id):  # a deleted job is not on its way
         with state.notifier.watch(job_id) as changed:
             job = await wait_projected(state, session, job_id, tenant, changed)
     if job is None:
@@ -275,6 +284,16 @@ async def index(
     )
     data = [_view(state, job) for job in rows]
     return JobList(data=data, next_cursor=next_cursor)
+
+
+@router.delete("/{job_id}", response_model=DeletedOut, responses=problems(404))
+async def delete(job_id: uuid.UUID, *, caller: CallerDep, state: StateDep, session: SessionDep) -> DeletedOut:
+    """Delete the job: cancelled if it has not ended, then its video, poster, thumbnail, spritesheet,
+    previews, input image and checkpoints are removed from S3, then its `job.deleted` tombstone is
+    published and its row removed; its event streams end. A deleted job is a 404 everywhere, a second
+    delete too. Kafka keeps the job's events for the topics' retention (docs/operations.md)."""
+    job = await load_job(state, session, job_id, caller.tenant)
+    return DeletedOut(id=job_id, objects_deleted=await delete_job(state, session, job))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=problems(404, 409))
