@@ -302,6 +302,56 @@ CATALOG: Final[dict[str, ModelSpec]] = {
         memory_gib=20.0,
         speeds=WAN_SPEEDS,
     ),
+    "wan2.1-i2v-14b-480p": ModelSpec(
+        name="wan2.1-i2v-14b-480p",
+        family="wan",
+        pipeline_class="WanImageToVideoPipeline",
+        description=(
+            "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers: image-to-video, 14B diffusion transformer with a "
+            "umT5-XXL text encoder and a CLIP image encoder; the input image is the first frame; "
+            "832x480 native, 16 fps, 81 frames = 5 s."
+        ),
+        default_width=832,
+        default_height=480,
+        min_side=256,
+        max_side=832,
+        size_multiple=16,
+        frame_step=4,
+        min_frames=5,
+        max_frames=81,
+        default_frames=81,
+        default_fps=16,
+        steps=WAN_STEPS,
+        default_guidance=5.0,
+        memory_gib=48.0,
+        text_to_video=False,
+        image_to_video=True,
+    ),
+    "tiny-wan-i2v": ModelSpec(
+        name="tiny-wan-i2v",
+        family="wan",
+        pipeline_class="WanImageToVideoPipeline",
+        description=(
+            "The Wan image-to-video pipeline with tiny random weights, built offline: CPU development and "
+            "tests of image-to-video."
+        ),
+        default_width=96,
+        default_height=64,
+        min_side=32,
+        max_side=256,
+        size_multiple=16,
+        frame_step=4,
+        min_frames=5,
+        max_frames=33,
+        default_frames=9,
+        default_fps=16,
+        steps={Quality.LOW: 2, Quality.MEDIUM: 4, Quality.HIGH: 8},
+        default_guidance=5.0,
+        memory_gib=0.7,
+        tiny=True,
+        text_to_video=False,
+        image_to_video=True,
+    ),
 }
 
 DEFAULT_MODEL: Final = "mochi-1-preview"

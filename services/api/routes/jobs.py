@@ -23,6 +23,7 @@ from services.api.deletion import DeletedOut, delete_job, was_deleted
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound, problems
 from services.api.ids import created_at_of, keyed_job_id, new_job_id
+from services.api.images import image_from_url
 from services.api.notify import wait_event
 from services.api.queries import find_by_idempotency_key, get_job, list_jobs
 from services.api.submit import accept_by, publish_request
@@ -110,6 +111,10 @@ async def submit(
         job_id = new_job_id()
     await _check_queue(state, session)
     _check_quota(state, caller)
+    if body.image_url is not None:
+        # Stored before the request is published: a worker never sees a job whose image is missing.
+        key = await image_from_url(state.storage, job_id, str(body.image_url), "image_url")
+        resolved = resolved.model_copy(update={"image_key": key})
     now = utcnow()
     event = JobRequested(
         job_id=job_id,

@@ -9,6 +9,8 @@ only inside `load()`, never at import. `tiny-mochi` has no repository: it is bui
 from __future__ import annotations
 
 import logging
+import sys
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 
 from schemas.catalog import CATALOG
 from schemas.events import ErrorCode
-from services.worker.engine import tiny
+from services.worker.engine import tiny, tiny_i2v
 from services.worker.engine.generator import EngineSettings, GenerationError
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ class ModelSource:
     build: Callable[[Path], Path] | None = None
     fp32_vae_class: str | None = None
     call_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    fp32_image_encoder: bool = False
+    """Load the CLIP image encoder (`image_encoder/`) in float32, as Wan's image-to-video recommends."""
 
 
 SOURCES: Final[dict[str, ModelSource]] = {
@@ -52,6 +56,19 @@ SOURCES: Final[dict[str, ModelSource]] = {
         repo_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
         # Wan's authors recommend decoding in float32; the VAE is small (0.5 GB).
         fp32_vae_class="AutoencoderKLWan",
+    ),
+    "wan2.1-i2v-14b-480p": ModelSource(
+        name="wan2.1-i2v-14b-480p",
+        pipeline_class="WanImageToVideoPipeline",
+        repo_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+        fp32_vae_class="AutoencoderKLWan",
+        fp32_image_encoder=True,
+    ),
+    "tiny-wan-i2v": ModelSource(
+        name="tiny-wan-i2v",
+        pipeline_class="WanImageToVideoPipeline",
+        build=tiny_i2v.ensure_tiny_wan_i2v,
+        call_kwargs={"max_sequence_length": tiny_i2v.MAX_SEQUENCE_LENGTH},
     ),
 }
 
@@ -123,6 +140,7 @@ def load_pipeline(source: ModelSource, folder: Path, settings: EngineSettings, d
     import diffusers  # noqa: PLC0415 - heavy import, only when loading
 
     pipeline_cls = getattr(diffusers, source.pipeline_class)
+    _ensure_prompt_cleaner(pipeline_cls)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if settings.variant is not None:
         kwargs["variant"] = settings.variant
@@ -130,9 +148,26 @@ def load_pipeline(source: ModelSource, folder: Path, settings: EngineSettings, d
         if source.fp32_vae_class is not None:
             vae_cls = getattr(diffusers, source.fp32_vae_class)
             kwargs["vae"] = vae_cls.from_pretrained(folder, subfolder="vae", dtype=torch.float32)
+        if source.fp32_image_encoder:
+            import transformers  # noqa: PLC0415 - heavy import, only when loading
+
+            kwargs["image_encoder"] = transformers.CLIPVisionModel.from_pretrained(
+                folder, subfolder="image_encoder", dtype=torch.float32
+            )
         pipe = pipeline_cls.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         msg = f"weights for model {source.name} in {folder} could not be loaded: {e}"
         raise GenerationError(ErrorCode.MODEL_UNAVAILABLE, msg) from e
     log.info("loaded %s (%s) from %s as %s", source.name, source.pipeline_class, folder, dtype)
     return pipe
+
+
+def _ensure_prompt_cleaner(pipeline_cls: type) -> None:
+    """diffusers' Wan pipelines clean prompts with `ftfy.fix_text`, and fail with a NameError at the
+    first prompt when the optional `ftfy` package is not installed. Without it, prompts are cleaned
+    of HTML entities and extra whitespace only (mojibake is left as it is): logged once per pipeline."""
+    module = sys.modules.get(pipeline_cls.__module__)
+    if module is None or not hasattr(module, "basic_clean") or hasattr(module, "ftfy"):
+        return
+    log.warning("ftfy is not installed: %s prompts are not repaired of mojibake", pipeline_cls.__name__)
+    module.ftfy = types.SimpleNamespace(fix_text=lambda text: text)  # type: ignore[attr-defined]

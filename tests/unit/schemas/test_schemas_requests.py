@@ -226,6 +226,7 @@ def valid_requests(draw: st.DrawFn) -> tuple[ModelSpec, JobRequest]:
         fps=fps,
         quality=draw(st.sampled_from(Quality)),
         guidance_scale=draw(st.none() | st.floats(spec.min_guidance, spec.max_guidance)),
+        image_url=None if spec.text_to_video else "https://images.example.com/first-frame.png",
         **fields,
     )
     return spec, req
