@@ -55,8 +55,9 @@ from schemas.events import (  # noqa: E402
 from schemas.jobs import Phase, ResolvedRequest  # noqa: E402
 from schemas.samples import resolved_request  # noqa: E402
 from schemas.topics import BROKER_TIMESTAMPS  # noqa: E402
+from services.common.consumer import discover  # noqa: E402
 from services.common.db import make_engine  # noqa: E402
-from services.projector.consumer import Projection, discover, open_clients  # noqa: E402
+from services.projector.consumer import Projection, open_clients  # noqa: E402
 from services.projector.settings import ProjectorSettings  # noqa: E402
 from services.projector.store import BatchResult, Incoming, Store  # noqa: E402
 

@@ -17,21 +17,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
+from services.common import consumer as common
 from services.common import tracing
-from services.common.errors import BrokerUnavailable, RetryableError
-from services.common.kafka import make_consumer, missed_deadline
+from services.common.consumer import fetch, seek_to_stored, wait_or_stop
+from services.common.errors import RetryableError
+from services.common.kafka import missed_deadline
 from services.common.metrics import observe_lag
 from services.common.webhooks import TENANT_CHARS
 from services.notifier.settings import NotifierSettings
@@ -67,51 +68,14 @@ def decode(msg: ConsumerRecord[Any, Any], settings: NotifierSettings) -> JobEven
     return unfit(event) or missed_deadline(event, msg) or event
 
 
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, waking early when `stop` is set."""
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
-
-
-async def discover(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[TopicPartition]:
-    """Every partition of those `topics` that exist (describing all topics never auto-creates one)."""
-    wanted = set(topics)
-    try:
-        described = await admin.describe_topics()
-    except KafkaError as e:
-        raise BrokerUnavailable(f"cannot read topic metadata: {e}") from e
-    return sorted(
-        TopicPartition(t["topic"], p["partition"])
-        for t in described
-        if t["topic"] in wanted and t["error_code"] == 0
-        for p in t["partitions"]
-    )
-
-
 @asynccontextmanager
 async def open_clients(
     settings: NotifierSettings,
 ) -> AsyncIterator[tuple[AIOKafkaConsumer, AIOKafkaAdminClient]]:
     """A started consumer and admin client, stopped on exit."""
     client_id = f"{settings.consumer_name}-{settings.service_name}"
-    async with AsyncExitStack() as stack:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id=f"{client_id}-admin",
-            request_timeout_ms=settings.kafka_request_timeout_ms,
-        )
-        consumer = make_consumer(settings, group_id=None, client_id=client_id)
-        try:
-            stack.push_async_callback(admin.close)
-            await admin.start()
-            stack.push_async_callback(consumer.stop)
-            await consumer.start()
-        except KafkaError as e:
-            raise BrokerUnavailable(f"cannot connect to Kafka at {settings.kafka_bootstrap}: {e}") from e
-        yield consumer, admin
+    async with common.open_clients(settings, client_id) as clients:
+        yield clients.consumer, clients.admin
 
 
 class Subscriptions:
@@ -136,31 +100,21 @@ class Subscriptions:
 
     async def assign(self) -> None:
         """Assign every partition of both topics, at the stored offsets (or the beginning)."""
-        found = await discover(self._admin, (self.settings.requested_topic, self.settings.events_topic))
+        found = await common.discover(
+            self._admin, (self.settings.requested_topic, self.settings.events_topic)
+        )
         if found == self.assigned:
             return
         self._consumer.assign(found)
         self.assigned = found
         stored = await self.store.load_offsets(self.settings.consumer_name)
-        fresh = []
-        for tp in found:
-            if (tp.topic, tp.partition) in stored:
-                self._consumer.seek(tp, stored[(tp.topic, tp.partition)])
-            else:
-                fresh.append(tp)
-        if fresh:
-            await self._consumer.seek_to_beginning(*fresh)
+        await seek_to_stored(self._consumer, found, stored)
         log.info("assigned partitions=%s", ",".join(f"{tp.topic}:{tp.partition}" for tp in found))
         self.ready.set()
 
     async def poll_once(self) -> int:
         """One fetch and its transaction; returns the records consumed."""
-        try:
-            batch = await self._consumer.getmany(
-                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.batch_max_records
-            )
-        except KafkaError as e:
-            raise BrokerUnavailable(f"fetch failed: {e}") from e
+        batch = await fetch(self._consumer, self.settings.poll_timeout_ms, self.settings.batch_max_records)
         records = [msg for messages in batch.values() for msg in messages]
         if not records:
             return 0

@@ -15,11 +15,12 @@ from functools import partial
 
 from aiohttp.abc import AbstractResolver
 
+from services.common.consumer import wait_or_stop
 from services.common.db import make_engine
 from services.common.errors import RetryableError
 from services.common.logging import observe
 from services.common.runtime import run_until_signalled, serve_metrics
-from services.notifier.consumer import Subscriptions, open_clients, wait_or_stop
+from services.notifier.consumer import Subscriptions, open_clients
 from services.notifier.sender import Sender, WebhookClient
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store

@@ -12,21 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
+from services.common import consumer as common
 from services.common import tracing
-from services.common.errors import BrokerUnavailable, RetryableError
-from services.common.kafka import Producer, dead_letter, make_consumer, make_producer, missed_deadline
+from services.common.consumer import Batch, Clients, fetch, seek_to_stored, wait_or_stop
+from services.common.errors import RetryableError
+from services.common.kafka import dead_letter, missed_deadline
 from services.common.metrics import observe_lag
 from services.projector.errors import RecordRefused
 from services.projector.settings import ProjectorSettings
@@ -49,7 +49,6 @@ STALLED = Gauge(
     "1 while the live loop has not got through a poll-and-apply for longer than stall_seconds.",
 )
 
-Batch = Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
 # A consumed record as the store gets it, with the record itself for the DLQ.
 Pending = tuple[Incoming, ConsumerRecord[Any, Any]]
 
@@ -73,59 +72,12 @@ def decode(msg: ConsumerRecord[Any, Any], settings: ProjectorSettings) -> JobEve
     return unfit(event) or missed_deadline(event, msg) or event
 
 
-async def discover(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[TopicPartition]:
-    """Every partition of those `topics` that exist (a missing topic is picked up by a later refresh)."""
-    wanted = set(topics)
-    try:
-        # Describing all topics, not the wanted ones by name, so that the broker never auto-creates them.
-        described = await admin.describe_topics()
-    except KafkaError as e:
-        raise BrokerUnavailable(f"cannot read topic metadata: {e}") from e
-    return sorted(
-        TopicPartition(t["topic"], p["partition"])
-        for t in described
-        if t["topic"] in wanted and t["error_code"] == 0
-        for p in t["partitions"]
-    )
-
-
-@dataclass(slots=True)
-class Clients:
-    consumer: AIOKafkaConsumer
-    admin: AIOKafkaAdminClient
-    producer: Producer | None
-
-
 @asynccontextmanager
 async def open_clients(settings: ProjectorSettings, *, dead_letters: bool) -> AsyncIterator[Clients]:
     """Started Kafka clients, stopped on exit; the producer (for the DLQ) only when `dead_letters`."""
     client_id = f"{settings.consumer_name}-{settings.service_name}"
-    async with AsyncExitStack() as stack:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id=f"{client_id}-admin",
-            request_timeout_ms=settings.kafka_request_timeout_ms,
-        )
-        consumer = make_consumer(settings, group_id=None, client_id=client_id)
-        producer = make_producer(settings, client_id=f"{client_id}-dlq") if dead_letters else None
-        try:
-            for client in (admin, consumer, producer):
-                if client is not None:
-                    # Registered before start: a client whose start failed half-way still has connections.
-                    stack.push_async_callback(client.close if client is admin else client.stop)
-                    await client.start()
-        except KafkaError as e:
-            raise BrokerUnavailable(f"cannot connect to Kafka at {settings.kafka_bootstrap}: {e}") from e
-        yield Clients(consumer, admin, producer)
-
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, waking early when `stop` is set."""
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
+    async with common.open_clients(settings, client_id, dead_letters=dead_letters) as clients:
+        yield clients
 
 
 class Progress:
@@ -171,7 +123,7 @@ class Projection:
 
     async def assign(self) -> bool:
         """Assign every partition of both topics; True when the assignment changed."""
-        found = await discover(self._clients.admin, self.topics)
+        found = await common.discover(self._clients.admin, self.topics)
         if found == self.assigned:
             return False
         self._clients.consumer.assign(found)
@@ -184,25 +136,14 @@ class Projection:
         """Put every partition at its next offset in `consumer_offsets`, or at the beginning."""
         stored = await self.store.load_offsets(self.settings.consumer_name)
         consumer = self._clients.consumer
-        fresh = []
-        for tp in self.assigned:
-            if (tp.topic, tp.partition) in stored:
-                consumer.seek(tp, stored[(tp.topic, tp.partition)])
-            else:
-                fresh.append(tp)
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
+        await seek_to_stored(consumer, self.assigned, stored)
         self.positions = {tp: await consumer.position(tp) for tp in self.assigned}
 
     async def poll(self) -> Batch:
         """One `getmany`; broker trouble becomes `BrokerUnavailable`."""
-        try:
-            batch: Batch = await self._clients.consumer.getmany(
-                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.batch_max_records
-            )
-        except KafkaError as e:
-            raise BrokerUnavailable(f"fetch failed: {e}") from e
-        return batch
+        return await fetch(
+            self._clients.consumer, self.settings.poll_timeout_ms, self.settings.batch_max_records
+        )
 
     async def process(self, batch: Batch) -> BatchResult:
         """Dead-letter the poison records, then apply the batch and its offsets in one transaction."""

@@ -14,11 +14,12 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
+from services.common.consumer import wait_or_stop
 from services.common.db import make_engine
 from services.common.errors import RetryableError
 from services.common.logging import observe
 from services.common.runtime import run_until_signalled, serve_metrics
-from services.projector.consumer import Projection, open_clients, wait_or_stop
+from services.projector.consumer import Projection, open_clients
 from services.projector.replay import ReplayFailed, check_schema_name, compare, replay
 from services.projector.retention import run_sweeper
 from services.projector.settings import ProjectorSettings

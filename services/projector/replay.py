@@ -19,7 +19,8 @@ from typing import Any, Final
 from aiokafka import TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.projector.consumer import Batch, Projection, open_clients
+from services.common.consumer import Batch
+from services.projector.consumer import Projection, open_clients
 from services.projector.settings import ProjectorSettings
 from services.projector.store import Snapshot, Store
 

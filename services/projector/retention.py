@@ -28,12 +28,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.events import DeletionReason, EventType, JobDeleted
+from services.common.consumer import wait_or_stop
 from services.common.db import make_engine
 from services.common.errors import PermanentError, RetryableError
 from services.common.kafka import Producer, make_producer, publish_event
 from services.common.readmodel import Job, JobEventRow
 from services.common.storage import Storage
-from services.projector.consumer import wait_or_stop
 from services.projector.settings import ProjectorSettings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,105 @@
+"""Consuming by manual assignment with the offsets in Postgres: the plumbing the projector and the notifier
+share (each keeps its own loop, decoding and transaction).
+
+No consumer group: a consumer is assigned every partition of its topics (`discover`), placed at the
+offsets its service stored beside the rows they produced (`seek_to_stored`), and fetches with `fetch`;
+broker trouble becomes `BrokerUnavailable`, so the service's loop pauses and starts over from Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from services.common.errors import BrokerUnavailable
+from services.common.kafka import Producer, make_consumer, make_producer
+from services.common.settings import CommonSettings
+
+Batch = Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, waking early when `stop` is set."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+async def discover(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of those `topics` that exist (a missing topic is picked up by a later refresh)."""
+    wanted = set(topics)
+    try:
+        # Describing all topics, not the wanted ones by name, so that the broker never auto-creates them.
+        described = await admin.describe_topics()
+    except KafkaError as e:
+        raise BrokerUnavailable(f"cannot read topic metadata: {e}") from e
+    return sorted(
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["topic"] in wanted and t["error_code"] == 0
+        for p in t["partitions"]
+    )
+
+
+@dataclass(slots=True)
+class Clients:
+    consumer: AIOKafkaConsumer
+    admin: AIOKafkaAdminClient
+    producer: Producer | None
+
+
+@asynccontextmanager
+async def open_clients(
+    settings: CommonSettings, client_id: str, *, dead_letters: bool = False
+) -> AsyncIterator[Clients]:
+    """A started admin client and consumer (no group), and a producer for the DLQ only when
+    `dead_letters`; all stopped on exit. Connection trouble is `BrokerUnavailable`."""
+    async with AsyncExitStack() as stack:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=f"{client_id}-admin",
+            request_timeout_ms=settings.kafka_request_timeout_ms,
+        )
+        consumer = make_consumer(settings, group_id=None, client_id=client_id)
+        producer = make_producer(settings, client_id=f"{client_id}-dlq") if dead_letters else None
+        try:
+            for client in (admin, consumer, producer):
+                if client is not None:
+                    # Registered before start: a client whose start failed half-way still has connections.
+                    stack.push_async_callback(client.close if client is admin else client.stop)
+                    await client.start()
+        except KafkaError as e:
+            raise BrokerUnavailable(f"cannot connect to Kafka at {settings.kafka_bootstrap}: {e}") from e
+        yield Clients(consumer, admin, producer)
+
+
+async def seek_to_stored(
+    consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition], stored: Mapping[tuple[str, int], int]
+) -> None:
+    """Put each of the assigned `partitions` at its stored next offset, or at the beginning."""
+    fresh = []
+    for tp in partitions:
+        if (tp.topic, tp.partition) in stored:
+            consumer.seek(tp, stored[(tp.topic, tp.partition)])
+        else:
+            fresh.append(tp)
+    if fresh:
+        await consumer.seek_to_beginning(*fresh)
+
+
+async def fetch(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> Batch:
+    """One `getmany`; broker trouble becomes `BrokerUnavailable`."""
+    try:
+        batch: Batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+    except KafkaError as e:
+        raise BrokerUnavailable(f"fetch failed: {e}") from e
+    return batch
