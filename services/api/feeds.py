@@ -1,10 +1,10 @@
 """One reader per followed job, fanned out in memory to every SSE stream of that job.
 
-A stream used to query the database on each wake-up: with 2,000 streams on one job, every event cost
-2,000 times four queries, and the events reached the last clients seconds late. Now the first stream of
-a job starts a `JobFeed`; it reads the job's new events and queue position once per NOTIFY (or poll),
-keeps each event as its ready-made SSE frame, and wakes its streams, which only copy frames from memory.
-The feed ends with its last stream. No stream holds a database connection, and a slow client only
+The first stream of a job starts a `JobFeed`; it reads the job's new events and queue position once per
+NOTIFY (or poll), keeps each event as its ready-made SSE frame, and wakes its streams, which only copy
+frames from memory. The feed ends with its last stream. Streams do not query the database themselves:
+with 2,000 streams on one job that would be 2,000 times four queries per event, and the events would
+reach the last clients seconds late. No stream holds a database connection, and a slow client only
 slows its own stream (each is its own task, writing at its own pace).
 """
 
