@@ -350,18 +350,18 @@ class Slot:
         }
         # The task's own context: its log lines name the job, its spans are the attempt's.
         logs.bind(job_id=event.job_id, attempt=event.attempt, slot=event.slot)
-        try:
-            with tracing.span(
-                "worker", "worker.attempt", parent=trace, kind=SpanKind.CONSUMER, attributes=attributes
-            ) as span:
+        with tracing.span(
+            "worker", "worker.attempt", parent=trace, kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            try:
                 outcome = await self.runner.run(event, on_generated=generated.set, admission=committing)
-                span.set_attribute("reelstream.outcome", outcome)
-        except Exception:
-            log.exception("job=%s attempt=%d: the run crashed", event.job_id, event.attempt)
-            raise
-        finally:
-            generated.set()
-        log.info("job=%s attempt=%d %s", event.job_id, event.attempt, outcome)
+            except Exception:
+                log.exception("job=%s attempt=%d: the run crashed", event.job_id, event.attempt)
+                raise
+            finally:
+                generated.set()
+            span.set_attribute("reelstream.outcome", outcome)
+            log.info("job=%s attempt=%d %s", event.job_id, event.attempt, outcome)
         return outcome
 
 
