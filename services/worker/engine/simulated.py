@@ -14,6 +14,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from schemas.catalog import CATALOG
 from schemas.events import ErrorCode
 from schemas.jobs import Phase, ResolvedRequest
 from services.worker.engine.generator import (
@@ -30,8 +31,18 @@ from services.worker.engine.progress import CallerError, StepTracker
 from services.worker.engine.resume import check_resume
 
 
+def _step_time_ratio(request: ResolvedRequest) -> float:
+    """A speed tier's expected step time over exact's, from the catalog (1 for exact)."""
+    spec = CATALOG.get(request.model)
+    tier = spec.speed_tier(request.speed) if spec is not None else None
+    return tier.step_time_ratio if tier is not None else 1.0
+
+
 class SimulatedGenerator:
     """Sleeps `seconds_per_step` per step (settable between jobs) and emits the real callbacks.
+
+    `seconds_per_step` is exact's: a job of another speed tier sleeps that times the tier's expected
+    step-time ratio from the catalog, as the scheduler assumes until it has measured the tier.
 
     A step lasts `seconds_per_step` from the end of the previous step's callbacks, as on a GPU where
     the engine waits for each step: time spent in the callbacks (a checkpoint waiting for the one
@@ -129,11 +140,12 @@ class SimulatedGenerator:
         latents = resume.latents.clone() if resume is not None else _initial_latents(request.seed)
         tracker.phase(Phase.DENOISING)
         late = 0.0  # how late the last wake-up was, at most a step
+        per_step = self.seconds_per_step * _step_time_ratio(request)
         for step in range(tracker.start_step + 1, request.num_inference_steps + 1):
-            due = self._clock() + self.seconds_per_step - late
+            due = self._clock() + per_step - late
             self._pause(due - self._clock())
             if self.discount_wakeups:
-                late = min(self.seconds_per_step, max(0.0, self._clock() - due))
+                late = min(per_step, max(0.0, self._clock() - due))
             latents = latents * 0.5 + step
             if self.fail_at_step == step:
                 raise GenerationError(self.fail_code, f"simulated {self.fail_code} at step {step}")

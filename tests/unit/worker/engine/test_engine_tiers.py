@@ -21,6 +21,7 @@ from services.worker.engine import (
     EngineSettings,
     GenerationError,
     ResumeState,
+    SimulatedGenerator,
     build_generator,
 )
 from services.worker.engine.memory import transformer_blocks
@@ -192,3 +193,22 @@ def test_wan_tiers_skip_work_per_cfg_branch_and_are_deterministic(tiny_wan: Diff
     assert np.array_equal(fastest, again)
     assert not np.array_equal(fastest, exact)
     assert fast.shape == exact.shape
+
+
+def test_the_simulated_generator_sleeps_a_tiers_expected_share_of_a_step() -> None:
+    slept: list[float] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    generator = SimulatedGenerator("tiny-mochi", seconds_per_step=1.0, sleep=sleep, clock=lambda: now[0])
+    exact = generator.generate(make_request(num_inference_steps=4), **Recorder().callbacks())
+    fastest = generator.generate(
+        make_request(num_inference_steps=4, speed=Speed.FASTEST), **Recorder().callbacks()
+    )
+
+    assert exact.seconds_per_step == pytest.approx(1.0)
+    ratio = CATALOG["tiny-mochi"].speeds[Speed.FASTEST].step_time_ratio
+    assert fastest.seconds_per_step == pytest.approx(ratio)
