@@ -1,4 +1,5 @@
-"""Submit one prompt to the running api, follow its progress over SSE, and save the MP4 locally.
+"""Submit one prompt to the running api with the `reelstream` CLI, follow it, and save the MP4 locally:
+the commands it runs are printed, to be typed again by hand.
 
 python infra/demo.py [--prompt TEXT] [--out DIR] [--api URL]
 """
@@ -6,33 +7,31 @@ python infra/demo.py [--prompt TEXT] [--out DIR] [--api URL]
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import av
-import httpx
 
 from services.cli.config import api_key
 
+ROOT = Path(__file__).resolve().parents[1]
+REELSTREAM = Path(sys.executable).parent / "reelstream"
 
-def follow(client: httpx.Client, job_id: str) -> str:
-    """Print each SSE event of the job until the stream ends; returns the terminal event type."""
-    last = ""
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(10, read=120)) as stream:
-        kind = ""
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-                step = f" step {data['step']}/{data['total_steps']}" if data.get("step") else ""
-                phase = f" {data['phase']}" if data.get("phase") else ""
-                where = f" position {data['queue_position']}" if "queue_position" in data else ""
-                print(f"  {kind}{phase}{step}{where}", flush=True)
-                last = kind
-    return last
+
+def reelstream(api: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one CLI command as a user would: its progress and messages go to this terminal (stderr), its
+    answer (a job id, a path) is returned."""
+    print(f"$ reelstream {shlex.join(args)}", flush=True)
+    return subprocess.run(  # noqa: S603 - our own entry point and arguments
+        [str(REELSTREAM), "--api", api, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,40 +43,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out"))
     parser.add_argument("--api", default="http://127.0.0.1:8000")
     args = parser.parse_args(argv)
-    key = api_key(Path(__file__).resolve().parents[1])
+    key = api_key(ROOT)
     print(f"API key (local admin key of tenant 'default', from .run/api-key): {key}")
     print(f"  try: curl -H 'Authorization: Bearer {key}' {args.api}/v1/jobs")
-    with httpx.Client(base_url=args.api, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
-        started = time.monotonic()
-        body = {"prompt": args.prompt, "model": args.model, "quality": "medium", "seed": 42}
-        response = client.post("/v1/jobs", json=body)
-        if response.status_code != 202:
-            print(f"submit failed: {response.status_code} {response.text}", file=sys.stderr)
-            return 1
-        job = response.json()
+    started = time.monotonic()
+    submitted = reelstream(
+        args.api, "submit", args.prompt, "-m", args.model, "-q", "medium", "--seed", "42", "--wait"
+    )
+    job_id = submitted.stdout.strip()
+    if submitted.returncode != 0 or not job_id:
+        if job_id:
+            reelstream(args.api, "get", job_id)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = (args.out / f"{job_id}.mp4").resolve()
+    if reelstream(args.api, "download", job_id, "-o", str(path)).returncode != 0:
+        return 1
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
         print(
-            f"job {job['id']} accepted ({job['request']['width']}x{job['request']['height']}, "
-            f"{job['request']['num_frames']} frames, {job['request']['num_inference_steps']} steps)"
+            f"{shown}: {path.stat().st_size} bytes, {stream.codec_context.name}, "
+            f"{stream.width}x{stream.height}, {frames} frames at {stream.average_rate} fps; "
+            f"{time.monotonic() - started:.1f} s from submit to file"
         )
-        if follow(client, job["id"]) != "job.succeeded":
-            print(json.dumps(client.get(f"/v1/jobs/{job['id']}").json(), indent=2), file=sys.stderr)
-            return 1
-        link = client.get(f"/v1/jobs/{job['id']}/result", params={"redirect": "false"}).json()
-        video = httpx.get(link["url"], timeout=60)
-        video.raise_for_status()
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"{job['id']}.mp4"
-        path.write_bytes(video.content)
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            frames = sum(1 for _ in container.decode(stream))
-            print(
-                f"saved {path} ({len(video.content)} bytes, {stream.codec_context.name}, "
-                f"{stream.width}x{stream.height}, {frames} frames at {stream.average_rate} fps) "
-                f"in {time.monotonic() - started:.1f} s"
-            )
     print(
-        f"the api stays up at {args.api} (web page at /, API docs at /docs); 'make stop' stops the services"
+        f"the api stays up at {args.api} (the console at {args.api}/, API docs at /docs);"
+        " 'make stop' stops the services"
     )
     return 0
 

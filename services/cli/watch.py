@@ -59,12 +59,13 @@ class JobState:
             self.status = "running" if kind == "job.started" else self.status
         if kind == "job.retrying":
             self.status, self.phase, self.step = "queued", "queued", None
+        if kind in ("job.progress", "job.checkpointed", "job.preview") and data.get("step") is not None:
+            # A checkpoint or a preview is also a step done; phases after denoising carry no step.
+            self.step, self.total_steps = data["step"], data.get("total_steps", self.total_steps)
         if kind == "job.progress":
             self.status = "running"
             self.phase = str(data.get("phase", self.phase))
             self.progress = float(data.get("progress", self.progress))
-            self.step = data.get("step", self.step)
-            self.total_steps = data.get("total_steps", self.total_steps)
             per_step = data.get("seconds_per_step")
             if per_step and self.step is not None and self.total_steps:
                 self.eta_at = time.monotonic() + (self.total_steps - self.step) * float(per_step)

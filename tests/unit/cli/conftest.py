@@ -190,7 +190,15 @@ class FakeApi:
                 *events,
                 ("job.failed", {"error": {"code": "out_of_memory", "message": "CUDA out of memory"}}),
             ]
-        return [*events, ("job.progress", {"phase": "uploading", "progress": 0.99}), ("job.succeeded", {})]
+        preview = {"step": total, "total_steps": total, "preview_key": "p.jpg", "width": 32, "height": 32}
+        decoding = {"phase": "decoding", "progress": 0.9, "step": None, "total_steps": None}
+        return [
+            *events,
+            ("job.preview", preview),
+            ("job.progress", decoding),
+            ("job.progress", {"phase": "uploading", "progress": 0.99}),
+            ("job.succeeded", {}),
+        ]
 
     def events(self, request: httpx.Request, job: FakeJob) -> httpx.Response:
         after = int(request.headers.get("last-event-id", "-1"))

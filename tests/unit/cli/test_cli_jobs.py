@@ -96,6 +96,8 @@ def test_submit_wait_follows_to_success_with_phase_steps_and_queue_position(fake
     lines = result.stderr.splitlines()
     assert any("queued queue #2 ETA" in line for line in lines)
     assert any(f"denoising step {total}/{total}" in line for line in lines)
+    # The phases after denoising carry no step: the last one done stays shown.
+    assert any(f"decoding step {total}/{total}" in line for line in lines)
     req = fake.jobs[job_id].request
     size = f"{req['width']}x{req['height']}, {req['num_frames']} frames"
     assert lines[-1] == f"job {job_id} succeeded ({size}): reelstream download {job_id}"
