@@ -4,25 +4,54 @@ share (each keeps its own loop, decoding and transaction).
 No consumer group: a consumer is assigned every partition of its topics (`discover`), placed at the
 offsets its service stored beside the rows they produced (`seek_to_stored`), and fetches with `fetch`;
 broker trouble becomes `BrokerUnavailable`, so the service's loop pauses and starts over from Postgres.
+In the transaction that applies a batch, `unapplied` drops the records below the stored offsets (applied
+already) and `advance_offsets` moves the offsets past the rest, in `consumer_offsets`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from sqlalchemy import bindparam, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import BrokerUnavailable
 from services.common.kafka import Producer, make_consumer, make_producer
+from services.common.readmodel import Base, ConsumerOffset
 from services.common.settings import CommonSettings
 
 Batch = Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+
+OFFSETS = Base.metadata.tables[ConsumerOffset.__tablename__]
+_SELECT_OFFSETS = select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+    OFFSETS.c.consumer == bindparam("consumer")
+)
+_upsert = insert(OFFSETS)
+_UPSERT_OFFSETS = _upsert.on_conflict_do_update(
+    index_elements=["consumer", "topic", "partition"], set_={"next_offset": _upsert.excluded.next_offset}
+)
+
+
+class Positioned(Protocol):
+    """A consumed record as a service's store gets it: where it stands in its partition."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+Record = TypeVar("Record", bound=Positioned)
 
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -103,3 +132,29 @@ async def fetch(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -
     except KafkaError as e:
         raise BrokerUnavailable(f"fetch failed: {e}") from e
     return batch
+
+
+async def stored_offsets(conn: AsyncConnection, consumer: str) -> dict[tuple[str, int], int]:
+    """`consumer`'s next offset to read per (topic, partition), as stored in `consumer_offsets`."""
+    result = await conn.execute(_SELECT_OFFSETS, {"consumer": consumer})
+    return {(topic, partition): offset for topic, partition, offset in result.all()}
+
+
+async def unapplied(conn: AsyncConnection, consumer: str, batch: Sequence[Record]) -> list[Record]:
+    """The records of `batch` at or past `consumer`'s stored offsets: those below were applied already
+    (an earlier run, or another instance with the same consumer name), so a redelivery changes nothing."""
+    done = await stored_offsets(conn, consumer)
+    return [r for r in batch if r.offset >= done.get((r.topic, r.partition), 0)]
+
+
+async def advance_offsets(conn: AsyncConnection, consumer: str, records: Iterable[Positioned]) -> None:
+    """Move `consumer`'s stored offsets past `records`, in the transaction that applied them."""
+    nexts: dict[tuple[str, int], int] = {}
+    for r in records:
+        nexts[(r.topic, r.partition)] = max(nexts.get((r.topic, r.partition), 0), r.offset + 1)
+    if nexts:
+        rows = [
+            {"consumer": consumer, "topic": t, "partition": p, "next_offset": o}
+            for (t, p), o in nexts.items()
+        ]
+        await conn.execute(_UPSERT_OFFSETS, rows)

@@ -22,8 +22,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from schemas.events import JobEvent, JobRequested
+from services.common.consumer import advance_offsets, stored_offsets, unapplied
 from services.common.errors import DatabaseUnavailable
-from services.common.readmodel import Base, ConsumerOffset
+from services.common.readmodel import Base
 from services.common.tenants import webhook_secrets
 from services.common.webhooks import (
     DeliveryStatus,
@@ -34,17 +35,12 @@ from services.common.webhooks import (
 )
 from services.notifier.subscriptions import Fence, admit, deliverable, wanted
 
-OFFSETS = Base.metadata.tables[ConsumerOffset.__tablename__]
 JOBS = Base.metadata.tables[WebhookJob.__tablename__]
 PARKED = Base.metadata.tables[WebhookParked.__tablename__]
 DELIVERIES = Base.metadata.tables[WebhookDelivery.__tablename__]
 ATTEMPTS = Base.metadata.tables[WebhookAttempt.__tablename__]
 
 _LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
-_UPSERT_OFFSETS = insert(OFFSETS).on_conflict_do_update(
-    index_elements=["consumer", "topic", "partition"],
-    set_={"next_offset": insert(OFFSETS).excluded.next_offset},
-)
 _JOB_STATE = ("requested", "tenant", "url", "events", "attempt", "terminal", "updated_at")
 _UPSERT_JOBS = insert(JOBS)
 _UPSERT_JOBS = _UPSERT_JOBS.on_conflict_do_update(
@@ -165,12 +161,7 @@ class Store:
 
     async def load_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         async with self._transaction() as conn:
-            result = await conn.execute(
-                select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
-                    OFFSETS.c.consumer == consumer
-                )
-            )
-            return {(t, p): o for t, p, o in result.all()}
+            return await stored_offsets(conn, consumer)
 
     # The consumer's side.
 
@@ -182,20 +173,11 @@ class Store:
         Records below the stored offsets were applied already."""
         async with self._transaction() as conn:
             await conn.execute(_LOCK, {"key": _lock_key(consumer)})
-            done = await self._offsets(conn, consumer)
-            fresh = [r for r in batch if r.offset >= done.get((r.topic, r.partition), 0)]
+            fresh = await unapplied(conn, consumer, batch)
             plan = await self._plan(conn, fresh, now, now - max_age if max_age is not None else None)
             await self._write(conn, plan, now)
-            await self._advance(conn, consumer, fresh)
+            await advance_offsets(conn, consumer, fresh)
         return len(plan.deliveries), plan.too_old
-
-    async def _offsets(self, conn: AsyncConnection, consumer: str) -> dict[tuple[str, int], int]:
-        result = await conn.execute(
-            select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
-                OFFSETS.c.consumer == consumer
-            )
-        )
-        return {(t, p): o for t, p, o in result.all()}
 
     async def _plan(
         self, conn: AsyncConnection, fresh: Sequence[Incoming], now: datetime, oldest: datetime | None
@@ -293,17 +275,6 @@ class Store:
             await conn.execute(_INSERT_PARKED, plan.parked)
         if plan.deliveries:
             await conn.execute(_INSERT_DELIVERIES, plan.deliveries)
-
-    async def _advance(self, conn: AsyncConnection, consumer: str, fresh: Iterable[Incoming]) -> None:
-        nexts: dict[tuple[str, int], int] = {}
-        for r in fresh:
-            nexts[(r.topic, r.partition)] = max(nexts.get((r.topic, r.partition), 0), r.offset + 1)
-        if nexts:
-            rows = [
-                {"consumer": consumer, "topic": t, "partition": p, "next_offset": o}
-                for (t, p), o in nexts.items()
-            ]
-            await conn.execute(_UPSERT_OFFSETS, rows)
 
     async def purge_jobs(self, before: datetime, limit: int = 10_000) -> int:
         """Forget jobs not heard of since `before` (long ended: a job waits a day at most). A stray late

@@ -28,12 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.envelope import upcast
 from schemas.events import JOB_EVENT_ADAPTER, EventType, JobEvent, JobRequested
+from services.common.consumer import advance_offsets, stored_offsets, unapplied
 from services.common.errors import DatabaseUnavailable
 from services.common.readmodel import (
     NOTIFY_CHANNEL,
     READ_MODEL_TABLES,
     Base,
-    ConsumerOffset,
     Job,
     JobEventRow,
 )
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 JOBS = Base.metadata.tables[Job.__tablename__]
 EVENTS = Base.metadata.tables[JobEventRow.__tablename__]
-OFFSETS = Base.metadata.tables[ConsumerOffset.__tablename__]
 # Set from the first job.requested and never changed afterwards (first request wins).
 _IMMUTABLE_JOB_COLUMNS = frozenset(
     {"id", "tenant", "priority", "model", "request", "idempotency_key", "request_hash", "created_at"}
@@ -62,9 +61,6 @@ def _upsert(table: Any, key: list[str], mutable: Iterable[str]) -> Any:
 
 
 _LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
-_SELECT_OFFSETS = select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
-    OFFSETS.c.consumer == bindparam("consumer")
-)
 _SELECT_ROWS = select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.payload).where(
     EVENTS.c.job_id.in_(bindparam("job_ids", expanding=True))
 )
@@ -72,7 +68,6 @@ _SELECT_ROWS = select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.
 # dropping an event.
 _INSERT_EVENTS = insert(EVENTS).on_conflict_do_nothing(index_elements=["event_id"])
 _UPSERT_JOBS = _upsert(JOBS, ["id"], (name for name in _JOB_COLUMNS if name not in _IMMUTABLE_JOB_COLUMNS))
-_UPSERT_OFFSETS = _upsert(OFFSETS, ["consumer", "topic", "partition"], ["next_offset"])
 # A tombstone removes the job's row and every event of it but the tombstone, which stays to fence off
 # whatever arrives for the job afterwards (and to end its streams).
 _DELETE_JOBS = delete(JOBS).where(JOBS.c.id.in_(bindparam("job_ids", expanding=True)))
@@ -225,11 +220,7 @@ class Store:
     async def load_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         """Next offset to read per (topic, partition) for `consumer`."""
         async with self._transaction() as conn:
-            return await self._offsets(conn, consumer)
-
-    async def _offsets(self, conn: AsyncConnection, consumer: str) -> dict[tuple[str, int], int]:
-        result = await conn.execute(_SELECT_OFFSETS, {"consumer": consumer})
-        return {(topic, partition): offset for topic, partition, offset in result.all()}
+            return await stored_offsets(conn, consumer)
 
     async def apply_batch(self, consumer: str, batch: Sequence[Incoming], *, notify: bool) -> BatchResult:
         """Apply one consumed batch in one transaction, and advance `consumer`'s offsets past it.
@@ -240,10 +231,9 @@ class Store:
         """
         async with self._transaction() as conn:
             await conn.execute(_LOCK, {"key": _lock_key(consumer, self.schema)})
-            done = await self._offsets(conn, consumer)
-            fresh = [r for r in batch if r.offset >= done.get((r.topic, r.partition), 0)]
+            fresh = await unapplied(conn, consumer, batch)
             result = await self._apply_events(conn, [r.event for r in fresh if r.event is not None], notify)
-            await self._advance(conn, consumer, fresh)
+            await advance_offsets(conn, consumer, fresh)
         return replace(result, skipped=result.skipped + len(batch) - len(fresh))
 
     async def _apply_events(self, conn: AsyncConnection, events: list[JobEvent], notify: bool) -> BatchResult:
@@ -303,17 +293,6 @@ class Store:
             return view
         log.warning("idempotency key taken job=%s holder=%s tenant=%s", view.id, holder, view.tenant)
         return replace(view, idempotency_key=None)
-
-    async def _advance(self, conn: AsyncConnection, consumer: str, fresh: Iterable[Incoming]) -> None:
-        nexts: dict[tuple[str, int], int] = {}
-        for r in fresh:
-            nexts[(r.topic, r.partition)] = max(nexts.get((r.topic, r.partition), 0), r.offset + 1)
-        if nexts:
-            rows = [
-                {"consumer": consumer, "topic": t, "partition": p, "next_offset": o}
-                for (t, p), o in nexts.items()
-            ]
-            await conn.execute(_UPSERT_OFFSETS, rows)
 
     async def drop_schema(self) -> None:
         """Drop this store's schema and everything in it (never `public`)."""

@@ -40,6 +40,7 @@ from schemas.events import (
 from schemas.jobs import JobStatus, Phase
 from schemas.samples import resolved_request
 from schemas.topics import DLQ
+from services.common.consumer import OFFSETS
 from services.common.db import make_engine
 from services.common.kafka import make_producer, publish_event, send
 from services.common.readmodel import NOTIFY_CHANNEL
@@ -48,7 +49,7 @@ from services.projector.consumer import STALLED, Projection, open_clients
 from services.projector.fold import EMPTY_HISTORY, admit_all, fold
 from services.projector.replay import compare, replay
 from services.projector.settings import ProjectorSettings
-from services.projector.store import OFFSETS, BatchResult, Incoming, Store
+from services.projector.store import BatchResult, Incoming, Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
