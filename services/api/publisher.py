@@ -45,7 +45,7 @@ class Ack:
 
 
 class JobPublisher:
-    """Publishes through the FastStream broker and hands back Kafka's acknowledgement.
+    """Publishes through the FastStream broker and returns Kafka's acknowledgement.
 
     Giving up on an ack does not take the record back: the producer keeps it and may deliver it once the
     broker returns. That is why a job request carries a deadline (`accept_by`) that its consumers judge by
