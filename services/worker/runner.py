@@ -184,6 +184,7 @@ class JobRunner:
             outcome = await self._attempt(attempt, on_generated)
         finally:
             attempt.phases.close()  # an attempt that ended without a last event (shutdown, superseded)
+            attempt.ended = True  # a preview still on its way is not announced after this
             await asyncio.gather(started, return_exceptions=True)
             if outcome not in KEEPS_CHECKPOINTS:
                 await self.artifacts.delete_checkpoints(attempt)
