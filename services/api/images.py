@@ -37,7 +37,7 @@ MIN_SIDE: Final = 16
 MAX_SIDE: Final = 4096
 FETCH_TIMEOUT_SECONDS: Final = 10.0
 ALLOWED: Final = "a PNG, JPEG or WebP image"
-# Magic bytes -> (name, media type).
+# What `sniff` names each format, and its media type.
 _FORMATS: Final = {
     "png": "image/png",
     "jpeg": "image/jpeg",
