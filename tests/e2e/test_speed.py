@@ -46,3 +46,18 @@ async def test_an_unknown_tier_is_a_422_naming_the_tiers(client: httpx.AsyncClie
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     assert "speed" in response.text and "'exact', 'fast' or 'fastest'" in response.text
+
+
+async def test_a_tier_the_model_lacks_is_a_422_naming_the_tiers_it_has(client: httpx.AsyncClient) -> None:
+    models = (await client.get("/v1/models")).json()["data"]
+    lacking = [(m["name"], list(m["speeds"])) for m in models if "fast" not in m["speeds"]]
+    if not lacking:
+        pytest.skip("every model these services serve offers every tier")
+    name, tiers = lacking[0]
+    body = {"prompt": "a lighthouse in a storm", "model": name, "speed": "fast"}
+    response = await client.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    [problem] = [p for p in response.json()["errors"] if p["field"] == "speed"]
+    assert problem["allowed"] == ", ".join(tiers)
+    assert "has no 'fast' speed tier" in problem["message"]
