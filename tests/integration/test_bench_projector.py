@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 from sqlalchemy import text
 
+from bench import projector as bench
 from services.common.db import make_engine
 from services.common.settings import CommonSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "projector.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_projector", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_projector"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
 
 
 def test_event_log_is_a_burst_then_jobs_eight_at_a_time() -> None:

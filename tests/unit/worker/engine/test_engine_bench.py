@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[4] / "bench" / "gpu_generate.py"
-
-
-def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_generate", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_generate"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from bench import gpu_generate
 
 
 def test_bench_prints_a_row_per_frame_count_and_writes_json(
     tiny_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bench = _load_bench()
     out = tmp_path / "bench.json"
     argv = [
         "--model",
@@ -40,7 +27,9 @@ def test_bench_prints_a_row_per_frame_count_and_writes_json(
         "exact",
     ]
 
-    rows = bench.main([*argv, "--modes", "eager", "--tiny-cache-dir", str(tiny_cache), "--json", str(out)])
+    rows = gpu_generate.main(
+        [*argv, "--modes", "eager", "--tiny-cache-dir", str(tiny_cache), "--json", str(out)]
+    )
 
     table = capsys.readouterr().out
     assert [(r.mode, r.frames) for r in rows] == [("eager", 7), ("eager", 13)]
