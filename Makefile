@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # uv from PATH, else the module pip installed (a fresh pyenv may not have its shim yet).
 UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench soak fuzz-api test-unit
+.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench bench-fleet soak fuzz-api test-unit
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -71,6 +71,10 @@ replay: ## rebuild the read model from offset 0 into schema `replay` and compare
 
 bench: up ## the benchmarks of bench/ (numbers printed, see docs/benchmarks.md)
 	bash bench/run.sh
+
+FLEET_RUNS ?= 3
+bench-fleet: up ## the fleet benchmark, reelstream beside Kafka and Celery baselines, FLEET_RUNS (3) runs: docs/benchmarks.md's table (~45 min)
+	$(UV) run --no-sync python -m bench.fleet --runs $(FLEET_RUNS)
 
 SOAK_SECONDS ?= 600
 SOAK_SEED ?= 1

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
-from fleet_stats import BenchJob, JobKind, Outcome, QueueView
 
+from bench.fleet_stats import BenchJob, JobKind, Outcome, QueueView
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import (
     TERMINAL_TYPES,
@@ -222,10 +222,11 @@ class Collector:
 
 @dataclass
 class Submitter:
-    """Submits a workload on its arrival times to one requests topic; optionally asks the api for ETAs."""
+    """Submits a workload on its arrival times to the requests topic of each job's lane; optionally asks
+    the api for ETAs."""
 
     producer: Producer
-    topic: str
+    topics: dict[str, str]  # lane -> requests topic
     collector: Collector
     api: httpx.AsyncClient | None = None
     api_sample: int = 1  # ask the api about every n-th job only, to keep its load small
@@ -246,12 +247,13 @@ class Submitter:
             self.collector.tracks[event.job_id] = Track(job.kind, outcome)
             keys.append(event.job_id)
             probe = self.api is not None and job.index % self.api_sample == 0
-            tasks.append(asyncio.create_task(self._submit(event, outcome, probe)))
+            topic = self.topics[job.kind.lane]
+            tasks.append(asyncio.create_task(self._submit(topic, event, outcome, probe)))
         await asyncio.gather(*tasks)
         return keys
 
-    async def _submit(self, event: JobRequested, outcome: Outcome, probe: bool) -> None:
-        await publish_event(self.producer, self.topic, event)
+    async def _submit(self, topic: str, event: JobRequested, outcome: Outcome, probe: bool) -> None:
+        await publish_event(self.producer, topic, event)
         if probe and self.api is not None:
             async with self._probe:
                 outcome.api_eta_start = await api_eta_start(self.api, event.job_id)

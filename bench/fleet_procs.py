@@ -1,4 +1,4 @@
-"""The fleet benchmark's processes: the scheduler, the slots, api/projector and the naive workers.
+"""The fleet benchmark's processes: the scheduler, the slots, api/projector and the baselines' workers.
 
 Each runs as its own process with its log in .run/bench-fleet/logs/<name>.log. Only processes started
 here are ever signalled, by their own pid.
@@ -14,13 +14,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from bench.fleet_settings import environment
 
 PY = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
 GROUPS = {
     "fleet-": "fleet",
     "naive-": "naive",
+    "celery-": "celery",
+    "redis": "redis",
     "scheduler": "scheduler",
     "api": "api",
     "projector": "projector",
@@ -71,9 +75,20 @@ def settle(idle_below: float = 1.0, window_s: float = 2.0, limit_s: float = 60.0
             return waited, busy
 
 
+def group_settled(owned: list[list[list[Any]]], slots: int, topics: int) -> bool:
+    """Every member owns one partition of each topic, and no partition is owned twice."""
+    if len(owned) != slots or any(
+        len({t for t, _ in parts}) != topics or len(parts) != topics for parts in owned
+    ):
+        return False
+    every = [tuple(p) for parts in owned for p in parts]
+    return len(set(every)) == slots * topics
+
+
 class Procs:
-    def __init__(self, root: Path, run_dir: Path) -> None:
+    def __init__(self, root: Path, run_dir: Path, infra_root: Path | None = None) -> None:
         self.root = root
+        self.infra_root = infra_root or root  # whose .run/ holds the local stack's pids
         self.logs = run_dir / "logs"
         self.state_dir = run_dir / "naive"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -105,40 +120,22 @@ class Procs:
         self.start(name, argv, env, ready)
 
     def start_scheduler(self, args: argparse.Namespace) -> None:
-        env = {
-            "REELSTREAM_GPU_SLOTS": str(args.slots),
-            "REELSTREAM_TICK_SECONDS": str(args.tick),
-            "REELSTREAM_DEAD_AFTER_SECONDS": str(args.dead_after),
-            "REELSTREAM_LOST_GRACE_SECONDS": str(args.lost_grace),
-            "REELSTREAM_RESERVED_INTERACTIVE_SLOTS": "0",
-            "REELSTREAM_LOOKAHEAD_SECONDS": str(args.lookahead),
-            "REELSTREAM_BALANCE_BATCH": "true" if args.balance_gain > 0 else "false",
-            "REELSTREAM_BALANCE_MIN_GAIN_SECONDS": str(args.balance_gain or 1),
-        }
+        """With every scheduling setting given (`args.used`: production's unless told otherwise)."""
+        env = {"REELSTREAM_GPU_SLOTS": str(args.slots), **environment(args.used, "scheduler")}
         self.start("scheduler", [PY, "-m", "services.scheduler.main"], env, "rebuilt state")
 
-    def _slot_argv(self, script: str, args: argparse.Namespace) -> list[str]:
-        return [
-            PY,
-            f"bench/{script}",
-            "--slots",
-            str(args.slots),
-            "--scale",
-            str(args.scale),
-            "--checkpoint-every",
-            str(args.checkpoint_every),
-            "--checkpoint-min-seconds",
-            str(args.checkpoint_min_seconds),
-            "--progress-interval",
-            str(args.progress_interval),
-            "--step-pacing",
-            args.step_pacing,
-        ]
+    def _slot_argv(self, module: str, args: argparse.Namespace) -> list[str]:
+        argv = [PY, "-m", f"bench.{module}", "--slots", str(args.slots), "--scale", str(args.scale)]
+        argv += ["--step-pacing", args.used["step_pacing"].value]
+        return argv if args.used["costs"].value else [*argv, "--no-costs"]
+
+    def _slot_env(self, args: argparse.Namespace) -> dict[str, str]:
+        return {"REELSTREAM_GPU_SLOTS": str(args.slots), **environment(args.used, "worker")}
 
     def start_workers(self, args: argparse.Namespace) -> None:
         for slot in range(args.slots):
-            argv = [*self._slot_argv("fleet_worker.py", args), "--slot", str(slot)]
-            self.start(f"fleet-{slot}", argv, {"REELSTREAM_GPU_SLOTS": str(args.slots)}, "ready with model")
+            argv = [*self._slot_argv("fleet_worker", args), "--slot", str(slot)]
+            self.start(f"fleet-{slot}", argv, self._slot_env(args), "ready with model")
 
     def start_api_and_projector(self, args: argparse.Namespace) -> None:
         """At `--control-plane-nice`: in a deployment they run on other nodes than the GPU workers,
@@ -148,23 +145,15 @@ class Procs:
         self.start("api", [*nice, PY, "-m", "services.api.main"], env, "Application startup complete")
         self.start("projector", [*nice, PY, "-m", "services.projector.main"], env, "assigned partitions")
 
-    def start_naive(self, args: argparse.Namespace, tag: str) -> None:
+    def start_naive(self, args: argparse.Namespace, topics: list[str], events: str, group: str) -> None:
+        """The Kafka baseline's workers: one consumer group on `topics`, the first served first."""
         for index in range(args.slots):
             (self.state_dir / f"naive-{index}.json").unlink(missing_ok=True)
-            argv = [
-                *self._slot_argv("naive_worker.py", args),
-                "--index",
-                str(index),
-                "--topic",
-                f"bench.naive.requested.{tag}",
-                "--events-topic",
-                f"bench.naive.events.{tag}",
-                "--group",
-                f"bench-naive-{tag}",
-                "--state-dir",
-                str(self.state_dir),
-            ]
-            self.start(f"naive-{index}", argv, {}, None)
+            argv = [*self._slot_argv("naive_worker", args), "--index", str(index)]
+            for topic in topics:
+                argv += ["--topic", topic]
+            argv += ["--events-topic", events, "--group", group, "--state-dir", str(self.state_dir)]
+            self.start(f"naive-{index}", argv, self._slot_env(args), None)
 
     # ---- waiting --------------------------------------------------------------------------------
     def _logged(self, name: str, text: str) -> bool:
@@ -185,18 +174,18 @@ class Procs:
                 raise RuntimeError(f"not ready after {timeout:.0f} s: {', '.join(sorted(pending))}")
             time.sleep(0.5)
 
-    def wait_group_settled(self, slots: int, timeout: float = 180) -> None:
-        """Until each naive worker owns exactly one partition of the requests topic."""
+    def wait_group_settled(self, slots: int, topics: int, timeout: float = 180) -> None:
+        """Until each baseline worker owns exactly one partition of each requests topic."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             owned = []
             for index in range(slots):
                 path = self.state_dir / f"naive-{index}.json"
                 owned.append(json.loads(path.read_text() or "[]") if path.exists() else [])
-            if all(len(p) == 1 for p in owned) and len({p[0] for p in owned}) == slots:
+            if group_settled(owned, slots, topics):
                 return
             time.sleep(0.5)
-        raise RuntimeError("the naive consumer group did not settle")
+        raise RuntimeError("the baseline's consumer group did not settle")
 
     # ---- stopping -------------------------------------------------------------------------------
     def kill9(self, name: str) -> None:
@@ -221,7 +210,7 @@ class Procs:
 
     def stop_all(self) -> None:
         # Workers first, while the scheduler still listens; api and projector last.
-        order = ("fleet-", "naive-", "scheduler", "api", "projector")
+        order = ("fleet-", "naive-", "celery-", "redis", "scheduler", "api", "projector")
         for prefix in order:
             self.stop_matching(prefix)
         for f in self._files:
@@ -229,7 +218,7 @@ class Procs:
 
     def _infra_pid(self, name: str) -> int | None:
         try:
-            return int((self.root / ".run" / f"{name}.pid").read_text().strip())
+            return int((self.infra_root / ".run" / f"{name}.pid").read_text().strip())
         except (OSError, ValueError):
             return None
 

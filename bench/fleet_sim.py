@@ -3,12 +3,14 @@
 The real `SchedulerState` and `plan` decide; simulated slots carry the decisions out instantly (or with
 a fixed delay and per-job overhead you choose) and answer with the events a worker sends: started,
 progress and a checkpoint every `--checkpoint-every` steps, the stop of a preempted job (with a
-checkpoint at the step asked), the end of denoising, the terminal event. No Kafka, no processes: it
-isolates the policy from the machine, so it gives the bound that the real fleet benchmark (`fleet.py`)
-is compared with.
+checkpoint at the step asked), the end of denoising, the terminal event. A job spends the GPU time the
+fleet benchmark's slots spend (`fleet_stats`: the prompt encode at every start, the steps, the VAE
+decode; `--no-costs` for the steps alone), and its MP4 encode overlaps the slot's next job. No Kafka, no
+processes: it isolates the policy from the machine, so it gives the bound that the real fleet benchmark
+(`fleet.py`) is compared with.
 
-    python bench/fleet_sim.py                      # the fleet benchmark's burst, rules on and off
-    python bench/fleet_sim.py --gap 0.05 --finish 0.1 --dispatch-delay 0.05
+    python -m bench.fleet_sim                      # the fleet benchmark's burst, rules on and off
+    python -m bench.fleet_sim --gap 0.05 --finish 0.1 --dispatch-delay 0.05
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fleet_kafka import requested_event
-from fleet_stats import (
+from bench.fleet_kafka import requested_event
+from bench.fleet_stats import (
     BenchJob,
     burst,
+    decode_seconds,
+    encode_seconds,
     ideal_makespan,
     noisy_neighbour,
     percentile,
+    prompt_seconds,
     step_seconds,
     tenant_waits,
 )
-
 from schemas.events import (
     HeldJob,
     JobCheckpointed,
@@ -52,6 +56,7 @@ from services.scheduler.plan import plan
 from services.scheduler.state import Dispatch, Finish, Preempt, Retry, SchedulerState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+BALANCE_MIN_GAIN_H100 = 60.0  # the scheduler's balance_min_gain_seconds, GPU time
 BOOT = uuid.UUID(int=1)
 RESULT = VideoResult(
     video_key="k", poster_key=None, size_bytes=1, width=848, height=480, fps=30, frames=31, duration_seconds=1
@@ -88,13 +93,16 @@ class SimConfig:
     slots: int = 8
     scale: float = 50.0
     checkpoint_every: int = 8
-    tick: float = 0.2
-    lookahead: float = 0.5
-    balance_gain: float | None = 1.0
+    # The scheduler's production settings (bench/fleet_settings.py): the balancing gain is GPU time (60 s
+    # / scale), the tick and the look-ahead are the host's (not scaled).
+    tick: float = 0.5
+    lookahead: float = 2.0
+    balance_gain: float | None = 1.2
     dispatch_delay: float = 0.0  # decision -> record readable by the slot
     gap: float = 0.0  # slot time between two jobs (start-up of a job)
-    finish: float = 0.0  # encode + upload after denoising, overlapped with the next job
+    finish: float = 0.0  # upload after the encode, overlapped with the next job
     resume: float = 0.0  # extra start-up of a job that resumes from a checkpoint
+    costs: bool = True  # prompt encode and VAE decode on the GPU, MP4 encode after (H100's / scale)
 
 
 class Fleet:
@@ -194,6 +202,8 @@ class Fleet:
             first_step = int(d.resume_checkpoint.rsplit("-", 1)[1])
             delay += self.config.resume
         per_step = step_seconds(d.request.num_frames, self.config.scale)
+        if self.config.costs:
+            delay += prompt_seconds(self.config.scale)
         run = Run(d.job_id, d.attempt, self.now + delay, first_step, d.request.num_inference_steps, per_step)
         run.preempt_at = slot.preempts.pop((d.job_id, d.attempt), None)
         slot.running = run
@@ -238,7 +248,13 @@ class Fleet:
             )
         )
         if step >= run.total:
-            self._generated(slot, run)
+            if self.config.costs:  # the slot's GPU decodes before the frames exist
+                decode = decode_seconds(run_frames(self, run), self.config.scale)
+                self.at(
+                    self.now + decode, lambda: self._generated(slot, run) if slot.token == token else None
+                )
+            else:
+                self._generated(slot, run)
             return
         key = f"checkpoints/{run.job_id}/attempt-{run.attempt}/step-{step:05d}"
         self._event(
@@ -283,7 +299,10 @@ class Fleet:
                 occurred_at=self.clock(),
             )
         )
-        self.at(self.now + self.config.finish, lambda: self._succeeded(slot, run))
+        finish = self.config.finish
+        if self.config.costs:
+            finish += encode_seconds(run_frames(self, run), self.config.scale)
+        self.at(self.now + finish, lambda: self._succeeded(slot, run))
 
     def _succeeded(self, slot: SimSlot, run: Run) -> None:
         slot.finishing.pop(run.job_id, None)
@@ -351,7 +370,7 @@ class Fleet:
         return tick
 
     def report(self, jobs: Sequence[BenchJob]) -> dict[str, Any]:
-        ideal = ideal_makespan(jobs, self.config.slots, self.config.scale)
+        ideal = ideal_makespan(jobs, self.config.slots, self.config.scale, self.config.costs)
         first = min(arrival for _, arrival in self.submitted.values())
         makespan = max(self.ended.values()) - first
         waits: dict[str, list[float]] = {"interactive": [], "batch": []}
@@ -371,6 +390,11 @@ class Fleet:
             "batch_p95": percentile(waits["batch"], 95),
             "preemptions": self.preemptions,
         }
+
+
+def run_frames(fleet: Fleet, run: Run) -> int:
+    job, _ = fleet.submitted[run.job_id]
+    return job.kind.num_frames
 
 
 def simulate(jobs: Sequence[BenchJob], config: SimConfig) -> dict[str, Any]:
@@ -412,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--gap", type=float, default=0.0)
     p.add_argument("--finish", type=float, default=0.0)
     p.add_argument("--resume", type=float, default=0.0)
+    p.add_argument("--no-costs", dest="costs", action="store_false", help="the denoising steps alone")
     p.add_argument("--noisy-neighbour", action="store_true", help="two tenants in the batch lane instead")
     p.add_argument("--noisy-jobs", type=int, default=120)
     p.add_argument("--quiet-jobs", type=int, default=8)
@@ -425,24 +450,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         gap=args.gap,
         finish=args.finish,
         resume=args.resume,
+        costs=args.costs,
+        balance_gain=BALANCE_MIN_GAIN_H100 / args.scale,
     )
     if args.noisy_neighbour:
         print(neighbour_table(noisy_neighbour(args.noisy_jobs, args.quiet_jobs, args.quiet_every), base))
         return
-    jobs = burst(args.jobs, args.long_share, args.seed)
-    header = ("rules", "utilisation", "makespan / ideal (s)", "interactive p50 / p95 (s)")
-    print("| " + " | ".join((*header, "batch p50 / p95 (s)", "preemptions")) + " |")
-    print("|---" * 6 + "|")
-    for name, config in (
-        ("lanes only", dataclasses.replace(base, balance_gain=None)),
-        ("lanes + balance", base),
-    ):
-        r = simulate(jobs, config)
-        print(
-            f"| {name} | {r['utilisation']:.3f} | {r['makespan']:.1f} / {r['ideal']:.1f} | "
-            f"{r['interactive_p50']:.1f} / {r['interactive_p95']:.1f} | "
-            f"{r['batch_p50']:.1f} / {r['batch_p95']:.1f} | {r['preemptions']} |"
-        )
+    print(bound_table(burst(args.jobs, args.long_share, args.seed), base))
+
+
+def bound_table(jobs: Sequence[BenchJob], base: SimConfig) -> str:
+    """The rules with and without balancing, with the steps alone and with every GPU cost."""
+    header = ("GPU time", "rules", "utilisation", "makespan / ideal (s)", "interactive p50 / p95 (s)")
+    lines = ["| " + " | ".join((*header, "batch p50 / p95 (s)", "preemptions")) + " |", "|---" * 7 + "|"]
+    for costs in (False, True):
+        for name, gain in (("lanes only", None), ("lanes + balance", base.balance_gain)):
+            r = simulate(jobs, dataclasses.replace(base, costs=costs, balance_gain=gain))
+            gpu = "steps + prompt + decode" if costs else "steps only"
+            lines.append(
+                f"| {gpu} | {name} | {r['utilisation']:.3f} | "
+                f"{r['makespan']:.1f} / {r['ideal']:.1f} | "
+                f"{r['interactive_p50']:.1f} / {r['interactive_p95']:.1f} | "
+                f"{r['batch_p50']:.1f} / {r['batch_p95']:.1f} | {r['preemptions']} |"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

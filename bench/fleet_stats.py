@@ -1,8 +1,12 @@
 """The fleet benchmark's workload and arithmetic: job kinds, seeded workloads, the ETA rule, the metrics.
 
 Pure Python (no Kafka, no torch), so the unit tests check every number the benchmark reports.
-Step times are Mochi's on one H100 (docs FACTS: 1.02 s per step at 31 frames, 7.76 s at 163 frames,
-CFG batch 2, 480x848) divided by `scale`, so a fleet of simulated slots runs on a laptop-sized machine.
+Times are Mochi's on one H100 (docs/facts.md: 1.02 s per step at 31 frames, 7.76 s at 163 frames, CFG
+batch 2, 480x848; the T5 prompt encode 0.07 s; the tiled VAE decode 7.1 s at 163 frames, 1.4 s at 31)
+divided by `scale`, so a fleet of simulated slots runs on a laptop-sized machine. A job's GPU work is its
+prompt encode, its steps and its decode; the MP4 encode that follows runs on the host's CPU while the
+slot's GPU denoises the next job (docs/engine.md: 22 s for 163 frames at 848x480, the worst case of
+random noise; no figure from a GPU host exists yet), scaled the same way.
 """
 
 from __future__ import annotations
@@ -16,22 +20,48 @@ from typing import Any, Final
 
 # Measured seconds per denoising step on one H100 by frame count (480x848, eager diffusers, CFG).
 H100_STEP_SECONDS: Final = {31: 1.02, 163: 7.76}
+# The rest of a job's GPU time on one H100: T5 prompt encode (prompt + negative), tiled VAE decode.
+H100_PROMPT_SECONDS: Final = 0.07
+H100_DECODE_SECONDS: Final = {31: 1.4, 163: 7.1}
+# MP4 encode (libx264, CRF 18) of 848x480 frames on the host CPU, after the frames are made: 22 s for
+# 163 frames (docs/engine.md), in proportion to the frames for 31.
+HOST_ENCODE_SECONDS: Final = {31: 22.0 * 31 / 163, 163: 22.0}
 LANES: Final = ("interactive", "batch")
 
 
 # How a simulated step keeps time (bench/fleet_worker.py, services/worker/engine/simulated.py).
-PACINGS = ("gpu", "sleep")
+PACINGS = ("sleep", "gpu")
 PACING_HELP = (
-    "gpu: a step lasts its step time after the previous step's callbacks, not counting the sleep's "
-    "own wake-up delay (microseconds on a GPU); sleep: counting it, so a loaded host's delays add up"
+    "sleep (the default): a step is a plain sleep of its step time after the previous step's callbacks, "
+    "so a loaded host's late wake-ups count as GPU time; gpu: not counting the sleep's own wake-up delay "
+    "(microseconds on a GPU, a deviation printed in the table)"
 )
+
+
+def _by_frames(measured: dict[int, float], num_frames: int, scale: float) -> float:
+    """Linear between the two measured frame counts, divided by `scale`."""
+    (f0, s0), (f1, s1) = sorted(measured.items())
+    return max(s0 + (num_frames - f0) * (s1 - s0) / (f1 - f0), 0.0) / scale
 
 
 def step_seconds(num_frames: int, scale: float) -> float:
     """H100 seconds per step for `num_frames`, linear between the two measured sizes, divided by `scale`."""
-    (f0, s0), (f1, s1) = sorted(H100_STEP_SECONDS.items())
-    per_step = s0 + (num_frames - f0) * (s1 - s0) / (f1 - f0)
-    return max(per_step, 0.0) / scale
+    return _by_frames(H100_STEP_SECONDS, num_frames, scale)
+
+
+def prompt_seconds(scale: float) -> float:
+    """H100 seconds of the prompt encode (every attempt encodes again), divided by `scale`."""
+    return H100_PROMPT_SECONDS / scale
+
+
+def decode_seconds(num_frames: int, scale: float) -> float:
+    """H100 seconds of the VAE decode of `num_frames`, divided by `scale`."""
+    return _by_frames(H100_DECODE_SECONDS, num_frames, scale)
+
+
+def encode_seconds(num_frames: int, scale: float) -> float:
+    """Host seconds of the MP4 encode of `num_frames` at 848x480, divided by `scale`."""
+    return _by_frames(HOST_ENCODE_SECONDS, num_frames, scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +77,17 @@ class JobKind:
     def step_seconds(self, scale: float) -> float:
         return step_seconds(self.num_frames, scale)
 
-    def work(self, scale: float) -> float:
-        """Pure GPU work of one job: denoising steps times the step time (no encode, no upload)."""
+    def denoise(self, scale: float) -> float:
+        """The denoising steps alone."""
         return self.steps * self.step_seconds(scale)
+
+    def work(self, scale: float, costs: bool = True) -> float:
+        """GPU work of one job: prompt encode, the denoising steps and the VAE decode (the MP4 encode and
+        the upload run on the host while the GPU denoises the slot's next job); the steps alone
+        without `costs`."""
+        if not costs:
+            return self.denoise(scale)
+        return prompt_seconds(scale) + self.denoise(scale) + decode_seconds(self.num_frames, scale)
 
 
 # Mochi's catalog: quality low = 16 steps, high = 64 steps.
@@ -123,16 +161,22 @@ def poisson(
     return jobs
 
 
-def total_work(jobs: Iterable[BenchJob], scale: float) -> float:
-    return sum(job.kind.work(scale) for job in jobs)
+def total_work(jobs: Iterable[BenchJob], scale: float, costs: bool = True) -> float:
+    return sum(job.kind.work(scale, costs) for job in jobs)
 
 
-def ideal_makespan(jobs: Sequence[BenchJob], slots: int, scale: float) -> float:
+def ideal_makespan(jobs: Sequence[BenchJob], slots: int, scale: float, costs: bool = True) -> float:
     """A lower bound on the makespan: the work shared perfectly by the slots, or the latest
-    arrival plus its own work when arrivals, not work, decide (a stream). A burst gives work / slots."""
+    arrival plus its own work when arrivals, not work, decide (a stream); with `costs`, plus the MP4
+    encode of a job whose GPU work ends last (the shortest encode for a burst). A burst gives work /
+    slots + the shortest encode."""
+
+    def encode(job: BenchJob) -> float:
+        return encode_seconds(job.kind.num_frames, scale) if costs else 0.0
+
     first = min(job.arrival for job in jobs)
-    latest = max(job.arrival - first + job.kind.work(scale) for job in jobs)
-    return max(total_work(jobs, scale) / slots, latest)
+    latest = max(job.arrival - first + job.kind.work(scale, costs) + encode(job) for job in jobs)
+    return max(total_work(jobs, scale, costs) / slots + min(encode(job) for job in jobs), latest)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -165,7 +209,10 @@ class QueueView:
         """Seconds until a job of `kind` submitted now starts, if every job ran exactly its work."""
         rank = LANES.index(kind.lane)
         ahead = sum(work for lane, work in self.waiting.values() if lane <= rank)
-        busy = sum((k.steps - step) * k.step_seconds(self.scale) for k, step in self.running.values())
+        busy = sum(
+            (k.steps - step) * k.step_seconds(self.scale) + decode_seconds(k.num_frames, self.scale)
+            for k, step in self.running.values()
+        )
         return (ahead + busy) / self.slots
 
     def submitted(self, key: str, kind: JobKind) -> None:
@@ -240,18 +287,18 @@ def _spread(values: list[float]) -> dict[str, Any]:
     return {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95)}
 
 
-def overheads(outcomes: Iterable[Outcome], scale: float, lane: str) -> dict[str, Any]:
+def overheads(outcomes: Iterable[Outcome], scale: float, lane: str, costs: bool = True) -> dict[str, Any]:
     """Wall time of succeeded jobs beyond their pure work, whole and split into its parts."""
     done = [o for o in outcomes if o.kind.lane == lane and o.status == "succeeded"]
     total, dispatch, run, upload = [], [], [], []
     for o in done:
         if o.started is None or o.ended is None:
             continue
-        total.append(o.ended - o.started - o.kind.work(scale))
+        total.append(o.ended - o.started - o.kind.work(scale, costs))
         if o.dispatched is not None:
             dispatch.append(o.started - o.dispatched)
         if o.uploading is not None:
-            run.append(o.uploading - o.started - o.kind.work(scale))
+            run.append(o.uploading - o.started - o.kind.work(scale, costs))
             upload.append(o.ended - o.uploading)
     return {
         "total": _spread(total),
@@ -284,7 +331,7 @@ def slot_gaps(outcomes: Iterable[Outcome]) -> list[float]:
     ]
 
 
-def slot_time(outcomes: Sequence[Outcome], slots: int, scale: float) -> dict[str, float]:
+def slot_time(outcomes: Sequence[Outcome], slots: int, scale: float, costs: bool = True) -> dict[str, float]:
     """Where the slots' time beyond the work went, in seconds summed over the slots, from the first
     request to the last terminal event: denoising beyond the work (callbacks, checkpoints, a host
     late to wake; redone steps after a kill), idle between two attempts on a slot, idle before a
@@ -307,20 +354,20 @@ def slot_time(outcomes: Sequence[Outcome], slots: int, scale: float) -> dict[str
         parts["generating"] += sum(frames - start for start, frames in slot_spans)
         parts["before_first"] += slot_spans[0][0] - first
         parts["end_spread"] += last_frames - max(frames for _, frames in slot_spans)
-    parts["generating"] -= sum(o.kind.work(scale) for o in done)
+    parts["generating"] -= sum(o.kind.work(scale, costs) for o in done)
     parts["after_last"] = len(by_slot) * (end - last_frames)
     return parts
 
 
 def summarize(
-    outcomes: Sequence[Outcome], jobs: Sequence[BenchJob], slots: int, scale: float
+    outcomes: Sequence[Outcome], jobs: Sequence[BenchJob], slots: int, scale: float, costs: bool = True
 ) -> dict[str, Any]:
     """Makespan and utilisation against the ideal, waits per lane, ETA errors, per-job overhead."""
     done = [o for o in outcomes if o.status == "succeeded" and o.ended is not None]
     first = min(o.requested for o in outcomes)
     makespan = max(o.ended for o in done if o.ended is not None) - first if done else math.nan
-    work = sum(o.kind.work(scale) for o in done)
-    ideal = ideal_makespan(jobs, slots, scale)
+    work = sum(o.kind.work(scale, costs) for o in done)
+    ideal = ideal_makespan(jobs, slots, scale, costs)
     rule, api = _eta_errors(outcomes)
     out: dict[str, Any] = {
         "jobs": len(outcomes),
@@ -332,7 +379,7 @@ def summarize(
         "eta_rule": _error_stats(rule),
         "eta_api": _error_stats(api),
         "slot_gap": _spread(slot_gaps(outcomes)),
-        "slot_time": slot_time(outcomes, slots, scale),
+        "slot_time": slot_time(outcomes, slots, scale, costs),
         "preemptions": sum(o.preemptions for o in outcomes),
     }
     if len({o.tenant for o in outcomes}) > 1:
@@ -340,7 +387,7 @@ def summarize(
         out["wait_by_tenant"] = tenant_waits(started)
     for lane in LANES:
         out[f"wait_{lane}"] = _spread(_waits(outcomes, lane))
-        out[f"overhead_{lane}"] = overheads(outcomes, scale, lane)
+        out[f"overhead_{lane}"] = overheads(outcomes, scale, lane, costs)
         rule, api = _eta_errors(o for o in outcomes if o.kind.lane == lane)
         out[f"eta_rule_{lane}"], out[f"eta_api_{lane}"] = _error_stats(rule), _error_stats(api)
     return out

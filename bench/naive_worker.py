@@ -1,11 +1,13 @@
-"""The naive design, for comparison: workers in one consumer group read the requests directly.
+"""The Kafka baseline: workers in one consumer group read the requests directly, one topic per lane.
 
-Each process takes one job at a time from its share of the partitions (Kafka's range assignment), runs
-it with the real `JobRunner` (same simulated steps, checkpoints, MP4 encode and S3 upload as a reelstream
-slot) and commits the offset after the job (at-least-once). No scheduler, no lanes, no recovery other
-than redelivery after a rebalance. Events go to a bench-only topic.
+Each process takes one job at a time from its share of the partitions (Kafka's range assignment: one
+partition of each lane's topic), always from the first `--topic` that has a record (interactive first),
+runs it with the real `JobRunner` (the same simulated GPU, checkpoints, MP4 encode and S3 upload as a
+reelstream slot) and commits the offset after the job (at-least-once). No scheduler: no work moves
+between partitions, no look-ahead, no preemption, no recovery other than redelivery after a rebalance.
+Events go to a bench-only topic.
 
-    python bench/naive_worker.py --index 0 --topic T --events-topic E --group G --state-dir D
+    python -m bench.naive_worker --index 0 --topic I --topic B --events-topic E --group G --state-dir D
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from fleet_worker import StepTimeGenerator, add_slot_options, settings_of
 
+from bench.fleet_worker import add_slot_options, generator_of, settings_of
 from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import JobDispatched, JobEvent, JobRequested
 from services.common.kafka import make_consumer, make_producer, publish_event
@@ -42,13 +45,13 @@ class Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self.path.write_text("[]")
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.path.write_text(json.dumps(sorted(tp.partition for tp in assigned)))
+        self.path.write_text(json.dumps(sorted([tp.topic, tp.partition] for tp in assigned)))
 
 
 def make_runner(settings: WorkerSettings, args: argparse.Namespace, publish: Publish) -> JobRunner:
     return JobRunner(
         slot=settings.slot_id,
-        generator=StepTimeGenerator(args.model, args.scale, args.step_pacing),
+        generator=generator_of(args),
         store=Storage(settings),
         publish=publish,
         scratch_dir=settings.scratch_dir,
@@ -58,10 +61,28 @@ def make_runner(settings: WorkerSettings, args: argparse.Namespace, publish: Pub
     )
 
 
-async def consume(consumer: AIOKafkaConsumer, runner: JobRunner, stop: asyncio.Event) -> None:
-    """One job at a time; the offset is committed only after the job ended."""
+async def next_batch(
+    consumer: AIOKafkaConsumer, topics: Sequence[str], wait_s: float = 0.05
+) -> dict[TopicPartition, list[Any]]:
+    """At most one record, from the first of `topics` (in order) whose assigned partitions have one
+    fetched; waits `wait_s` when none has."""
+    assigned = consumer.assignment()
+    for topic in topics:
+        partitions = [tp for tp in assigned if tp.topic == topic]
+        if partitions:
+            batch = await consumer.getmany(*partitions, timeout_ms=0, max_records=1)
+            if batch:
+                return batch
+    await asyncio.sleep(wait_s)
+    return {}
+
+
+async def consume(
+    consumer: AIOKafkaConsumer, runner: JobRunner, stop: asyncio.Event, topics: Sequence[str]
+) -> None:
+    """One job at a time, interactive first; the offset is committed only after the job ended."""
     while not stop.is_set():
-        batch = await consumer.getmany(timeout_ms=500, max_records=1)
+        batch = await next_batch(consumer, topics)
         for tp, records in batch.items():
             for msg in records:
                 try:
@@ -93,10 +114,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         return await publish_event(producer, args.events_topic, event)
 
     runner = make_runner(settings, args, publish)
-    consumer.subscribe([args.topic], listener=Assignment(args.state_dir / f"naive-{args.index}.json"))
+    consumer.subscribe(args.topic, listener=Assignment(args.state_dir / f"naive-{args.index}.json"))
     drain = asyncio.create_task(_drain_on_stop(runner, stop))
     try:
-        await consume(consumer, runner, stop)
+        await consume(consumer, runner, stop, args.topic)
     finally:
         drain.cancel()
         await consumer.stop()
@@ -111,7 +132,7 @@ async def _drain_on_stop(runner: JobRunner, stop: asyncio.Event) -> None:
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", type=int, required=True)
-    p.add_argument("--topic", required=True)
+    p.add_argument("--topic", action="append", required=True, help="a requests topic; first = first served")
     p.add_argument("--events-topic", required=True)
     p.add_argument("--group", required=True)
     p.add_argument("--state-dir", type=Path, required=True)

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
+from bench import fleet_stats as fs
 from schemas.catalog import CATALOG, Quality
 
-STATS = Path(__file__).resolve().parents[3] / "bench" / "fleet_stats.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fleet_stats", STATS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fleet_stats"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-fs = _load()
 SCALE = 50.0
 
 
@@ -37,8 +21,19 @@ def test_job_kinds_follow_mochis_catalog_and_h100_step_times() -> None:
     assert (fs.SHORT.lane, fs.LONG.lane) == ("interactive", "batch")
     assert fs.SHORT.step_seconds(SCALE) == pytest.approx(1.02 / 50)
     assert fs.LONG.step_seconds(SCALE) == pytest.approx(7.76 / 50)
-    assert fs.LONG.work(SCALE) == pytest.approx(64 * 7.76 / 50)
+    assert fs.LONG.denoise(SCALE) == pytest.approx(64 * 7.76 / 50)
     assert fs.step_seconds(97, 1.0) == pytest.approx((1.02 + 7.76) / 2)
+
+
+def test_a_jobs_gpu_work_is_its_prompt_encode_steps_and_decode_at_h100_times() -> None:
+    """docs/facts.md: T5 0.07 s, tiled VAE decode 7.1 s at 163 frames; 1.4 s at 31 frames."""
+    assert fs.LONG.work(SCALE) == pytest.approx((0.07 + 64 * 7.76 + 7.1) / 50)
+    assert fs.SHORT.work(SCALE) == pytest.approx((0.07 + 16 * 1.02 + 1.4) / 50)
+    assert fs.LONG.work(SCALE, costs=False) == fs.LONG.denoise(SCALE)
+    assert fs.decode_seconds(97, 1.0) == pytest.approx((1.4 + 7.1) / 2)
+    # The MP4 encode is the host's (docs/engine.md: 22 s for 163 frames), not part of the GPU work.
+    assert fs.encode_seconds(163, SCALE) == pytest.approx(22.0 / 50)
+    assert fs.encode_seconds(31, 1.0) == pytest.approx(22.0 * 31 / 163)
 
 
 def test_seeded_burst_has_the_exact_mix_in_a_repeatable_order() -> None:
@@ -53,15 +48,20 @@ def test_seeded_burst_has_the_exact_mix_in_a_repeatable_order() -> None:
 
 def test_ideal_makespan_of_a_burst_is_total_work_over_slots() -> None:
     jobs = fs.burst(300, 0.2, seed=1)
-    work = 60 * 64 * 7.76 / 50 + 240 * 16 * 1.02 / 50
+    steps = 60 * 64 * 7.76 / 50 + 240 * 16 * 1.02 / 50
+    assert fs.total_work(jobs, SCALE, costs=False) == pytest.approx(steps)
+    assert fs.ideal_makespan(jobs, 8, SCALE, costs=False) == pytest.approx(84.288)
+    work = steps + (300 * 0.07 + 60 * 7.1 + 240 * 1.4) / 50
     assert fs.total_work(jobs, SCALE) == pytest.approx(work)
-    assert fs.ideal_makespan(jobs, 8, SCALE) == pytest.approx(work / 8)
-    assert work / 8 == pytest.approx(84.288)
+    # The last job's video is encoded after its frames: at least a short one's encode.
+    assert fs.ideal_makespan(jobs, 8, SCALE) == pytest.approx(work / 8 + fs.encode_seconds(31, SCALE))
+    assert work / 8 == pytest.approx(86.2455)
 
 
 def test_ideal_makespan_of_a_stream_is_bounded_by_the_last_arrival() -> None:
     jobs = [fs.BenchJob(0, fs.SHORT, 0.0), fs.BenchJob(1, fs.LONG, 100.0)]
-    assert fs.ideal_makespan(jobs, 8, SCALE) == pytest.approx(100.0 + fs.LONG.work(SCALE))
+    last = 100.0 + fs.LONG.work(SCALE) + fs.encode_seconds(163, SCALE)
+    assert fs.ideal_makespan(jobs, 8, SCALE) == pytest.approx(last)
 
 
 def test_poisson_stream_runs_at_the_requested_load_with_the_same_mix() -> None:
@@ -101,7 +101,8 @@ def test_eta_rule_counts_running_work_and_the_jobs_ahead_by_lane() -> None:
     assert view.eta_wait(fs.LONG) == pytest.approx((8 * short + long) / 8)
     view.started("l0", fs.LONG)
     view.progressed("l0", 48)
-    assert view.eta_wait(fs.SHORT) == pytest.approx((8 * short + long / 4) / 8)
+    left = fs.LONG.denoise(SCALE) / 4 + fs.decode_seconds(163, SCALE)  # 16 steps and the decode
+    assert view.eta_wait(fs.SHORT) == pytest.approx((8 * short + left) / 8)
     view.ended("l0")
     assert view.eta_wait(fs.LONG) == pytest.approx(8 * short / 8)
 

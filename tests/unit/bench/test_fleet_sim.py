@@ -5,26 +5,9 @@ fleet benchmark is compared with, and it checks the balancing rule does what it 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 
-BENCH = Path(__file__).resolve().parents[3] / "bench"
+from bench import fleet_sim as sim
 
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sys.path.insert(0, str(BENCH))
-_load("fleet_stats")
-sim = _load("fleet_sim")
 JOBS = sim.burst(300, 0.2, 20240611)  # the fleet benchmark's burst, same seed
 
 
