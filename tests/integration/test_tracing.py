@@ -1,9 +1,11 @@
-"""One job, one trace: the api, the scheduler, a worker slot and the projector in process, on fresh topics
-of the real Kafka, the real S3 and a scratch schema of the real Postgres, with spans kept in memory.
+"""One job, one trace: the api, the scheduler, a worker slot, the projector and the notifier in process, on
+fresh topics of the real Kafka, the real S3, a scratch schema and a scratch database of the real Postgres,
+with spans kept in memory.
 
 The trace starts at the POST /v1/jobs span and goes on through `ce_traceparent` on every record: the
 scheduler's decision (parented on the job.requested record it kept for the job), the worker's attempt
-and its phases (on the dispatch record), and the projector applying each event (on the event's record).
+and its phases (on the dispatch record), and the projector and the notifier taking each event (on the
+event's record).
 Run with `-s` to see the trace printed as a tree.
 """
 
@@ -13,9 +15,9 @@ import asyncio
 import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -27,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.events import JobEvent, TenantLimits
 from schemas.topics import SNAPSHOT_MAX_BYTES
 from services.api import publisher as api_publisher
-from services.api.auth import Caller, StaticKeys
+from services.api.auth import StaticKeys
 from services.api.main import app_state, create_app
 from services.api.notify import JobNotifier
 from services.api.publisher import JobPublisher
@@ -37,6 +39,8 @@ from services.common.db import make_engine
 from services.common.kafka import make_consumer, make_producer, partitions_of, publish_event
 from services.common.settings import CommonSettings
 from services.common.storage import Storage
+from services.common.tenants import Caller
+from services.notifier.main import run_live as run_notifier
 from services.projector.consumer import Projection, open_clients
 from services.projector.settings import ProjectorSettings
 from services.projector.store import Store
@@ -49,10 +53,12 @@ from services.worker.main import start_dispatch
 from services.worker.runner import JobRunner
 from services.worker.settings import WorkerSettings
 from services.worker.slot import Slot
+from tests.integration.test_notifier import notifier_db, notifier_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 TopicFactory = Callable[..., Awaitable[str]]
+Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 KEY = "test-tracing-key"
 CALLER = Caller(
     key_id=uuid.uuid4(),
@@ -84,7 +90,10 @@ EXPECTED = {
     "projector.apply job.started": "projector",
     "projector.apply job.checkpointed": "projector",
     "projector.apply job.succeeded": "projector",
+    "notifier.queue job.requested": "notifier",
+    "notifier.queue job.succeeded": "notifier",
 }
+__all__ = ["notifier_db"]  # the notifier test's scratch database (at the newest migration), reused
 
 
 @pytest.fixture
@@ -128,7 +137,7 @@ async def store(engine: AsyncEngine) -> AsyncIterator[Store]:
 
 
 @contextlib.asynccontextmanager
-async def running(*loops: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIterator[None]:
+async def running(*loops: Loop) -> AsyncIterator[None]:
     """The loops in tasks until the block ends; then stopped, and their errors raised."""
     stop = asyncio.Event()
     tasks = [asyncio.create_task(loop(stop)) for loop in loops]
@@ -142,18 +151,14 @@ async def running(*loops: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIt
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
 
 
-def scheduler_loop(
-    settings: CommonSettings, topics: SchedulerTopics
-) -> Callable[[asyncio.Event], Awaitable[None]]:
+def scheduler_loop(settings: CommonSettings, topics: SchedulerTopics) -> Loop:
     scheduler_settings = SchedulerSettings(
         kafka_bootstrap=settings.kafka_bootstrap, gpu_slots=1, tick_seconds=0.1, queue_view_interval_seconds=0
     )
     return lambda stop: scheduler_main.serve(scheduler_settings, stop, topics)
 
 
-def projector_loop(
-    settings: CommonSettings, topics: SchedulerTopics, store: Store
-) -> Callable[[asyncio.Event], Awaitable[None]]:
+def projector_loop(settings: CommonSettings, topics: SchedulerTopics, store: Store) -> Loop:
     projector_settings = ProjectorSettings(
         kafka_bootstrap=settings.kafka_bootstrap,
         requested_topic=topics.requested,
@@ -170,9 +175,7 @@ def projector_loop(
     return run
 
 
-def worker_loop(
-    settings: CommonSettings, topics: SchedulerTopics, scratch: Path
-) -> Callable[[asyncio.Event], Awaitable[None]]:
+def worker_loop(settings: CommonSettings, topics: SchedulerTopics, scratch: Path) -> Loop:
     """Slot 0 as `services.worker.main.serve` wires it, on the test's topics, with the simulated engine."""
     worker_settings = WorkerSettings(
         kafka_bootstrap=settings.kafka_bootstrap,
@@ -220,6 +223,11 @@ def worker_loop(
             await storage.close()
 
     return run
+
+
+def notifier_loop(database: str, topics: SchedulerTopics) -> Loop:
+    settings = notifier_settings(database, topics.requested, topics.events, topics.control)
+    return lambda stop: run_notifier(settings, stop)
 
 
 @contextlib.asynccontextmanager
@@ -288,6 +296,7 @@ async def test_one_connected_trace_per_job_across_every_service(
     settings: CommonSettings,
     topics: SchedulerTopics,
     store: Store,
+    notifier_db: str,
     spans: InMemorySpanExporter,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -302,6 +311,7 @@ async def test_one_connected_trace_per_job_across_every_service(
             scheduler_loop(settings, topics),
             worker_loop(settings, topics, tmp_path),
             projector_loop(settings, topics, store),
+            notifier_loop(notifier_db, topics),
         ),
         api(topics) as client,
     ):
@@ -314,6 +324,7 @@ async def test_one_connected_trace_per_job_across_every_service(
         assert response.headers["X-Request-ID"] == "trace-test-1"
         job_id = response.json()["id"]
         await wait_for_span(spans, "projector.apply job.succeeded")
+        await wait_for_span(spans, "notifier.queue job.succeeded")
     try:
         await storage.delete_prefix(f"jobs/{job_id}/")
     finally:
@@ -353,6 +364,7 @@ async def test_one_connected_trace_per_job_across_every_service(
     assert parent_of("projector.apply job.requested") == "publish job.requested"
     assert parent_of("projector.apply job.dispatched") == "scheduler.dispatch"
     assert parent_of("projector.apply job.succeeded") == "worker.publish job.succeeded"
+    assert parent_of("notifier.queue job.succeeded") == "worker.publish job.succeeded"
     assert parent_of("worker.publish job.succeeded") == "worker.attempt"
     for phase in ("encoding_prompt", "denoising", "decoding", "encoding_video", "uploading"):
         assert parent_of(f"worker.{phase}") == "worker.attempt"
