@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from services.cli.config import api_key
+from services.cli.config import api_key, auth_headers
 from tests.e2e.conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -73,6 +74,11 @@ def test_submit_from_the_page_watch_it_finish_and_play_the_video(services: str, 
     expect(card.locator("button.cancel")).to_be_hidden()
     expect(card.locator("button.download")).to_be_visible()
     assert {"queued", "succeeded"} <= set(page.evaluate("() => [...window.seen]"))
+    job_id = card.get_attribute("data-id")
+    announced = httpx.get(f"{services}/v1/jobs/{job_id}/events", headers=auth_headers(ROOT), timeout=30)
+    if "event: job.preview" in announced.text:
+        # Each preview the worker announced while the page followed the job was shown as an image.
+        assert int(card.get_attribute("data-previews") or 0) >= 1
 
     video = card.locator("video")
     expect(video).to_have_count(1)
