@@ -8,6 +8,8 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.topics import JOBS_EVENTS, JOBS_REQUESTED
+
 DEV_SECRETS = frozenset({"reelstream", "reelstream-secret", "changethis"})
 
 
@@ -100,3 +102,19 @@ class CommonSettings(BaseSettings):
             if weak:
                 raise ValueError(f"development secrets in production: set {', '.join(weak)}")
         return self
+
+
+class JobTopicsReaderSettings(CommonSettings):
+    """A service that reads jobs.requested and jobs.events by manual assignment with its offsets in
+    Postgres (`services/common/consumer.py`): the projector and the notifier. The topics are settings so
+    that tests (and a staging copy) can feed it topics of their own."""
+
+    requested_topic: str = JOBS_REQUESTED
+    events_topic: str = JOBS_EVENTS
+    poll_timeout_ms: int = Field(default=500, ge=10, le=60_000)
+    assignment_refresh_seconds: float = Field(
+        default=30.0, gt=0, description="How often partitions added to the topics are picked up."
+    )
+    retry_max_seconds: float = Field(
+        default=10.0, gt=0, description="Longest pause after Kafka or Postgres was unavailable."
+    )

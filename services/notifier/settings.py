@@ -6,31 +6,22 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from schemas.topics import DLQ, JOBS_EVENTS, JOBS_REQUESTED
-from services.common.settings import CommonSettings, Environment
+from schemas.topics import DLQ
+from services.common.settings import Environment, JobTopicsReaderSettings
 
 
-class NotifierSettings(CommonSettings):
-    """The topics are settings so that tests can feed the notifier topics of their own."""
+class NotifierSettings(JobTopicsReaderSettings):
+    """The webhook deliveries: the consumer that queues them, the sender that makes them."""
 
     service_name: str = "notifier"
     consumer_name: str = Field(
         default="reelstream-notifier",
         description="Key of the notifier's rows in consumer_offsets (no Kafka consumer group is used).",
     )
-    requested_topic: str = JOBS_REQUESTED
-    events_topic: str = JOBS_EVENTS
     dlq_topic: str = DLQ
 
     batch_max_records: int = Field(
         default=2000, ge=1, le=100_000, description="Most records per transaction."
-    )
-    poll_timeout_ms: int = Field(default=500, ge=10, le=60_000)
-    assignment_refresh_seconds: float = Field(
-        default=30.0, gt=0, description="How often partitions added to the topics are picked up."
-    )
-    retry_max_seconds: float = Field(
-        default=10.0, gt=0, description="Longest pause after Kafka or Postgres was unavailable."
     )
 
     retry_initial_seconds: float = Field(

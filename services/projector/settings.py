@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from schemas.topics import JOBS_EVENTS, JOBS_REQUESTED
-from services.common.settings import CommonSettings
+from services.common.settings import JobTopicsReaderSettings
 
 
-class ProjectorSettings(CommonSettings):
-    """The topics are settings so that tests (and a staging copy) can project topics of their own."""
+class ProjectorSettings(JobTopicsReaderSettings):
+    """The projection of both job topics into the read model, and the retention sweeper beside it."""
 
     service_name: str = "projector"
     consumer_name: str = Field(
         default="reelstream-projector",
         description="Key of this projection's rows in consumer_offsets (no Kafka consumer group is used).",
     )
-    requested_topic: str = JOBS_REQUESTED
-    events_topic: str = JOBS_EVENTS
     batch_max_records: int = Field(
         default=5000,
         ge=1,
@@ -28,7 +25,6 @@ class ProjectorSettings(CommonSettings):
             " (bench/projector_throughput.py); live batches stay what arrives in batch_interval_ms."
         ),
     )
-    poll_timeout_ms: int = Field(default=500, ge=10, le=60_000)
     batch_interval_ms: int = Field(
         default=50,
         ge=0,
@@ -38,12 +34,6 @@ class ProjectorSettings(CommonSettings):
             " load instead of the transactions (a transaction costs as much as ten events). A record that"
             " arrives after a quiet spell is applied at once. 0: a transaction per fetch."
         ),
-    )
-    assignment_refresh_seconds: float = Field(
-        default=30.0, gt=0, description="How often partitions added to the topics are picked up."
-    )
-    retry_max_seconds: float = Field(
-        default=10.0, gt=0, description="Longest back-off after Kafka or Postgres was unavailable."
     )
     stall_seconds: float = Field(
         default=5.0,
