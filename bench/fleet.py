@@ -101,6 +101,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noisy-jobs", type=int, default=48, help="tenants phase: the noisy tenant's burst")
     p.add_argument("--quiet-jobs", type=int, default=6, help="tenants phase: the quiet tenant's jobs")
     p.add_argument("--quiet-every", type=float, default=8.0, help="tenants phase: seconds between them")
+    p.add_argument(
+        "--settle-limit",
+        type=float,
+        default=20.0,
+        help="before each phase, wait at most this long for less than one busy core (a shared machine is "
+        "rarely that quiet)",
+    )
     p.add_argument("--no-api", action="store_true", help="skip the api/projector (no api ETA)")
     p.add_argument("--api-sample", type=int, default=3, help="ask the api for the ETA of every n-th job")
     p.add_argument(
@@ -229,7 +236,7 @@ class CeleryDesign:
             warm = [BenchJob(i, SHORT) for i in range(args.slots * 2)]
             await self.peer.run_workload(warm, args.scale, costs, 60)
             self.warm = True
-            await asyncio.to_thread(settle)
+            await asyncio.to_thread(settle, limit_s=args.settle_limit)
         return await self.peer.run_workload(jobs, args.scale, costs, limit_s)
 
 
@@ -240,7 +247,7 @@ async def measured_phase(design: AnyDesign, procs: Procs, phase: str, jobs: list
     args = design.args
     work = sum(j.kind.work(args.scale) for j in jobs)
     limit_s = 120 + 4 * max(work / args.slots, *(j.arrival for j in jobs))
-    settled_s, busy_before = await asyncio.to_thread(settle)
+    settled_s, busy_before = await asyncio.to_thread(settle, limit_s=args.settle_limit)
     load_before, started, cpu_before = os.getloadavg()[0], time.monotonic(), procs.cpu_snapshot()
     outcomes = await design.outcomes(phase, jobs, limit_s)
     summary = summarize(outcomes, jobs, args.slots, args.scale, bool(args.used["costs"].value))
@@ -469,7 +476,7 @@ async def run_phases(
         phases["reelstream tenants"] = await measured_phase(ours, procs, "tenants", jobs)
         save(results, args)
     if "kill" in args.phases:
-        await asyncio.to_thread(settle)
+        await asyncio.to_thread(settle, limit_s=args.settle_limit)
         results["kill"] = await kill_phase(ours, procs)
         save(results, args)
 
