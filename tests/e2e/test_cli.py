@@ -70,6 +70,11 @@ def test_submit_wait_get_list_and_download_an_mp4(services: str, tmp_path: Path)
     again = reelstream(services, "watch", job_id)
     assert again.returncode == 0 and again.stderr.strip().endswith(f"reelstream download {job_id}")
 
+    deleted = reelstream(services, "delete", job_id)
+    assert deleted.returncode == 0, deleted.stderr
+    gone = reelstream(services, "get", job_id)
+    assert gone.returncode == 2 and gone.stderr.startswith("error: 404 ")
+
 
 def test_refusals_are_one_line_and_exit_2(services: str) -> None:
     bad = reelstream(services, "submit", "a fox", "-m", "tiny-mochi", "--width", "100")

@@ -122,3 +122,36 @@ def test_a_wrong_key_is_said_plainly(services: str, page: Any) -> None:
     page.locator("#key").press("Tab")
     expect(page.locator("#who")).to_have_text("key refused")
     expect(page.locator("#gallery .empty")).to_contain_text("401")
+
+
+def test_cancel_then_delete_from_the_page(services: str, page: Any) -> None:
+    from playwright.sync_api import expect  # noqa: PLC0415
+
+    page.goto(f"{services}/")
+    page.locator("#key").fill(api_key(ROOT))
+    page.locator("#key").press("Tab")
+    expect(page.locator("#model option[value=tiny-mochi]")).to_have_count(1)
+    prompt = f"a long night train, to be cancelled {uuid.uuid4().hex[:8]}"
+    page.select_option("#model", "tiny-mochi")
+    page.locator("#prompt").fill(prompt)
+    page.locator("#width").fill("256")
+    page.locator("#height").fill("256")
+    page.select_option("#num_frames", "49")
+    page.select_option("#quality", "high")
+    page.locator("#submit").click()
+
+    card = page.locator("article.job", has_text=prompt)
+    expect(card).to_have_count(1)
+    job_id = card.get_attribute("data-id")
+    card.locator("button.cancel").click()
+    expect(card.locator(".status")).to_have_text("cancelled", timeout=120_000)
+    expect(card.locator("button.cancel")).to_be_hidden()
+    expect(card.locator("button.download")).to_be_hidden()
+
+    delete = card.locator("button.delete")
+    delete.click()
+    expect(delete).to_have_text("Really delete?")  # two clicks, no dialog
+    delete.click()
+    expect(card).to_have_count(0, timeout=30_000)
+    gone = httpx.get(f"{services}/v1/jobs/{job_id}", headers=auth_headers(ROOT), timeout=30)
+    assert gone.status_code == 404
