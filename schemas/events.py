@@ -117,6 +117,12 @@ class JobProgress(_Event):
     step: int | None = Field(default=None, ge=0)
     total_steps: int | None = Field(default=None, ge=1)
     seconds_per_step: float | None = Field(default=None, ge=0)
+    gpu_util: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Busy share of the slot's GPU (NVML) when the update was taken; absent without NVML.",
+    )
 
 
 class JobCheckpointed(_Event):

@@ -170,6 +170,7 @@ def events() -> dict[EventType, BaseModel]:
             step=16,
             total_steps=32,
             seconds_per_step=1.92,
+            gpu_util=0.97,
         ),
         t.CHECKPOINTED: JobCheckpointed(
             **_common(t.CHECKPOINTED, 41.9, WORKER, 1, 20),

@@ -27,7 +27,7 @@ from services.common import tracing
 from services.common.errors import RetryableError
 from services.common.runtime import retry
 from services.worker.engine.generator import StepInfo
-from services.worker.telemetry import TERMINAL_RETRIES, Phases
+from services.worker.telemetry import GPU_UTIL, TERMINAL_RETRIES, Phases
 
 log = logging.getLogger("reelstream.worker")
 
@@ -155,6 +155,7 @@ class Attempt:
             step=step.step if step else None,
             total_steps=step.total_steps if step else None,
             seconds_per_step=self.seconds_per_step,
+            gpu_util=GPU_UTIL(),
         )
 
     def phase_progress(self, phase: Phase) -> JobProgress:

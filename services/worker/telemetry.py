@@ -131,11 +131,52 @@ class GpuCollector(Collector):
         yield from (util, used, total)
 
 
+class GpuSampler:
+    """The busy share of the slot's GPU, for its progress events: NVML device 0, which in a pod is the
+    one GPU the device plugin gave it. NVML is looked for on the first call; without it (no package, no
+    driver) every call is None at once."""
+
+    def __init__(self, nvml: Any = None, index: int = 0) -> None:
+        self._nvml = nvml
+        self._index = index
+        self._handle: Any = None
+        self._tried = False
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                try:
+                    if self._nvml is None:
+                        import pynvml  # type: ignore[import-not-found]  # noqa: PLC0415 - GPU hosts only
+
+                        pynvml.nvmlInit()
+                        self._nvml = pynvml
+                    self._handle = self._nvml.nvmlDeviceGetHandleByIndex(self._index)
+                except Exception as e:  # ImportError, or NVMLError without a driver or device
+                    log.debug("no GPU utilisation in progress events: %s", e.__class__.__name__)
+                    self._handle = None
+            return self._handle
+
+    def __call__(self) -> float | None:
+        handle = self._handle if self._tried else self._open()
+        if handle is None:
+            return None
+        try:
+            return float(self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu) / 100.0
+        except Exception:  # a driver hiccup costs one update its figure, never the update
+            return None
+
+
+GPU_UTIL: Final = GpuSampler()
+
+
 def watch_gpu(registry: CollectorRegistry = REGISTRY, nvml: Any = None) -> bool:
     """Register the GPU collector when NVML answers; False (and nothing registered) otherwise."""
     if nvml is None:
         try:
-            import pynvml  # type: ignore[import-not-found]  # noqa: PLC0415 - only GPU hosts have it
+            import pynvml  # noqa: PLC0415 - only GPU hosts have it
 
             pynvml.nvmlInit()
         except Exception as e:  # ImportError, or NVMLError without a driver

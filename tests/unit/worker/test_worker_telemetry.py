@@ -10,16 +10,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from schemas.events import EventType, JobDispatched, JobEvent
-from schemas.jobs import JobRequest, resolve
+from schemas.jobs import JobRequest, Phase, resolve
 from services.common.errors import BrokerUnavailable, StorageUnavailable
+from services.worker import attempt as attempt_module
 from services.worker.artifacts import Artifacts
 from services.worker.attempt import Attempt, Backoff
 from services.worker.engine.simulated import SimulatedGenerator
 from services.worker.runner import JobRunner
-from services.worker.telemetry import GpuCollector, watch_gpu
+from services.worker.telemetry import GpuCollector, GpuSampler, watch_gpu
 
 PHASES = ("encoding_prompt", "denoising", "decoding", "encoding_video", "uploading")
 
@@ -161,3 +163,20 @@ def test_the_worker_metrics_are_exposed() -> None:
         "reelstream_worker_terminal_publish_retries_total",
     ):
         assert f"# TYPE {name} " in text, name
+
+
+def test_progress_events_carry_the_gpu_utilisation_of_nvml(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempt = Attempt(dispatch(), producer="worker-0", publish=FlakyPublish())
+    monkeypatch.setattr(attempt_module, "GPU_UTIL", GpuSampler(FakeNvml(), index=0))
+    assert attempt.phase_progress(Phase.DENOISING).gpu_util == 0.87
+    monkeypatch.setattr(attempt_module, "GPU_UTIL", GpuSampler())  # no pynvml here: no figure
+    assert attempt.phase_progress(Phase.DENOISING).gpu_util is None
+
+    class Flaky(FakeNvml):
+        def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+
+    monkeypatch.setattr(attempt_module, "GPU_UTIL", GpuSampler(Flaky()))
+    assert attempt.phase_progress(Phase.DECODING).gpu_util is None  # the update still goes
