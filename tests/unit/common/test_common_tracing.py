@@ -4,6 +4,8 @@ every record), read back by `extract`, and the spans of a consumer parented on t
 from __future__ import annotations
 
 import asyncio
+import http.server
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -165,3 +167,42 @@ def test_a_dead_letter_keeps_the_context_of_the_record_it_parks() -> None:
     asyncio.run(scenario())
     (letter,) = producer.sent
     assert tracing.carrier(letter["headers"]) == {"traceparent": TRACEPARENT.decode()}
+
+
+def test_spans_go_over_otlp_http_to_the_configured_collector() -> None:
+    """A stand-in collector on localhost gets the spans as OTLP/HTTP protobuf on /v1/traces."""
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        provider = tracing.setup("scheduler", f"http://127.0.0.1:{server.server_port}")
+        with tracing.span("scheduler", "scheduler.dispatch"):
+            pass
+        assert provider.force_flush(10_000)
+    finally:
+        tracing.use_provider(None)
+        server.shutdown()
+    ((path, content_type, body),) = received
+    assert path == "/v1/traces" and content_type == "application/x-protobuf"
+    assert b"scheduler.dispatch" in body and b"reelstream-scheduler" in body
+
+
+def test_without_an_endpoint_spans_are_made_but_exported_nowhere() -> None:
+    provider = tracing.setup("api")
+    try:
+        with tracing.span("api", "GET /v1/jobs/{job_id}") as span:
+            assert span.get_span_context().is_valid  # the logs' trace_id
+        assert not provider._active_span_processor._span_processors
+    finally:
+        tracing.use_provider(None)
