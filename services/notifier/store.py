@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 from sqlalchemy import BigInteger, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from schemas.events import JobEvent, JobRequested
 from services.common.consumer import advance_offsets, stored_offsets, unapplied
+from services.common.db import CONNECTION_LOST
 from services.common.errors import DatabaseUnavailable
 from services.common.readmodel import Base
 from services.common.tenants import webhook_secrets
@@ -150,13 +149,7 @@ class Store:
         try:
             async with self._engine.begin() as conn:
                 yield conn
-        except (
-            OperationalError,
-            InterfaceError,
-            asyncpg.PostgresConnectionError,
-            OSError,
-            TimeoutError,
-        ) as e:
+        except CONNECTION_LOST as e:
             raise DatabaseUnavailable(f"notifier transaction failed: {e}") from e
 
     async def load_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
@@ -380,13 +373,7 @@ class Store:
             async with AsyncSession(self._engine) as session:
                 for tenant in sorted(set(tenants)):
                     found[tenant] = await webhook_secrets(session, tenant)
-        except (
-            OperationalError,
-            InterfaceError,
-            asyncpg.PostgresConnectionError,
-            OSError,
-            TimeoutError,
-        ) as e:
+        except CONNECTION_LOST as e:
             raise DatabaseUnavailable(f"cannot read webhook secrets: {e}") from e
         return found
 

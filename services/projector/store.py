@@ -20,15 +20,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-import asyncpg
 from sqlalchemy import BigInteger, RowMapping, bindparam, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.envelope import upcast
 from schemas.events import JOB_EVENT_ADAPTER, EventType, JobEvent, JobRequested
 from services.common.consumer import advance_offsets, stored_offsets, unapplied
+from services.common.db import CONNECTION_LOST
 from services.common.errors import DatabaseUnavailable
 from services.common.readmodel import (
     NOTIFY_CHANNEL,
@@ -194,13 +194,7 @@ class Store:
         try:
             async with self._engine.begin() as conn:
                 yield conn
-        except (
-            OperationalError,
-            InterfaceError,
-            asyncpg.PostgresConnectionError,
-            OSError,
-            TimeoutError,
-        ) as e:
+        except CONNECTION_LOST as e:
             raise DatabaseUnavailable(f"read model transaction failed: {e}") from e
         except DBAPIError as e:
             refused = refusal(e)
