@@ -70,9 +70,11 @@ class Guard:
     (each SSE frame of each stream) through a memory stream and a task of its own.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # The one route that takes a file (an input image to POST /v1/videos) may carry more.
+        self.max_upload_bytes = max_upload_bytes or max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,11 +90,13 @@ class Guard:
 
         try:
             declared = Headers(scope=scope).get("content-length", "0")
-            if not declared.isdigit() or int(declared) > self.max_body_bytes:
+            upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/videos"
+            limit = self.max_upload_bytes if upload else self.max_body_bytes
+            if not declared.isdigit() or int(declared) > limit:
                 too_large = errors.problem(
                     413,
                     "Request body too large",
-                    f"a request body holds at most {self.max_body_bytes} bytes (Content-Length {declared})",
+                    f"a request body holds at most {limit} bytes (Content-Length {declared})",
                 )
                 await too_large(scope, receive, counted)
                 return
@@ -140,7 +144,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(deliveries.router)
     app.mount("/metrics", make_asgi_app())
 
-    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        Guard, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+    )
     app.add_middleware(RequestContext)  # outermost: every answer, a 413 included, has its id and span
 
     page = files("services.api.web").joinpath("index.html").read_text()

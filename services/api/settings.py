@@ -91,6 +91,11 @@ class ApiSettings(CommonSettings):
     max_body_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Largest request body; a larger one is a 413 problem."
     )
+    max_upload_bytes: int = Field(
+        default=10 * 1024 * 1024 + 64 * 1024,
+        ge=1024,
+        description="Largest body of POST /v1/videos, which may carry an input image (10 MiB at most).",
+    )
     health_timeout_seconds: float = Field(default=3.0, gt=0)
 
 

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -23,7 +24,7 @@ from services.api.deletion import DeletedOut, delete_job, was_deleted
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import DB_ERRORS, Conflict, IdempotencyMismatch, JobNotFound, problems
 from services.api.ids import created_at_of, keyed_job_id, new_job_id
-from services.api.images import image_from_url
+from services.api.images import image_from_upload, image_from_url
 from services.api.notify import wait_event
 from services.api.queries import find_by_idempotency_key, get_job, list_jobs
 from services.api.submit import accept_by, publish_request
@@ -94,9 +95,36 @@ async def submit(
 ) -> JobOut:
     """Accept a job. The 202 is sent only after Kafka acknowledged `job.requested` with acks=all and an
     append time within the submit deadline; otherwise 503, and the job will never exist (`submit.py`)."""
+    return await accept(
+        body, caller=caller, state=state, session=session, response=response, idempotency_key=idempotency_key
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageUpload:
+    """An input image the client uploaded (`/v1/videos`' input_reference), named by its form field."""
+
+    data: bytes
+    content_type: str | None
+    field: str
+
+
+async def accept(
+    body: JobRequest,
+    *,
+    caller: Caller,
+    state: AppState,
+    session: SessionDep,
+    response: Response,
+    idempotency_key: str | None,
+    upload: ImageUpload | None = None,
+) -> JobOut:
+    """`submit`, for the routes that take a job in another shape (`/v1/videos`), an uploaded image too."""
     started = time.perf_counter()
-    resolved = resolve(body)
+    resolved = resolve(body, image_field=upload.field if upload is not None else None)
     digest = request_hash(body)
+    if upload is not None:  # a retry with the same key and another image is another body
+        digest = hashlib.sha256(f"{digest}:{hashlib.sha256(upload.data).hexdigest()}".encode()).hexdigest()
     if idempotency_key is not None:
         job_id = keyed_job_id(caller.tenant, idempotency_key)
         existing = await find_by_idempotency_key(session, caller.tenant, idempotency_key)
@@ -111,7 +139,10 @@ async def submit(
         job_id = new_job_id()
     await _check_queue(state, session)
     _check_quota(state, caller)
-    if body.image_url is not None:
+    if upload is not None:
+        key = await image_from_upload(state.storage, job_id, upload.data, upload.content_type, upload.field)
+        resolved = resolved.model_copy(update={"image_key": key})
+    elif body.image_url is not None:
         # Stored before the request is published: a worker never sees a job whose image is missing.
         key = await image_from_url(state.storage, job_id, str(body.image_url), "image_url")
         resolved = resolved.model_copy(update={"image_key": key})

@@ -295,12 +295,6 @@ def check(request: JobRequest, upload: Upload | None) -> None:
         errors = list(merged.values())
         detail = "; ".join(f"{err['field']}: {err['message']} (allowed: {err['allowed']})" for err in errors)
         raise InvalidVideo(detail, errors=errors) from None
-    if upload is not None:
-        raise invalid(
-            "input_reference",
-            f"an uploaded image is not taken by model {request.model} here yet",
-            'input_reference as {"image_url": "https://..."} with a model that takes an image',
-        )
 
 
 # --- the answers -----------------------------------------------------------------------------------------
@@ -483,13 +477,17 @@ async def create(
     fields, as_text = await read_fields(request)
     body, upload = video_request(fields, as_text)
     check(body, upload)
-    job = await jobs.submit(
+    image = None
+    if upload is not None:
+        image = jobs.ImageUpload(upload.data, upload.content_type, "input_reference")
+    job = await jobs.accept(
         body,
         caller=caller,
         state=state,
         session=session,
         response=response,
         idempotency_key=idempotency_key,
+        upload=image,
     )
     response.headers["Location"] = f"/v1/videos/{job.id}"
     video = video_of(job, state.settings.retention_days)

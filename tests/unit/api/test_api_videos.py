@@ -4,6 +4,7 @@ publisher stands in for Kafka; no database is read on that path)."""
 
 from __future__ import annotations
 
+import io
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -11,6 +12,7 @@ from typing import Any, cast
 import httpx
 import httpx2
 import openai
+import PIL.Image
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -212,7 +214,23 @@ class EmptyQueue(QueueDepth):
         return 0
 
 
-def openai_client(publisher: AckingPublisher) -> openai.AsyncOpenAI:
+class MemoryStorage:
+    """S3 as a dictionary."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, str]] = {}
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self.objects[key] = (data, content_type)
+
+
+def png(width: int = 64, height: int = 48) -> bytes:
+    out = io.BytesIO()
+    PIL.Image.new("RGB", (width, height), (200, 40, 40)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def openai_client(publisher: AckingPublisher, storage: MemoryStorage | None = None) -> openai.AsyncOpenAI:
     settings = ApiSettings()
     app = create_app(settings)
     caller = Caller(
@@ -223,7 +241,7 @@ def openai_client(publisher: AckingPublisher) -> openai.AsyncOpenAI:
         settings,
         make_engine(settings),
         cast(JobPublisher, publisher),
-        cast(Storage, None),
+        cast(Storage, storage),
         JobNotifier(settings.database_url.get_secret_value()),
         keys=StaticKeys({KEY: caller}),
     )
@@ -267,3 +285,34 @@ async def test_the_openai_client_sees_a_refusal_naming_the_field() -> None:
     with pytest.raises(openai.UnprocessableEntityError) as info:
         await client.videos.create(prompt="a heron", model="sora-2")
     assert cast(dict[str, Any], info.value.body)["errors"][0]["field"] == "model"
+
+
+async def test_the_openai_client_uploads_an_input_reference_for_image_to_video() -> None:
+    publisher, storage = AckingPublisher(), MemoryStorage()
+    client = openai_client(publisher, storage)
+    image = png()
+    video = await client.videos.create(
+        prompt="the kite lifts off",
+        model="tiny-wan-i2v",
+        input_reference=("kite.png", image, "image/png"),
+    )
+    (sent,) = publisher.published
+    assert video.id == str(sent.job_id) and sent.request.image_key == f"jobs/{sent.job_id}/input/image"
+    assert storage.objects[sent.request.image_key] == (image, "image/png")
+    # Not an image: refused naming the field, nothing stored, nothing published.
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.videos.create(
+            prompt="the kite lifts off",
+            model="tiny-wan-i2v",
+            input_reference=("kite.png", b"GIF89a", "image/png"),
+        )
+    assert info.value.status_code == 415
+    assert cast(dict[str, Any], info.value.body)["errors"][0]["field"] == "input_reference"
+    assert len(publisher.published) == 1 and len(storage.objects) == 1
+    # A model that makes video from text only names the ones that take an image.
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        await client.videos.create(
+            prompt="the kite", model="tiny-mochi", input_reference=("kite.png", image, "image/png")
+        )
+    error = cast(dict[str, Any], info.value.body)["errors"][0]
+    assert error["field"] == "input_reference" and "tiny-wan-i2v" in error["allowed"]
