@@ -51,7 +51,7 @@ def counting_block_work(generator: DiffusersGenerator) -> Iterator[list[int]]:
 
 
 def _run(generator: DiffusersGenerator, speed: Speed, **overrides: Any) -> tuple[np.ndarray, int]:
-    request = make_request(speed=speed, num_inference_steps=STEPS, **overrides)
+    request = make_request(**{"speed": speed, "num_inference_steps": STEPS, "num_frames": 7, **overrides})
     with counting_block_work(generator) as calls:
         video = generator.generate(request, **Recorder().callbacks())
     return video.frames, calls[0]
@@ -87,8 +87,8 @@ def test_fp8_and_compile_are_skipped_on_the_cpu_with_the_reason_logged(
     caplog.set_level(logging.INFO, logger="services.worker.engine.speed")
     tiny_generator.speeds._logged.clear()  # logged once per generator: start from a clean slate
 
-    _run(tiny_generator, Speed.FASTEST, num_frames=7)
-    _run(tiny_generator, Speed.FASTEST, num_frames=7)
+    _run(tiny_generator, Speed.FASTEST)
+    _run(tiny_generator, Speed.FASTEST)
 
     applied = tiny_generator.last_speed
     assert applied is not None and applied.recipe == "taylorseer-lite-2+1/2"
@@ -106,7 +106,7 @@ def test_fp8_and_compile_are_skipped_on_the_cpu_with_the_reason_logged(
 def test_a_resumed_tier_equals_a_fresh_run_of_that_tier_from_the_checkpoint(
     tiny_generator: DiffusersGenerator, cpu_settings: EngineSettings, speed: Speed
 ) -> None:
-    request = make_request(speed=speed, num_inference_steps=STEPS)
+    request = make_request(speed=speed, num_inference_steps=STEPS, num_frames=7)
     first = Recorder(raise_at=3, error=Cancelled())
     with pytest.raises(Cancelled):
         tiny_generator.generate(request, checkpoint_every=2, **first.callbacks())
@@ -138,7 +138,7 @@ def test_a_resumed_tier_equals_a_fresh_run_of_that_tier_from_the_checkpoint(
 
 
 def test_a_checkpoint_resumes_only_its_own_tier(tiny_generator: DiffusersGenerator) -> None:
-    exact = make_request(num_inference_steps=STEPS)
+    exact = make_request(num_inference_steps=STEPS, num_frames=7)
     rec = Recorder(raise_at=3, error=Cancelled())
     with pytest.raises(Cancelled):
         tiny_generator.generate(exact, checkpoint_every=2, **rec.callbacks())
@@ -160,8 +160,8 @@ def test_tiers_run_on_blocks_compiled_by_the_worker_setting(cpu_settings: Engine
     )
     compiled.load()
 
-    fastest, work = _run(compiled, Speed.FASTEST, num_frames=7)
-    again, _ = _run(compiled, Speed.FASTEST, num_frames=7)
+    fastest, work = _run(compiled, Speed.FASTEST)
+    again, _ = _run(compiled, Speed.FASTEST)
 
     tier = CATALOG["tiny-mochi"].speeds[Speed.FASTEST]
     assert work == len(transformer_blocks(compiled.pipe.transformer)) * tier.full_steps(STEPS)
