@@ -43,7 +43,8 @@ from services.common.readmodel import Job
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
 POLL_AFTER_MS: Final = 1000
-_SIZE: Final = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
+_SIZE: Final = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
+_SECONDS: Final = re.compile(r"^[0-9]{1,2}(\.[0-9]{1,3})?$")
 # Fields of the job request that keep their name here (as strings in a form, their JSON type in JSON).
 _PASSTHROUGH: Final[dict[str, type]] = {
     "negative_prompt": str,
@@ -200,14 +201,9 @@ def _size(value: object, spec: ModelSpec) -> tuple[int, int]:
 
 
 def _seconds(value: object, spec: ModelSpec) -> float:
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    text = isinstance(value, str) and _SECONDS.match(value) is not None
+    seconds = float(value) if number or text else None  # type: ignore[arg-type]
     if seconds is None or not 0 < seconds <= 60:  # JobRequest's own bound
         raise invalid("seconds", f"{value!r} is not a duration", seconds_allowed(spec))
     return seconds
@@ -286,7 +282,7 @@ def check(request: JobRequest, upload: Upload | None) -> None:
     except RequestRejected as e:
         merged: dict[str, dict[str, str]] = {}
         for p in e.problems:
-            field = _RENAMED.get(p.field, p.field)
+            field = _RENAMED.get(p.field, p.field) if p.field != "image_url" else "input_reference"
             message = f"{p.field} {p.message}" if field != p.field else p.message
             if field in merged:  # width and height are both the size
                 merged[field]["message"] += f"; {message}"
@@ -416,8 +412,8 @@ _FORM_SCHEMA: Final[dict[str, Any]] = {
     "properties": {
         "prompt": {"type": "string", "minLength": 1, "maxLength": 2000},
         "model": {"type": "string", "enum": list(CATALOG), "default": DEFAULT_MODEL},
-        "size": {"type": "string", "pattern": r"^[0-9]{1,5}x[0-9]{1,5}$", "description": "WxH"},
-        "seconds": {"type": "string", "pattern": r"^[0-9]{1,2}(\.[0-9]{1,3})?$"},
+        "size": {"type": "string", "pattern": _SIZE.pattern, "description": "WxH"},
+        "seconds": {"type": "string", "pattern": _SECONDS.pattern},
         "input_reference": {"type": "string", "format": "binary", "description": "An image file."},
         "quality": {"type": "string", "enum": ["low", "medium", "high"]},
         "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
@@ -427,6 +423,12 @@ _JSON_SCHEMA: Final[dict[str, Any]] = {
     **_FORM_SCHEMA,
     "properties": {
         **{k: v for k, v in _FORM_SCHEMA["properties"].items() if k != "input_reference"},
+        "seconds": {
+            "anyOf": [
+                {"type": "string", "pattern": _SECONDS.pattern},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+            ]
+        },
         "input_reference": {
             "type": "object",
             "properties": {"image_url": {"type": "string", "format": "uri"}},

@@ -91,7 +91,7 @@ def test_an_unknown_model_names_the_catalog() -> None:
     assert error["field"] == "model" and error["allowed"] == ", ".join(CATALOG)
 
 
-@pytest.mark.parametrize("size", ["big", "720", "1280x", "-16x32", "16 by 32"])
+@pytest.mark.parametrize("size", ["big", "720", "1280x", "-16x32", "16 by 32", " 96x64", "96X64"])
 def test_a_size_that_is_not_wxh_names_the_sizes_of_the_model(size: str) -> None:
     error = refused({"prompt": "fog", "model": "tiny-mochi", "size": size})
     assert error["field"] == "size"
@@ -106,7 +106,7 @@ def test_a_size_the_model_cannot_make_is_refused_as_size() -> None:
     )
 
 
-@pytest.mark.parametrize("seconds", ["soon", "0", "-1", "61", True])
+@pytest.mark.parametrize("seconds", ["soon", "0", "-1", "61", True, "1e0", " 1", "nan", 0, 61.0])
 def test_seconds_that_are_not_a_duration_name_the_longest(seconds: object) -> None:
     error = refused({"prompt": "fog", "model": "tiny-mochi", "seconds": seconds})
     assert error["field"] == "seconds" and error["allowed"].endswith("up to 1.63 at 30 fps")
@@ -135,6 +135,8 @@ def test_input_reference_as_an_image_url_or_a_file() -> None:
     image = Upload(b"\x89PNG", "image/png", "a.png")
     error = refused({"prompt": "fog", "model": "tiny-mochi", "input_reference": image})
     assert error["field"] == "input_reference" and "does not take an input image" in error["message"]
+    # And a model that needs one says so in this api's name for it.
+    assert refused({"prompt": "fog", "model": "tiny-wan-i2v"})["field"] == "input_reference"
 
 
 def test_multipart_bodies_as_httpx_and_the_openai_client_write_them() -> None:
