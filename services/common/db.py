@@ -6,23 +6,9 @@ from typing import Final
 
 import asyncpg
 from sqlalchemy.exc import InterfaceError, OperationalError
-from typing import Final
-
-import asyncpg
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from services.common.settings import CommonSettings
-
-# What a transaction raises when Postgres is unreachable or dropped the connection: the caller retries
-# later (as `DatabaseUnavailable`), the same rows may well go through then.
-CONNECTION_LOST: Final = (
-    OperationalError,
-    InterfaceError,
-    asyncpg.PostgresConnectionError,
-    OSError,
-    TimeoutError,
-)
 
 # What a transaction raises when Postgres is unreachable or dropped the connection: the caller retries
 # later (as `DatabaseUnavailable`), the same rows may well go through then.
