@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from services.worker.engine import (
     build_generator,
 )
 from services.worker.engine.memory import transformer_blocks
+from services.worker.engine.speed import SpeedTiers
 
 from .conftest import Recorder, make_request
 from .test_engine_wan import WAN, _save_tiny_wan
@@ -212,3 +214,85 @@ def test_the_simulated_generator_sleeps_a_tiers_expected_share_of_a_step() -> No
     assert exact.seconds_per_step == pytest.approx(1.0)
     ratio = CATALOG["tiny-mochi"].speeds[Speed.FASTEST].step_time_ratio
     assert fastest.seconds_per_step == pytest.approx(ratio)
+
+
+class FakeTorchao:
+    """Stands in for `torchao.quantization` (not installed here): `quantize_` marks the module it was
+    given, or fails like a GPU without room when told to."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.quantized: list[Any] = []
+
+    class Float8DynamicActivationFloat8WeightConfig:
+        pass
+
+    def quantize_(self, module: Any, config: Any) -> None:
+        if self.fail:
+            raise RuntimeError("no room for the FP8 copy")
+        self.quantized.append(module)
+
+
+@pytest.fixture
+def fp8_generator(
+    cpu_settings: EngineSettings, monkeypatch: pytest.MonkeyPatch
+) -> tuple[DiffusersGenerator, FakeTorchao]:
+    """A generator whose tiers believe they are on an FP8 GPU with torchao, and compile with aot_eager."""
+    fake = FakeTorchao()
+    monkeypatch.setitem(sys.modules, "torchao.quantization", fake)
+    monkeypatch.setattr(SpeedTiers, "_fp8_blocker", lambda self, device: None)
+    generator = DiffusersGenerator(
+        "tiny-mochi", cpu_settings.model_copy(update={"compile_backend": "aot_eager"})
+    )
+    generator.load()
+    return generator, fake
+
+
+def test_fastest_swaps_in_one_fp8_transformer_for_its_calls_only(
+    fp8_generator: tuple[DiffusersGenerator, FakeTorchao],
+) -> None:
+    generator, fake = fp8_generator
+    original = generator.pipe.transformer
+    exact, _ = _run(generator, Speed.EXACT)
+    seen: list[Any] = []
+    original_call = type(generator.pipe).__call__
+
+    def spy(pipe: Any, **kwargs: Any) -> Any:
+        seen.append(pipe.transformer)
+        return original_call(pipe, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(generator.pipe), "__call__", spy)
+        _run(generator, Speed.FASTEST)
+        _run(generator, Speed.FASTEST)
+        on_fp8 = generator.last_speed
+        _run(generator, Speed.FAST)
+
+    assert len(fake.quantized) == 1  # built once, on the first fastest job
+    fp8 = fake.quantized[0]
+    assert seen == [fp8, fp8, original]  # fastest ran on the copy, fast on the shared weights
+    assert fp8 is not original and generator.pipe.transformer is original
+    assert on_fp8 is not None and on_fp8.fp8 and on_fp8.compiled and on_fp8.skipped == ()
+    applied = generator.last_speed
+    assert applied is not None and applied.speed is Speed.FAST and not applied.fp8
+    assert np.array_equal(_run(generator, Speed.EXACT)[0], exact)
+
+
+def test_a_failed_fp8_build_is_logged_once_and_the_tier_runs_with_its_cache(
+    fp8_generator: tuple[DiffusersGenerator, FakeTorchao], caplog: pytest.LogCaptureFixture
+) -> None:
+    generator, fake = fp8_generator
+    fake.fail = True
+    caplog.set_level(logging.INFO, logger="services.worker.engine.speed")
+
+    _, work = _run(generator, Speed.FASTEST)
+    _run(generator, Speed.FASTEST)
+
+    applied = generator.last_speed
+    assert applied is not None and not applied.fp8 and not applied.compiled
+    reason = "FP8 weights skipped: building them failed (RuntimeError: no room for the FP8 copy)"
+    assert applied.skipped[0] == reason
+    assert [r.getMessage() for r in caplog.records].count(f"tiny-mochi: {reason}") == 1
+    assert work == len(transformer_blocks(generator.pipe.transformer)) * CATALOG["tiny-mochi"].speeds[
+        Speed.FASTEST
+    ].full_steps(STEPS)
