@@ -50,6 +50,7 @@ KNOBS: Final = (
     Knob("heartbeat_seconds", "worker"),
     Knob("progress_interval_seconds", "worker"),
     Knob("max_finishing", "worker"),
+    Knob("preview_every_steps", "worker"),
     Knob("step_pacing", "bench"),  # a simulated step: a plain sleep, as production's GPU waits
     Knob("costs", "bench"),  # prompt encode, VAE decode and MP4 encode spent, not only the steps
 )

@@ -70,6 +70,7 @@ def test_every_service_gets_all_of_its_settings_in_its_environment() -> None:
     assert scheduler["REELSTREAM_DEAD_AFTER_SECONDS"] == "10.0"
     assert worker["REELSTREAM_CHECKPOINT_MIN_SECONDS"] == "0.6"
     assert worker["REELSTREAM_PROGRESS_INTERVAL_SECONDS"] == "0.25"
+    assert worker["REELSTREAM_PREVIEW_EVERY_STEPS"] == "4"  # previews of the latents, production's default
     assert not set(scheduler) & set(worker)
     # Every name is a field of the settings the service reads.
     assert {k.removeprefix("REELSTREAM_").lower() for k in scheduler} <= set(SchedulerSettings.model_fields)
