@@ -7,7 +7,7 @@ never by its name or declared type: PNG, JPEG or WebP by magic bytes, at most `M
 `input_image_key(job_id)` before `job.requested` is published, so a worker never sees a job whose image
 is not there. Every refusal is a 4xx problem naming the field.
 
-The URL fetch follows the webhook rules (`services.notifier.targets`): https only, every address the name
+The URL fetch follows the webhook rules (`services.common.targets`): https only, every address the name
 resolves to must be public (no loopback, private, link-local such as 169.254.169.254, CGNAT, ...), the
 connection goes to exactly the address checked (no DNS rebinding), no redirects, a size cap read as it
 streams, and a timeout.
@@ -28,7 +28,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from services.api.errors import ApiError
 from services.common.storage import input_image_key
-from services.notifier.targets import PinnedResolver, TargetPolicy, TargetRefused
+from services.common.targets import PinnedResolver, TargetPolicy, TargetRefused
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from schemas.envelope import Record, encode_event
 from schemas.events import JOB_EVENT_ADAPTER
 from services.common.errors import BrokerUnavailable, RetryableError
 from services.common.kafka import Producer, make_producer, send
+from services.common.targets import PinnedResolver, TargetPolicy, TargetRefused
 from services.notifier import signing
 from services.notifier.backoff import Backoff
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import AttemptResult, Claimed, Store
-from services.notifier.targets import PinnedResolver, TargetPolicy, TargetRefused
 
 log = logging.getLogger(__name__)
 

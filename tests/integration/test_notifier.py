@@ -59,11 +59,11 @@ from services.api.settings import ApiSettings
 from services.common.db import make_engine
 from services.common.settings import CommonSettings
 from services.common.storage import Storage
+from services.common.targets import static_results
 from services.common.tenants import Caller, ensure_tenant, webhook_secrets
 from services.notifier.main import run_live
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store
-from services.notifier.targets import static_results
 from tests.unit.api.test_api_submit import CALLER, KEY, static_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -23,7 +23,7 @@ from services.api.images import (
     image_from_url,
 )
 from services.common.storage import input_image_key
-from services.notifier.targets import TargetPolicy, static_results
+from services.common.targets import TargetPolicy, static_results
 
 JOB = uuid.UUID("0b7e4c1a-5d2f-4e8a-9c31-7f6d2a8b9e40")
 LOCAL = TargetPolicy(allow_http=True, allow_private=True)  # the test server is on 127.0.0.1

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from services.common.targets import PinnedResolver, TargetPolicy, TargetRefused, forbidden, static_results
 from services.notifier.sender import WebhookClient, _error_of, _printable
 from services.notifier.settings import NotifierSettings
-from services.notifier.targets import PinnedResolver, TargetPolicy, TargetRefused, forbidden, static_results
 
 STRICT = TargetPolicy()
 

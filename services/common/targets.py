@@ -1,6 +1,6 @@
-"""Which webhook targets may be called: a webhook URL comes from a client, and the notifier runs inside the
-cluster, so without these rules any client could make it call internal services or the cloud metadata
-endpoint (SSRF).
+"""Which URLs a client may make us call: a webhook URL (the notifier) or an input image's URL (the api).
+Both come from a client and both callers run inside the cluster, so without these rules any client could
+make them call internal services or the cloud metadata endpoint (SSRF).
 
 - https only (http where `allow_http`, for local development);
 - every address the host resolves to must be public: no loopback, private, link-local (169.254.169.254),
