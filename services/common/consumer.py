@@ -11,7 +11,9 @@ already) and `advance_offsets` moves the offsets past the rest, in `consumer_off
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -23,10 +25,12 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.errors import BrokerUnavailable
+from services.common.errors import BrokerUnavailable, RetryableError
 from services.common.kafka import Producer, make_consumer, make_producer
 from services.common.readmodel import Base, ConsumerOffset
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, JobTopicsReaderSettings
+
+log = logging.getLogger(__name__)
 
 Batch = Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
@@ -61,6 +65,44 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
             await stop.wait()
     except TimeoutError:
         pass
+
+
+async def run_assigned(
+    stop: asyncio.Event,
+    settings: JobTopicsReaderSettings,
+    *,
+    name: str,
+    assign: Callable[[], Awaitable[object]],
+    assigned: Callable[[], bool],
+    step: Callable[[], Awaitable[object]],
+    restart: Callable[[], None],
+    alive: Callable[[], None] = lambda: None,
+) -> None:
+    """A service's consuming loop, until `stop`: `assign` (every `assignment_refresh_seconds`, to pick
+    up new partitions), wait a poll timeout while nothing is `assigned`, else `step` (poll and apply one
+    batch); `alive` after each round that got through. A `RetryableError` pauses the loop (0.2 s,
+    doubling up to `retry_max_seconds`) and calls `restart`: the consumer moved past the failed batch,
+    so the next round assigns again and seeks back to the offsets in Postgres."""
+    backoff = 0.2
+    next_refresh = 0.0
+    while not stop.is_set():
+        try:
+            if time.monotonic() >= next_refresh:
+                await assign()
+                next_refresh = time.monotonic() + settings.assignment_refresh_seconds
+            if not assigned():
+                await wait_or_stop(stop, settings.poll_timeout_ms / 1000)
+                alive()  # no topic yet: nothing waits
+                continue
+            await step()
+            backoff = 0.2
+            alive()
+        except RetryableError as e:
+            log.warning("%s paused error=%s retry_in=%.1fs", name, e, backoff)
+            await wait_or_stop(stop, backoff)
+            backoff = min(backoff * 2, settings.retry_max_seconds)
+            next_refresh = 0.0
+            restart()
 
 
 async def discover(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[TopicPartition]:

@@ -30,8 +30,7 @@ from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
 from services.common import consumer as common
 from services.common import tracing
-from services.common.consumer import fetch, seek_to_stored, wait_or_stop
-from services.common.errors import RetryableError
+from services.common.consumer import fetch, run_assigned, seek_to_stored
 from services.common.kafka import missed_deadline
 from services.common.metrics import observe_lag
 from services.common.webhooks import TENANT_CHARS
@@ -153,22 +152,16 @@ class Subscriptions:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: poll and apply, picking up new partitions now and then; pauses on trouble."""
-        backoff = 0.2
-        next_refresh = 0.0
-        while not stop.is_set():
-            try:
-                if time.monotonic() >= next_refresh:
-                    await self.assign()
-                    next_refresh = time.monotonic() + self.settings.assignment_refresh_seconds
-                if not self.assigned:
-                    await wait_or_stop(stop, self.settings.poll_timeout_ms / 1000)
-                    continue
-                await self.poll_once()
-                backoff = 0.2
-            except RetryableError as e:
-                log.warning("notifier consumer paused error=%s retry_in=%.1fs", e, backoff)
-                await wait_or_stop(stop, backoff)
-                backoff = min(backoff * 2, self.settings.retry_max_seconds)
-                # The consumer moved past the failed batch; go back to the offsets in Postgres.
-                next_refresh = 0.0
-                self.assigned = []
+
+        def restart() -> None:
+            self.assigned = []
+
+        await run_assigned(
+            stop,
+            self.settings,
+            name="notifier consumer",
+            assign=self.assign,
+            assigned=lambda: bool(self.assigned),
+            step=self.poll_once,
+            restart=restart,
+        )

@@ -24,8 +24,7 @@ from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
 from services.common import consumer as common
 from services.common import tracing
-from services.common.consumer import Batch, Clients, fetch, seek_to_stored, wait_or_stop
-from services.common.errors import RetryableError
+from services.common.consumer import Batch, Clients, fetch, run_assigned, seek_to_stored, wait_or_stop
 from services.common.kafka import dead_letter, missed_deadline
 from services.common.metrics import observe_lag
 from services.projector.errors import RecordRefused
@@ -217,31 +216,27 @@ class Projection:
 
     async def run(self, stop: asyncio.Event) -> None:
         """The live loop: until `stop`, poll, apply, and pick up new partitions now and then."""
-        backoff = 0.2
-        next_refresh = 0.0
+
+        async def step() -> None:
+            batch = await self.poll()
+            if batch:
+                taken = time.monotonic()
+                await self.process(batch)
+                if sum(map(len, batch.values())) < self.settings.batch_max_records:
+                    await self._gather(stop, taken)
+
+        def restart() -> None:
+            self.assigned = []
+
         self.progress.mark()
         STALLED.set_function(lambda: float(self.progress.stalled()))
-        while not stop.is_set():
-            try:
-                if time.monotonic() >= next_refresh:
-                    await self.assign()
-                    next_refresh = time.monotonic() + self.settings.assignment_refresh_seconds
-                if not self.assigned:
-                    await wait_or_stop(stop, self.settings.poll_timeout_ms / 1000)
-                    self.progress.mark()  # no topic yet: nothing waits
-                    continue
-                batch = await self.poll()
-                if batch:
-                    taken = time.monotonic()
-                    await self.process(batch)
-                    if sum(map(len, batch.values())) < self.settings.batch_max_records:
-                        await self._gather(stop, taken)
-                backoff = 0.2
-                self.progress.mark()
-            except RetryableError as e:
-                log.warning("projection paused error=%s retry_in=%.1fs", e, backoff)
-                await wait_or_stop(stop, backoff)
-                backoff = min(backoff * 2, self.settings.retry_max_seconds)
-                # The consumer moved past the failed batch; go back to what Postgres has.
-                next_refresh = 0.0
-                self.assigned = []
+        await run_assigned(
+            stop,
+            self.settings,
+            name="projection",
+            assign=self.assign,
+            assigned=lambda: bool(self.assigned),
+            step=step,
+            restart=restart,
+            alive=self.progress.mark,
+        )

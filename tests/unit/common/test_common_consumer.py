@@ -11,8 +11,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
-from services.common.consumer import discover, fetch, seek_to_stored, wait_or_stop
+from services.common.consumer import discover, fetch, run_assigned, seek_to_stored, wait_or_stop
 from services.common.errors import BrokerUnavailable
+from services.common.settings import JobTopicsReaderSettings
 
 
 class FakeConsumer:
@@ -68,3 +69,41 @@ async def test_wait_or_stop_wakes_on_stop() -> None:
     await wait_or_stop(stop, 10)
     assert time.monotonic() - began < 5
     await wait_or_stop(asyncio.Event(), 0.01)  # no stop: returns after the time
+
+
+async def test_the_loop_pauses_on_trouble_assigns_again_and_stops() -> None:
+    settings = JobTopicsReaderSettings(poll_timeout_ms=10, assignment_refresh_seconds=60, retry_max_seconds=1)
+    stop = asyncio.Event()
+    calls: list[str] = []
+    state = {"assigned": False, "fail": True}
+
+    async def assign() -> None:
+        calls.append("assign")
+        state["assigned"] = True
+
+    async def step() -> None:
+        calls.append("step")
+        if state["fail"]:
+            state["fail"] = False
+            raise BrokerUnavailable("fetch failed")
+        stop.set()
+
+    def restart() -> None:
+        calls.append("restart")
+        state["assigned"] = False
+
+    await asyncio.wait_for(
+        run_assigned(
+            stop,
+            settings,
+            name="test",
+            assign=assign,
+            assigned=lambda: state["assigned"],
+            step=step,
+            restart=restart,
+            alive=lambda: calls.append("alive"),
+        ),
+        timeout=10,
+    )
+    # The failed round restarts from a fresh assignment (seeking to the stored offsets again).
+    assert calls == ["assign", "step", "restart", "assign", "step", "alive"]
