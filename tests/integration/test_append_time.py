@@ -88,7 +88,7 @@ async def test_the_ack_and_the_record_carry_the_append_time_not_the_producers(
     assert await read_one(kafka_bootstrap, topic, meta.offset) == (meta.timestamp, LOG_APPEND_TIME)
 
 
-async def test_faststream_publish_hands_back_the_record_metadata(
+async def test_faststream_publish_returns_the_record_metadata(
     kafka_bootstrap: str, new_topic: TopicFactory
 ) -> None:
     """The api publishes with FastStream: its `publish` must return aiokafka's RecordMetadata."""
