@@ -309,7 +309,7 @@ async def before_checkpoint(
     limit_s: float = 120,
 ) -> tuple[uuid.UUID, int, float, int] | None:
     """Wait for the worst moment: every live slot busy and a job a quarter step short of its checkpoint
-    at `boundary`. Returns the job, its slot, the kill's time and the busy slots then; None if that
+    at `boundary`. Returns the job, its slot, the kill's time and the live slots busy then; None if that
     moment did not come within `limit_s`."""
     args, collector = design.args, design.collector
     every, step_s = int(args.used["checkpoint_every"].value), LONG.step_seconds(args.scale)
@@ -326,7 +326,7 @@ async def before_checkpoint(
                     continue
                 await asyncio.sleep(max(0.0, at - time.time()))
                 if 2 not in track.started and track.outcome.ended is None:
-                    return key, slot, at, len(busy_slots(collector, keys))
+                    return key, slot, at, len(busy_slots(collector, keys) & live)
         await asyncio.sleep(0.005)
     return None
 
