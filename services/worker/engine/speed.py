@@ -112,6 +112,8 @@ class SpeedTiers:
         if fp8 is not None:
             pipe.transformer = fp8
         if config is not None:
+            if transformer.is_cache_enabled:  # left behind by a call that failed inside disable_cache
+                transformer.disable_cache()
             transformer.enable_cache(config)
         try:
             yield AppliedSpeed(

@@ -26,7 +26,7 @@ from services.worker.engine import (
     build_generator,
 )
 from services.worker.engine.memory import transformer_blocks
-from services.worker.engine.speed import SpeedTiers
+from services.worker.engine.speed import SpeedTiers, cache_config
 
 from .conftest import Recorder, make_request
 from .test_engine_wan import WAN, _save_tiny_wan
@@ -296,3 +296,16 @@ def test_a_failed_fp8_build_is_logged_once_and_the_tier_runs_with_its_cache(
     assert work == len(transformer_blocks(generator.pipe.transformer)) * CATALOG["tiny-mochi"].speeds[
         Speed.FASTEST
     ].full_steps(STEPS)
+
+
+def test_a_cache_left_enabled_by_an_earlier_failure_does_not_block_the_next_tier(
+    tiny_generator: DiffusersGenerator,
+) -> None:
+    expected, _ = _run(tiny_generator, Speed.FAST)
+    transformer = tiny_generator.pipe.transformer
+    stray = cache_config(CATALOG["tiny-mochi"].speeds[Speed.FASTEST])
+    transformer.enable_cache(stray)  # as if a disable_cache had failed after a fastest job
+
+    frames, _ = _run(tiny_generator, Speed.FAST)
+
+    assert np.array_equal(frames, expected) and not transformer.is_cache_enabled
