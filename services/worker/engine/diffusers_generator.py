@@ -161,7 +161,7 @@ class DiffusersGenerator:
         if start_step and not resumable:
             log.warning("%s cannot resume with its noise scheduler; starting over", self.model_name)
             start_step = 0
-        tracker.plan(start_step=start_step, checkpoint_every=checkpoint_every if resumable else 0)
+        tracker.set_run(start_step=start_step, checkpoint_every=checkpoint_every if resumable else 0)
         tracker.phase(Phase.ENCODING_PROMPT)
         frames = self._run(request, resume if start_step else None, tracker)
         tracker.finish()

@@ -79,7 +79,7 @@ class StepTracker:
         self.steps_run = 0
         self.seconds_per_step = 0.0
 
-    def plan(self, *, start_step: int, checkpoint_every: int) -> None:
+    def set_run(self, *, start_step: int, checkpoint_every: int) -> None:
         """Set where the run starts and how often it checkpoints, once the model is loaded."""
         self.start_step = start_step
         self._every = checkpoint_every if self._on_checkpoint is not None else 0
