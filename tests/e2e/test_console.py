@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from schemas.catalog import CATALOG
 from services.cli.config import api_key, auth_headers
 from tests.e2e.conftest import ROOT
 
@@ -155,3 +156,25 @@ def test_cancel_then_delete_from_the_page(services: str, page: Any) -> None:
     expect(card).to_have_count(0, timeout=30_000)
     gone = httpx.get(f"{services}/v1/jobs/{job_id}", headers=auth_headers(ROOT), timeout=30)
     assert gone.status_code == 404
+
+
+def test_the_form_offers_what_the_chosen_model_allows(services: str, page: Any) -> None:
+    from playwright.sync_api import expect  # noqa: PLC0415
+
+    page.goto(f"{services}/")
+    expect(page.locator("#model option[value=tiny-mochi]")).to_have_count(1)
+    for name in ("tiny-mochi", "tiny-wan-i2v"):
+        spec = CATALOG[name]
+        page.select_option("#model", name)
+        expect(page.locator("#width")).to_have_attribute("max", str(spec.max_side))
+        expect(page.locator("#width")).to_have_value(str(spec.default_width))
+        frames = page.locator("#num_frames option").evaluate_all("os => os.map(o => Number(o.value))")
+        assert frames == list(range(spec.min_frames, spec.max_frames + 1, spec.frame_step))
+        qualities = page.locator("#quality option").all_text_contents()
+        assert qualities == [f"{q} ({steps} steps)" for q, steps in spec.steps.items()]
+        speeds = page.locator("#speed option").evaluate_all("os => os.map(o => o.value)")
+        assert speeds == list(spec.speeds)
+        if spec.image_to_video:
+            expect(page.locator("#image_url")).to_be_visible()
+        else:
+            expect(page.locator("#image_url")).to_be_hidden()
