@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from services.cli.client import Api, SseEvent
 
@@ -127,15 +128,23 @@ def _bar(api: Api, job_id: str, state: JobState, console: Console) -> None:
         TextColumn("{task.percentage:>3.0f}%"),
         TextColumn("{task.fields[steps]}"),
         TextColumn("{task.fields[queue]}"),
-        TextColumn("{task.fields[eta]}"),
+        EtaColumn(),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, refresh_per_second=4) as bar:
-        task = bar.add_task(job_id, total=1.0, phase="", steps="", queue="", eta="")
+        task = bar.add_task(job_id, total=1.0, phase="", steps="", queue="", state=state)
         _draw(bar, task, state)
         for event in api.events(job_id):
             state.apply(event)
             _draw(bar, task, state)
+
+
+class EtaColumn(ProgressColumn):
+    """The ETA counted down at every refresh, not only when an event arrives."""
+
+    def render(self, task: Task) -> Text:
+        state = task.fields.get("state")
+        return Text(state.eta_text() if isinstance(state, JobState) else "")
 
 
 def _draw(bar: Progress, task: TaskID, state: JobState) -> None:
@@ -145,7 +154,6 @@ def _draw(bar: Progress, task: TaskID, state: JobState) -> None:
         phase=state.phase,
         steps=state.steps_text(),
         queue=state.queue_text(),
-        eta=state.eta_text(),
     )
 
 

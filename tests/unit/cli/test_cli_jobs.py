@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 from rich.console import Console
+from rich.progress import Progress
 
 from schemas.jobs import JobRequest
 from services.cli.jobs import Target
 from services.cli.main import cli
+from services.cli.watch import EtaColumn, JobState
 from tests.unit.cli.conftest import JPEG, MP4, FakeApi
 
 
@@ -263,3 +266,14 @@ def test_the_api_url_comes_from_the_environment(fake: FakeApi, monkeypatch: pyte
     monkeypatch.setenv("REELSTREAM_API_URL", "http://api.example:8123")
     assert run(fake, "list").exit_code == 0
     assert str(fake.requests[-1].url).startswith("http://api.example:8123/v1/jobs")
+
+
+def test_the_eta_counts_down_at_each_refresh_and_goes_once_run_out() -> None:
+    state = JobState.of({"status": "queued", "eta": {"total_seconds": 75.4}})
+    bar = Progress(EtaColumn())
+    task = bar.add_task("job", state=state)
+    assert str(EtaColumn().render(bar.tasks[task])) == "ETA 1:15"
+    state.eta_at = time.monotonic() + 9.6
+    assert str(EtaColumn().render(bar.tasks[task])) == "ETA 0:10"
+    state.eta_at = time.monotonic() - 1
+    assert state.eta_text() == "" and str(EtaColumn().render(bar.tasks[task])) == ""
