@@ -91,7 +91,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="mochi-1-preview", choices=sorted(loading.SOURCES))
+    parser.add_argument(
+        "--model",
+        default="mochi-1-preview",
+        choices=sorted(m for m in loading.SOURCES if CATALOG[m].text_to_video),
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--frames", default="31,163", help="comma-separated frame counts")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per run (bounded: time)")

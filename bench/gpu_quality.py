@@ -135,7 +135,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="mochi-1-preview", choices=sorted(loading.SOURCES))
+    parser.add_argument(
+        "--model",
+        default="mochi-1-preview",
+        choices=sorted(m for m in loading.SOURCES if CATALOG[m].text_to_video),
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--speeds", default="exact,fast,fastest", help="tiers; exact is always run first")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"how many of the {len(PROMPTS)}")
