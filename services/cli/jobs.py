@@ -296,9 +296,10 @@ def models(target: Target, /, *, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    table = Table("name", "sizes", "frames", "fps", "steps (low/medium/high)", "default", box=None)
+    table = Table("name", "sizes", "frames", "fps", "steps (low/medium/high)", "default", "speeds", box=None)
     for m in data:
         steps = m.get("steps", {})
+        speeds = m.get("speeds") or {}
         table.add_row(
             str(m.get("name")),
             f"{m.get('min_side')}..{m.get('max_side')} by {m.get('size_multiple')}",
@@ -306,6 +307,7 @@ def models(target: Target, /, *, as_json: bool) -> None:
             f"{m.get('min_fps')}..{m.get('max_fps')}",
             f"{steps.get('low')}/{steps.get('medium')}/{steps.get('high')}",
             f"{m.get('default_width')}x{m.get('default_height')}x{m.get('default_frames')}",
+            ", ".join(f"{name} ({tier.get('expected_speedup')}x)" for name, tier in speeds.items()),
         )
     Console(highlight=False, width=200).print(table)
 

@@ -241,6 +241,12 @@ def test_models_needs_no_key(fake: FakeApi, monkeypatch: pytest.MonkeyPatch) -> 
     assert "authorization" not in fake.requests[-1].headers
 
 
+def test_models_lists_each_models_speed_tiers_with_their_expected_speedup(fake: FakeApi) -> None:
+    result = run(fake, "models")
+    row = next(line for line in result.stdout.splitlines() if line.lstrip().startswith("tiny-mochi "))
+    assert "exact (1.0x)" in row and "fast (" in row and "fastest (" in row
+
+
 def test_without_a_key_the_job_commands_say_where_one_comes_from(fake: FakeApi, monkeypatch: Any) -> None:
     monkeypatch.delenv("REELSTREAM_API_KEY")
     result = run(fake, "list")
