@@ -73,7 +73,7 @@ bench: up ## the benchmarks of bench/ (numbers printed, see docs/benchmarks.md)
 	bash bench/run.sh
 
 FLEET_RUNS ?= 3
-bench-fleet: up ## the fleet benchmark, reelstream beside Kafka and Celery baselines, FLEET_RUNS (3) runs: docs/benchmarks.md's table (~45 min)
+bench-fleet: up ## the fleet benchmark, reelstream beside Kafka and Celery baselines, FLEET_RUNS (3) runs: docs/benchmarks.md's table (~40 min)
 	$(UV) run --no-sync python -m bench.fleet --runs $(FLEET_RUNS)
 
 SOAK_SECONDS ?= 600
