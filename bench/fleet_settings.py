@@ -47,6 +47,7 @@ KNOBS: Final = (
     Knob("max_preemptions", "scheduler"),
     Knob("checkpoint_every", "worker"),
     Knob("checkpoint_min_seconds", "worker", gpu_time=True),
+    Knob("preview_min_seconds", "worker", gpu_time=True),
     Knob("heartbeat_seconds", "worker"),
     Knob("progress_interval_seconds", "worker"),
     Knob("max_finishing", "worker"),

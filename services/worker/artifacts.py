@@ -63,6 +63,7 @@ class Artifacts:
         checkpoint_min_seconds: float,
         upload_retry_seconds: float,
         backoff: Backoff,
+        preview_min_seconds: float = 0.0,
     ) -> None:
         self.store = store
         self.scratch_dir = scratch_dir
@@ -70,6 +71,8 @@ class Artifacts:
         self.checkpoint_min_seconds = checkpoint_min_seconds
         self.upload_retry_seconds = upload_retry_seconds
         self.backoff = backoff
+        self.preview_min_seconds = preview_min_seconds
+        self.preview_clock: Callable[[], float] = time.monotonic
 
     # ---- the input image ------------------------------------------------------------------------------
     async def load_image(self, d: JobDispatched) -> PIL.Image.Image | None:
@@ -91,7 +94,12 @@ class Artifacts:
     # ---- previews ------------------------------------------------------------------------------------
     def start_preview(self, attempt: Attempt, preview: Preview, loop: asyncio.AbstractEventLoop) -> None:
         """From the generation thread: store the preview and announce it (`job.preview`) while denoising
-        goes on. Previews are droppable: while one is on its way, newer ones are skipped."""
+        goes on. Previews are droppable: while one is on its way, newer ones are skipped, and so is one
+        within `preview_min_seconds` of the start of generation or of the last preview (a short job,
+        over in seconds, gets none: it pays for no uploads and events nobody has time to look at)."""
+        now = self.preview_clock()
+        if now - attempt.previewed_at < self.preview_min_seconds:
+            return
         if attempt.previewing is not None and not attempt.previewing.done():
             log.debug(
                 "job=%s: preview of step %d skipped, the previous one is on its way",
@@ -99,6 +107,7 @@ class Artifacts:
                 preview.step,
             )
             return
+        attempt.previewed_at = now
         attempt.previewing = asyncio.run_coroutine_threadsafe(self._save_preview(attempt, preview), loop)
 
     async def _save_preview(self, attempt: Attempt, preview: Preview) -> None:

@@ -132,6 +132,8 @@ class Attempt:
     stored_checkpoints: bool = False  # this attempt began storing at least one
     # The preview being stored and announced; at most one is in flight (a newer one is dropped meanwhile).
     previewing: concurrent.futures.Future[None] | None = None
+    # When the attempt started generating or sent its last preview (time.monotonic()).
+    previewed_at: float = 0.0
     ended: bool = False  # its last event is being sent: droppable events stop here
     # Its phase spans and durations (telemetry.py); set by the runner.
     phases: Phases | None = None

@@ -114,6 +114,7 @@ async def serve(
         progress_interval=settings.progress_interval_seconds,
         upload_retry_seconds=settings.upload_retry_seconds,
         preview_every=settings.preview_every_steps,
+        preview_min_seconds=settings.preview_min_seconds,
     )
     slot = Slot(settings, producer, runner, ready)
     try:

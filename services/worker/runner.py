@@ -84,6 +84,7 @@ class JobRunner:
         upload_retry_seconds: float = 600.0,
         backoff: Backoff = DEFAULT_BACKOFF,
         preview_every: int = 0,
+        preview_min_seconds: float = 0.0,
     ) -> None:
         self.slot = slot
         self.preview_every = preview_every
@@ -98,6 +99,7 @@ class JobRunner:
             checkpoint_min_seconds=checkpoint_min_seconds,
             upload_retry_seconds=upload_retry_seconds,
             backoff=backoff,
+            preview_min_seconds=preview_min_seconds,
         )
         self.progress_interval = progress_interval
         self.backoff = backoff
@@ -303,6 +305,7 @@ class JobRunner:
                     raise Preempted(state.step, attempt.preempt_reason)
 
         attempt.unsaved_since = time.monotonic()
+        attempt.previewed_at = self.artifacts.preview_clock()
         try:
             return await asyncio.to_thread(
                 self.generator.generate,

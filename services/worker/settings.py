@@ -32,6 +32,14 @@ class WorkerSettings(CommonSettings, EngineOptions):
             " 0 = off."
         ),
     )
+    preview_min_seconds: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "No preview within this many seconds of the start of generation or of the last preview: a job"
+            " shorter than this gets none, and a fast GPU does not send one every second."
+        ),
+    )
     checkpoint_min_seconds: float = Field(
         default=0,
         ge=0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import uuid
 from pathlib import Path
 
@@ -69,7 +70,12 @@ def dispatch(image_key: str | None = None) -> JobDispatched:
 
 
 def runner(
-    tmp_path: Path, store: Store, publish: Recorder, generator: SimulatedGenerator, every: int
+    tmp_path: Path,
+    store: Store,
+    publish: Recorder,
+    generator: SimulatedGenerator,
+    every: int,
+    min_seconds: float = 0.0,
 ) -> JobRunner:
     return JobRunner(
         slot=0,
@@ -81,6 +87,7 @@ def runner(
         upload_retry_seconds=0.3,
         backoff=Backoff(first=0.01, cap=0.05),
         preview_every=every,
+        preview_min_seconds=min_seconds,
     )
 
 
@@ -100,6 +107,24 @@ async def test_previews_are_stored_and_announced_before_the_end(tmp_path: Path) 
         assert image.format == "JPEG" and image.size == (event.width, event.height)
     types = [e.type for e in publish.events]
     assert types[-1] is EventType.SUCCEEDED and types.index(EventType.PREVIEW) < len(types) - 1
+
+
+async def test_previews_keep_their_minimum_interval_and_a_short_job_gets_none(tmp_path: Path) -> None:
+    # 8 steps, a preview offered at each; the clock moves 0.05 s a reading (the start, then each offer),
+    # so with 0.12 s between previews only steps 3 and 6 may go (6 is dropped if 3 is still on its way).
+    store, publish = Store(), Recorder()
+    generator = SimulatedGenerator("tiny-mochi", seconds_per_step=0.01)
+    job = runner(tmp_path, store, publish, generator, every=1, min_seconds=0.12)
+    readings = itertools.count(1)
+    job.artifacts.preview_clock = lambda: next(readings) * 0.05
+    assert await job.run(dispatch()) == "succeeded"
+    steps = [e.step for e in publish.events if isinstance(e, JobPreview)]
+    assert steps and steps[0] == 3 and set(steps) <= {3, 6}, steps
+    # A job over before the interval: no preview at all.
+    store, publish = Store(), Recorder()
+    job = runner(tmp_path, store, publish, generator, every=1, min_seconds=60)
+    assert await job.run(dispatch()) == "succeeded"
+    assert not any(isinstance(e, JobPreview) for e in publish.events)
 
 
 async def test_no_previews_when_off(tmp_path: Path) -> None:
