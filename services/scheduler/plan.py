@@ -49,7 +49,7 @@ def _lost_reason(state: SchedulerState, job: JobEntry, now: datetime) -> str | N
         slot.position is not None and job.dispatch_offset is not None and slot.position > job.dispatch_offset
     )
     if not consumed or slot.holds(job.job_id, job.attempt):
-        state.mismatch_since.pop(job.slot, None)
+        state.mismatch_since.pop(job.job_id, None)
         return None
     if slot.state is SlotState.STOPPING:
         return f"slot {job.slot} stopped during the job"
@@ -62,7 +62,7 @@ def _dropped(state: SchedulerState, job: JobEntry, now: datetime) -> str | None:
     on its way to us (it is on another topic: the grace lets it arrive) or the record was never
     taken: a new process that lost it, or one whose consumer started past it."""
     assert job.slot is not None
-    since = state.mismatch_since.setdefault(job.slot, now)
+    since = state.mismatch_since.setdefault(job.job_id, now)
     if now - since < state.lost_grace:
         return None
     slot = state.slots[job.slot]

@@ -211,7 +211,9 @@ class SchedulerState:
     # GPU time of a job beyond its steps (prompt encoding, VAE decode...) by model and size, measured
     # from its start to the end of its GPU side (its video being encoded, or its end).
     extra_seconds: dict[StepKey, float] = field(default_factory=dict)
-    mismatch_since: dict[int, datetime] = field(default_factory=dict)
+    # Since when each held job's slot has read past its dispatch record without reporting it; per job,
+    # so the job a restarted slot did take does not restart the grace of the one it lost.
+    mismatch_since: dict[uuid.UUID, datetime] = field(default_factory=dict)
     # When a live slot last reported each model.
     model_seen: dict[str, datetime] = field(default_factory=dict)
     cancel_waiting: set[uuid.UUID] = field(default_factory=set)
@@ -290,9 +292,9 @@ class SchedulerState:
             return
         if self.queued_next.get(job.slot) == job.job_id:
             del self.queued_next[job.slot]
+        self.mismatch_since.pop(job.job_id, None)
         if self.assignments.get(job.slot) == job.job_id:
             del self.assignments[job.slot]
-            self.mismatch_since.pop(job.slot, None)
             if (follower := self.queued_next.pop(job.slot, None)) is not None:
                 self.assignments[job.slot] = follower
 
@@ -361,7 +363,7 @@ class SchedulerState:
         current = self.assignments.get(record.slot)
         if current is None or current == job.job_id:
             self.assignments[record.slot] = job.job_id
-            self.mismatch_since.pop(record.slot, None)
+            self.mismatch_since.pop(job.job_id, None)
         elif self.queued_next.get(record.slot) in (None, job.job_id):
             self.queued_next[record.slot] = job.job_id
 

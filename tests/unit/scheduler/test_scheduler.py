@@ -229,6 +229,35 @@ def test_restarted_worker_that_dropped_the_job_is_noticed_after_the_grace() -> N
     assert isinstance(retry, Retry) and retry.job_id == job.job_id
 
 
+def test_a_restarted_slot_busy_with_its_next_job_still_gets_the_lost_one_back_after_the_grace() -> None:
+    # The slot held job 1 (record 7) with job 2 queued behind it (record 8). Its process dies; the new
+    # one starts past both records' commit, takes job 2 and reports it. Job 1's grace runs on its own:
+    # reporting job 2 does not restart it, so job 1 is retried within the grace, not after job 2 ends.
+    state = make_state(slots=1)
+    first, second = submit(state), submit(state)
+    state.on_heartbeat(beat(0, T0))
+    carry_out(state, plan(state, T0), offset=7)
+    carry_out(state, [Dispatch(second.job_id, 0, 1, second.request, None, after=first.job_id)], offset=8)
+    assert state.queued_next[0] == second.job_id
+    restarted = uuid.uuid4()
+    for s in range(6, 9):
+        busy = beat(0, T0 + timedelta(seconds=s), job=(second.job_id, 1), position=9, boot=restarted)
+        state.on_heartbeat(busy.model_copy(update={"state": SlotState.BUSY}))
+        assert plan(state, T0 + timedelta(seconds=s)) == []  # within the grace
+    state.on_heartbeat(
+        beat(
+            0,
+            T0 + timedelta(seconds=9),
+            job=(second.job_id, 1),
+            position=9,
+            boot=restarted,
+            state=SlotState.BUSY,
+        )
+    )
+    [retry] = plan(state, T0 + timedelta(seconds=9))
+    assert isinstance(retry, Retry) and retry.job_id == first.job_id and "restarted" in retry.reason
+
+
 def test_slot_reporting_its_job_is_left_alone() -> None:
     state = make_state(slots=1)
     job = submit(state)
