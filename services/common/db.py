@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 import asyncpg
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from services.common.settings import CommonSettings
@@ -19,6 +19,23 @@ CONNECTION_LOST: Final = (
     OSError,
     TimeoutError,
 )
+# SQLSTATE classes that mean the connection, not the statement, failed: 08 connection exception, 57P
+# operator intervention (a terminated backend, a server shutting down or still starting).
+_LOST_SQLSTATES: Final = ("08", "57P")
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether `error` means Postgres went away rather than refused the statement. Beyond
+    `CONNECTION_LOST`: a backend terminated during a query (`pg_terminate_backend`, a failover) arrives
+    as a plain `DBAPIError` whose SQLSTATE is 57P01, not as a connection error."""
+    if isinstance(error, CONNECTION_LOST):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return error.connection_invalidated or (
+        isinstance(sqlstate, str) and sqlstate.startswith(_LOST_SQLSTATES)
+    )
 
 
 def make_engine(settings: CommonSettings, *, pre_ping: bool = True) -> AsyncEngine:

@@ -17,11 +17,12 @@ from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from schemas.events import JobEvent, JobRequested
 from services.common.consumer import advance_offsets, stored_offsets, unapplied
-from services.common.db import CONNECTION_LOST
+from services.common.db import CONNECTION_LOST, connection_lost
 from services.common.errors import DatabaseUnavailable
 from services.common.readmodel import Base
 from services.common.tenants import webhook_secrets
@@ -149,6 +150,10 @@ class Store:
         try:
             async with self._engine.begin() as conn:
                 yield conn
+        except DBAPIError as e:
+            if not connection_lost(e):
+                raise
+            raise DatabaseUnavailable(f"notifier transaction failed: {e}") from e
         except CONNECTION_LOST as e:
             raise DatabaseUnavailable(f"notifier transaction failed: {e}") from e
 

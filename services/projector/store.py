@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.envelope import upcast
 from schemas.events import JOB_EVENT_ADAPTER, EventType, JobEvent, JobRequested
 from services.common.consumer import advance_offsets, stored_offsets, unapplied
-from services.common.db import CONNECTION_LOST
+from services.common.db import CONNECTION_LOST, connection_lost
 from services.common.errors import DatabaseUnavailable
 from services.common.readmodel import (
     NOTIFY_CHANNEL,
@@ -197,6 +197,8 @@ class Store:
         except CONNECTION_LOST as e:
             raise DatabaseUnavailable(f"read model transaction failed: {e}") from e
         except DBAPIError as e:
+            if connection_lost(e):
+                raise DatabaseUnavailable(f"read model transaction failed: {e}") from e
             refused = refusal(e)
             if refused is None:
                 raise

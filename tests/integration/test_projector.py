@@ -42,6 +42,7 @@ from schemas.samples import resolved_request
 from schemas.topics import DLQ
 from services.common.consumer import OFFSETS
 from services.common.db import make_engine
+from services.common.errors import DatabaseUnavailable
 from services.common.kafka import make_producer, publish_event, send
 from services.common.readmodel import NOTIFY_CHANNEL
 from services.common.settings import CommonSettings
@@ -499,6 +500,41 @@ async def test_carries_on_after_postgres_closes_its_connections(
     finally:
         await own.dispose()
     assert (await checked.snapshot()).jobs[JOB]["attempt"] == 1
+
+
+async def test_a_backend_terminated_during_a_transaction_is_a_retryable_outage(
+    topics: ProjectorSettings, new_store: Callable[[str], Awaitable[Store]], engine: AsyncEngine
+) -> None:
+    """A failover mid-query reaches asyncpg as AdminShutdownError (SQLSTATE 57P01), not as a connection
+    error: it must still read as Postgres gone (retry later), never as data the read model refused."""
+    name = f"test-projector-{uuid.uuid4().hex[:8]}"
+    own = make_engine(topics.model_copy(update={"service_name": name}), pre_ping=False)
+    checked = await new_store("terminated")
+    store = Store(own, checked.schema)
+
+    async def terminate_once_running() -> None:
+        for _ in range(100):
+            async with engine.connect() as conn:
+                closed = await conn.scalar(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE application_name = :name AND state = 'active'"
+                    ),
+                    {"name": name},
+                )
+            if closed:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the sleeping transaction never showed in pg_stat_activity")
+
+    try:
+        killer = asyncio.create_task(terminate_once_running())
+        with pytest.raises(DatabaseUnavailable):
+            async with store._transaction() as conn:
+                await conn.execute(text("SELECT pg_sleep(30)"))
+        await killer
+    finally:
+        await own.dispose()
 
 
 def poisoned_request(job_id: uuid.UUID, poison: Callable[[dict[str, Any]], None]) -> bytes:
