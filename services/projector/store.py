@@ -26,7 +26,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.envelope import upcast
-from schemas.events import JOB_EVENT_ADAPTER, EventType, JobEvent, JobRequested
+from schemas.events import JOB_EVENT_ADAPTER, EventType, JobEvent, JobRequested, VideoResult
+from schemas.jobs import ResolvedRequest
 from services.common.consumer import advance_offsets, stored_offsets, unapplied
 from services.common.db import CONNECTION_LOST, connection_lost
 from services.common.errors import DatabaseUnavailable
@@ -172,6 +173,17 @@ def event_as_read_now(row: Mapping[str, Any]) -> dict[str, Any]:
     return {**row, "payload": _read_payload(row["payload"]).model_dump(mode="json")}
 
 
+def job_as_read_now(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A `jobs` row whose request and result are as today's code reads them: a row projected before an
+    optional field was added (a speed tier, a thumbnail) then equals its replay, which stores the default."""
+    out = dict(row)
+    if out.get("request") is not None:
+        out["request"] = ResolvedRequest.model_validate(out["request"]).model_dump(mode="json")
+    if out.get("result") is not None:
+        out["result"] = VideoResult.model_validate(out["result"]).model_dump(mode="json")
+    return out
+
+
 def _job_row(view: JobView) -> dict[str, Any]:
     # Not `asdict`: it deep-copies the request, result and error dicts, which are only read.
     row = {name: getattr(view, name) for name in _JOB_COLUMNS}
@@ -308,7 +320,9 @@ class Store:
     async def snapshot(self) -> Snapshot:
         """Every `jobs` and `job_events` row, keyed by id (for `compare`); payloads as read now."""
         async with self._transaction() as conn:
-            jobs = {row["id"]: dict(row) for row in (await conn.execute(select(JOBS))).mappings()}
+            jobs = {
+                row["id"]: job_as_read_now(dict(row)) for row in (await conn.execute(select(JOBS))).mappings()
+            }
             rows = (await conn.execute(select(EVENTS))).mappings()
             events = {row["event_id"]: event_as_read_now(dict(row)) for row in rows}
         return Snapshot(jobs=jobs, events=events)

@@ -31,7 +31,8 @@ async def test_submit_follow_download_and_play(client: httpx.AsyncClient) -> Non
 
     done = (await client.get(f"/v1/jobs/{job['id']}")).json()
     assert done["status"] == "succeeded" and done["progress"] == 1.0
-    assert done["result"] == {
+    stills = {"poster_url", "thumbnail_url", "spritesheet_url", "spritesheet"}
+    assert {k: v for k, v in done["result"].items() if k not in stills} == {
         "content_type": "video/mp4",
         "size_bytes": done["result"]["size_bytes"],
         "width": 128,
@@ -40,6 +41,9 @@ async def test_submit_follow_download_and_play(client: httpx.AsyncClient) -> Non
         "frames": 13,
         "duration_seconds": pytest.approx(13 / 24),
     }
+    for variant in ("poster", "thumbnail", "spritesheet"):
+        assert done["result"][f"{variant}_url"].endswith(f"/v1/jobs/{job['id']}/content?variant={variant}")
+    assert done["result"]["spritesheet"]["frame_indices"] == list(range(13))
     link = (await client.get(f"/v1/jobs/{job['id']}/result", params={"redirect": "false"})).json()
     assert set(link) == {"url", "expires_at"}
     async with httpx.AsyncClient() as plain:  # no api involved: straight to the store
