@@ -149,7 +149,7 @@ class GpuSampler:
                 self._tried = True
                 try:
                     if self._nvml is None:
-                        import pynvml  # type: ignore[import-not-found]  # noqa: PLC0415 - GPU hosts only
+                        import pynvml  # noqa: PLC0415 - GPU hosts only
 
                         pynvml.nvmlInit()
                         self._nvml = pynvml
