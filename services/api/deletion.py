@@ -5,7 +5,8 @@
 2. Every object under `jobs/{id}/` and `checkpoints/{id}/` is deleted: video, poster, thumbnail,
    spritesheet, previews, input image, checkpoints.
 3. The `job.deleted` tombstone goes to `jobs.events` (acks=all). The projector removes the job's row and
-   history on it, the job's event streams end with it, downstream consumers forget the job.
+   history on it, the job's open event streams end with it (or with `job.cancelled`, when the slot
+   stopped before the tombstone was projected), downstream consumers forget the job.
 
 The row goes last, so a crash or an error mid-way leaves the job readable and deletable: a retry does
 the rest (deleting what is gone deletes nothing). Objects a slot writes after step 2 (it was uploading
