@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.storage import poster_key, video_key
+from services.common.storage import (
+    attempt_prefix,
+    poster_key,
+    preview_key,
+    spritesheet_key,
+    thumbnail_key,
+    video_key,
+)
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 TERMINAL_TYPES = frozenset(f"job.{s}" for s in TERMINAL_STATUSES)
@@ -109,12 +117,17 @@ class Verdict:
     notes: list[str]
 
 
-def allowed_objects(job_id: str, view: JobView) -> set[str]:
-    """The objects a finished job may leave: a success its attempt's MP4 and poster, anything else none."""
+def allowed_objects(job_id: str, view: JobView, objects: Iterable[str] = ()) -> set[str]:
+    """The objects a finished job may leave: a success its attempt's MP4, poster, thumbnail, spritesheet
+    and the previews of that attempt (those among `objects`); anything else none."""
     if view.status != "succeeded" or len(view.terminals) != 1:
         return set()
     job, attempt = uuid.UUID(job_id), view.terminals[0][1]
-    return {video_key(job, attempt), poster_key(job, attempt)}
+    previews = preview_key(job, attempt, 0).removesuffix("00000.jpg")
+    assert previews.startswith(attempt_prefix(job, attempt))
+    kept = {video_key(job, attempt), poster_key(job, attempt)}
+    kept |= {thumbnail_key(job, attempt), spritesheet_key(job, attempt)}
+    return kept | {key for key in objects if key.startswith(previews) and key.endswith(".jpg")}
 
 
 def _job_problems(job_id: str, view: JobView, objects: list[str], sse: list[str] | str | None) -> list[str]:
@@ -157,7 +170,8 @@ def evaluate(obs: Observed) -> Verdict:
         if len(view.terminals) > 1 or (isinstance(sse, list) and len(sse) > 1):
             duplicated.append(job_id)
         violations += _job_problems(job_id, view, obs.objects.get(job_id, []), sse)
-        if extra := sorted(set(obs.objects.get(job_id, [])) - allowed_objects(job_id, view)):
+        kept = obs.objects.get(job_id, [])
+        if extra := sorted(set(kept) - allowed_objects(job_id, view, kept)):
             orphans[job_id] = extra
     for sub in obs.submissions:
         rows = obs.jobs_by_prompt.get(sub.prompt, [])

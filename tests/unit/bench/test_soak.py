@@ -90,6 +90,17 @@ def test_other_attempts_files_and_checkpoints_are_orphans() -> None:
     assert any("MP4 objects" in v and B in v for v in violations)  # two MP4s for one success
 
 
+def test_a_success_keeps_its_stills_and_previews_but_not_another_attempts_previews() -> None:
+    objects = clean().objects
+    kept = [
+        f"jobs/{A}/attempt-1/{name}"
+        for name in ("thumbnail.jpg", "spritesheet.jpg", "preview-step-00004.jpg")
+    ]
+    stale = f"jobs/{B}/attempt-1/preview-step-00002.jpg"  # B succeeded by attempt 2
+    counts, violations = verdict(objects={A: [*objects[A], *kept], B: [*objects[B], stale], C: []})
+    assert counts["orphans"] == 1 and any(stale in v for v in violations)
+
+
 def test_only_a_problem_json_503_with_retry_after_is_documented() -> None:
     fivexx = [
         Answer("GET /v1/jobs/{id}", 500, "application/json", None, 50.0, None, "Internal Server Error"),
