@@ -234,9 +234,11 @@ def test_a_restarted_slot_busy_with_its_next_job_still_gets_the_lost_one_back_af
     # one starts past both records' commit, takes job 2 and reports it. Job 1's grace runs on its own:
     # reporting job 2 does not restart it, so job 1 is retried within the grace, not after job 2 ends.
     state = make_state(slots=1)
-    first, second = submit(state), submit(state)
+    jobs = {j.job_id: j for j in (submit(state), submit(state))}
     state.on_heartbeat(beat(0, T0))
     carry_out(state, plan(state, T0), offset=7)
+    first = jobs.pop(state.assignments[0])  # whichever of the two the plan put on the slot
+    (second,) = jobs.values()
     carry_out(state, [Dispatch(second.job_id, 0, 1, second.request, None, after=first.job_id)], offset=8)
     assert state.queued_next[0] == second.job_id
     restarted = uuid.uuid4()
