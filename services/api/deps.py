@@ -41,7 +41,8 @@ class AppState:
     lag: ProjectionLag = field(default_factory=lambda: ProjectionLag(PROJECTOR))
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """Async on purpose: FastAPI runs a plain `def` dependency in its threadpool, a thread hop per request."""
     state: AppState = request.app.state.reelstream
     return state
 

@@ -134,6 +134,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version="1.0.0",
         summary="Asynchronous text-to-video: submit a prompt, follow progress over SSE, download an MP4.",
         lifespan=lifespan,
+        # The spans, metrics and logs of requests are our own (`RequestContext`, `Guard`): FastAPI's
+        # native ones would double them, and cost a look-up of the global providers per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     app.include_router(jobs.router)

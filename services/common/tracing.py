@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from time import time_ns
-from typing import Final, Protocol
+from typing import ClassVar, Final, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -51,6 +51,7 @@ class _Installed:
     # Whether finished spans go anywhere: spans recorded only for an exporter (`consumed`) are skipped
     # when none is set, so a consumer's hot path pays nothing for them.
     exporting: bool = False
+    tracers: ClassVar[dict[str, trace.Tracer]] = {}  # by scope name, for `provider`
 
 
 def setup(service: str, endpoint: str | None = None, exporter: SpanExporter | None = None) -> TracerProvider:
@@ -74,6 +75,7 @@ def use_provider(provider: TracerProvider | None, *, exporting: bool = True) -> 
     says whether its spans go anywhere (tests install one with an in-memory exporter)."""
     _Installed.provider = provider
     _Installed.exporting = provider is not None and exporting
+    _Installed.tracers = {}
 
 
 def shutdown() -> None:
@@ -86,7 +88,13 @@ def tracer(service: str) -> trace.Tracer:
     """The tracer of one service: its instrumentation scope is `reelstream.<service>`."""
     name = f"reelstream.{service}"
     provider = _Installed.provider
-    return provider.get_tracer(name) if provider is not None else trace.get_tracer(name)
+    if provider is None:
+        return trace.get_tracer(name)
+    # Kept: the SDK makes a new tracer (and compares scopes) on every call, once per request and record.
+    found = _Installed.tracers.get(name)
+    if found is None:
+        found = _Installed.tracers[name] = provider.get_tracer(name)
+    return found
 
 
 # ---- propagation -----------------------------------------------------------------------------------

@@ -206,3 +206,20 @@ def test_without_an_endpoint_spans_are_made_but_exported_nowhere() -> None:
         assert not provider._active_span_processor._span_processors
     finally:
         tracing.use_provider(None)
+
+
+def test_a_services_tracer_is_made_once_per_provider(spans: InMemorySpanExporter) -> None:
+    first = tracing.tracer("api")
+    assert tracing.tracer("api") is first, "one tracer per service, not one per span"
+    assert tracing.tracer("worker") is not first
+    with tracing.span("api", "kept"):
+        pass
+    other = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(other))
+    tracing.use_provider(provider)
+    assert tracing.tracer("api") is not first, "a new provider gets new tracers"
+    with tracing.span("api", "moved"):
+        pass
+    assert [s.name for s in spans.get_finished_spans()] == ["kept"]
+    assert [s.name for s in other.get_finished_spans()] == ["moved"]
