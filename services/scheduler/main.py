@@ -406,8 +406,10 @@ async def loop(
     views: QueueViewWriter | None = None,
 ) -> None:
     """Fold what arrived, then plan and carry out decisions; at least every tick, so silences are noticed.
+    What reads every job (expiries, balancing, repairs) runs once a tick, not once a fetch.
     Between two rounds, when one is due, hand a snapshot to its writer and offer the queue view to its."""
     tick_ms = int(scheduler.settings.tick_seconds * 1000)
+    swept = float("-inf")  # when expiries, balancing and repairs last read the whole queue
     while not stop.is_set():
         batch = await scheduler.consumer.getmany(timeout_ms=tick_ms, max_records=2000)
         if batch:
@@ -418,9 +420,13 @@ async def loop(
             if records:
                 scheduler.positions[tp] = records[-1].offset + 1
         try:
-            for decision in plan(scheduler.state, datetime.now(UTC)):
+            sweep = time.monotonic() - swept >= scheduler.settings.tick_seconds
+            if sweep:
+                swept = time.monotonic()
+            for decision in plan(scheduler.state, datetime.now(UTC), sweep=sweep):
                 await scheduler.execute(decision)
-            await scheduler.repair_records()
+            if sweep:
+                await scheduler.repair_records()
         except RetryableError as e:
             log.error("could not carry out a decision, will plan again: %s", e)
             await asyncio.sleep(1)

@@ -335,13 +335,18 @@ def balance(state: SchedulerState, now: datetime) -> list[Decision]:
     return [best[1]] if best is not None else []
 
 
-def plan(state: SchedulerState, now: datetime) -> list[Decision]:
+def plan(state: SchedulerState, now: datetime, *, sweep: bool = True) -> list[Decision]:
     """Recover and expire, then dispatch; only a round with none of these balances (it must see the
-    dispatches made). A round that expires jobs dispatches nothing, so no job is both."""
-    recovered, expired = recoveries(state, now), expiries(state, now)
+    dispatches made). A round that expires jobs dispatches nothing, so no job is both.
+
+    Expiring and balancing read every waiting job; a round without `sweep` skips both, so that rounds
+    woken by each arrival of a burst cost what their dispatches cost, not the length of the queue."""
+    recovered = recoveries(state, now)
+    expired = expiries(state, now) if sweep else []
     if expired:
         return recovered + expired
-    return recovered + dispatches(state, now) or balance(state, now)
+    decided = recovered + dispatches(state, now)
+    return decided or (balance(state, now) if sweep else [])
 
 
 def expiries(state: SchedulerState, now: datetime) -> list[Decision]:

@@ -700,3 +700,34 @@ def test_a_job_past_the_queue_ttl_fails_and_is_never_dispatched() -> None:
     [finish] = plan(state, at)
     assert isinstance(finish, Finish) and finish.job_id == job.job_id
     assert finish.code is ErrorCode.QUEUE_TIMEOUT and "600 s" in finish.reason
+
+
+def test_a_round_without_a_sweep_dispatches_but_neither_expires_nor_balances() -> None:
+    """The loop sweeps (expiries, balancing: both read every waiting job) once a tick, not once a fetch."""
+    state = expiring_state(ttl=timedelta(minutes=10))
+    old = submit(state)
+    at = T0 + timedelta(minutes=10, seconds=1)
+    state.on_heartbeat(beat(0, at))
+    state.on_input(at)
+    [dispatch] = plan(state, at, sweep=False)
+    assert isinstance(dispatch, Dispatch) and dispatch.job_id == old.job_id, "a round still dispatches"
+
+    state = make_state(slots=2)
+    state.balance_gain = timedelta(seconds=1)
+    for slot in (0, 1):
+        state.on_heartbeat(beat(slot, T0))
+    jobs = [submit(state, Priority.BATCH, at=T0 + timedelta(milliseconds=i)) for i in range(3)]
+    carry_out(state, plan(state, T0))
+    for job in jobs[:2]:
+        started(state, job.job_id, 1, T0)
+        progress(state, job.job_id, 1, T0, step=0, per_step=1.0)
+    assert plan(state, T0, sweep=False) == [], "no balancing in a round without a sweep"
+    [preempt] = plan(state, T0)
+    assert isinstance(preempt, Preempt)
+
+    state = expiring_state(ttl=timedelta(minutes=10))
+    waiting = submit(state)
+    state.on_input(at)
+    assert plan(state, at, sweep=False) == [], "no expiry in a round without a sweep"
+    [finish] = plan(state, at)
+    assert isinstance(finish, Finish) and finish.job_id == waiting.job_id
