@@ -24,7 +24,7 @@ from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
 from services.common import consumer as common
 from services.common import tracing
-from services.common.consumer import Batch, Clients, fetch, run_assigned, seek_to_stored, wait_or_stop
+from services.common.consumer import Batch, Clients, fetch, run_assigned, seek_to_stored
 from services.common.kafka import dead_letter, missed_deadline
 from services.common.metrics import observe_lag
 from services.projector.errors import RecordRefused
@@ -98,6 +98,19 @@ class Progress:
         return self._clock() - self._last > self._limit
 
 
+_FREQUENT = frozenset(f"io.reelstream.{t}".encode() for t in (EventType.PROGRESS, EventType.PREVIEW))
+
+
+def _awaited(msg: ConsumerRecord[Any, Any], events_topic: str) -> bool:
+    """Whether someone waits for this record's projection: every job event but the frequent ones (by
+    the `ce_type` header, so nothing is decoded twice). Job requests are not: a burst of submits is what
+    batching is for, and a read of a new job waits for its row anyway."""
+    if msg.topic != events_topic:
+        return False
+    kind = next((value for key, value in msg.headers or () if key == "ce_type"), None)
+    return kind not in _FREQUENT
+
+
 class Projection:
     """Consumes both topics into one `Store`: the live projector, or a replay bounded by end offsets."""
 
@@ -111,6 +124,7 @@ class Projection:
         self.assigned: list[TopicPartition] = []
         self.positions: dict[TopicPartition, int] = {}
         self.progress = Progress(settings.stall_seconds)
+        self._gathered: Batch = {}  # fetched while the last batch's interval ran, applied next
 
     @property
     def topics(self) -> tuple[str, str]:
@@ -136,6 +150,7 @@ class Projection:
         stored = await self.store.load_offsets(self.settings.consumer_name)
         consumer = self._clients.consumer
         await seek_to_stored(consumer, self.assigned, stored)
+        self._gathered = {}  # fetched before the seek: read again from the stored offsets
         self.positions = {tp: await consumer.position(tp) for tp in self.assigned}
 
     async def poll(self) -> Batch:
@@ -207,26 +222,40 @@ class Projection:
             self.settings.consumer_name, consumer, ((tp, self.positions.get(tp, 0)) for tp in self.assigned)
         )
 
-    async def _gather(self, stop: asyncio.Event, taken: float) -> None:
-        """Let the records that arrive meanwhile gather (the consumer keeps fetching) until
-        `batch_interval_ms` after the last batch was taken."""
-        rest = self.settings.batch_interval_ms / 1000 - (time.monotonic() - taken)
-        if rest > 0:
-            await wait_or_stop(stop, rest)
+    async def _gather(self, stop: asyncio.Event, taken: float) -> Batch:
+        """The records that arrive until `batch_interval_ms` after the last batch was taken, or until one
+        a watcher waits for arrives (a job's start or end: anything but progress and previews), or a full
+        batch. So batches grow with the load, while a job's end reaches its watchers at once."""
+        gathered: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        count = 0
+        while not stop.is_set() and count < self.settings.batch_max_records:
+            rest = self.settings.batch_interval_ms / 1000 - (time.monotonic() - taken)
+            if rest <= 0:
+                break
+            fetched = await fetch(
+                self._clients.consumer, max(1, int(rest * 1000)), self.settings.batch_max_records - count
+            )
+            for tp, messages in fetched.items():
+                gathered.setdefault(tp, []).extend(messages)
+                count += len(messages)
+            events = self.settings.events_topic
+            if any(_awaited(msg, events) for messages in fetched.values() for msg in messages):
+                break
+        return gathered
 
     async def run(self, stop: asyncio.Event) -> None:
         """The live loop: until `stop`, poll, apply, and pick up new partitions now and then."""
 
         async def step() -> None:
-            batch = await self.poll()
+            batch, self._gathered = self._gathered or await self.poll(), {}
             if batch:
                 taken = time.monotonic()
                 await self.process(batch)
                 if sum(map(len, batch.values())) < self.settings.batch_max_records:
-                    await self._gather(stop, taken)
+                    self._gathered = await self._gather(stop, taken)
 
         def restart() -> None:
-            self.assigned = []
+            self.assigned, self._gathered = [], {}
 
         self.progress.mark()
         STALLED.set_function(lambda: float(self.progress.stalled()))

@@ -470,6 +470,34 @@ async def test_batches_grow_with_the_load_instead_of_the_transactions(
     assert len(paced) <= produced_for / 0.3 + 2, f"{len(paced)} transactions in {produced_for:.1f}s: {paced}"
 
 
+async def test_a_jobs_start_and_end_are_applied_at_once_not_after_the_batch_interval(
+    topics: ProjectorSettings,
+    producer: AIOKafkaProducer,
+    new_store: Callable[[str], Awaitable[Store]],
+    engine: AsyncEngine,
+) -> None:
+    """Progress gathers for the interval; an event a watcher waits for (a start, an end) ends the gather,
+    and goes in one transaction with the progress gathered before it."""
+    settings = topics.model_copy(update={"batch_max_records": 500, "batch_interval_ms": 2000})
+    store = CountingStore(engine, (await new_store("awaited")).schema)
+    ends: Ends = {}
+    async with projector(settings, store):
+        await produce(producer, settings.requested_topic, [requested()], ends)
+        await wait_consumed(store, settings, ends)
+        await produce(producer, settings.events_topic, [dispatched(1, 1)], ends)
+        await wait_consumed(store, settings, ends)  # a 2-second gather begins
+        await produce(producer, settings.events_topic, [started(1, 2), progress(1, 3, 1)], ends)
+        await asyncio.sleep(0.2)
+        sent = time.monotonic()
+        await produce(producer, settings.events_topic, [succeeded(1, 4)], ends)
+        await wait_consumed(store, settings, ends, timeout=10)
+        took = time.monotonic() - sent
+    job = (await store.snapshot()).jobs[JOB]
+    assert job["status"] == JobStatus.SUCCEEDED
+    assert took < 1.0, f"the end waited {took:.2f} s: the rest of the 2-second interval"
+    assert store.batches[:2] == [1, 1] and sum(store.batches[2:]) == 3, store.batches
+
+
 async def test_carries_on_after_postgres_closes_its_connections(
     topics: ProjectorSettings,
     producer: AIOKafkaProducer,
