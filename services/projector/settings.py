@@ -32,7 +32,8 @@ class ProjectorSettings(JobTopicsReaderSettings):
         description=(
             "While records keep arriving, at most one transaction per this interval: batches grow with the"
             " load instead of the transactions (a transaction costs as much as ten events). A record that"
-            " arrives after a quiet spell is applied at once. 0: a transaction per fetch."
+            " arrives after a quiet spell is applied at once, and so is a job's lifecycle event (anything"
+            " on jobs.events but progress and previews ends the gather). 0: a transaction per fetch."
         ),
     )
     stall_seconds: float = Field(
