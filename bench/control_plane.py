@@ -13,11 +13,14 @@ Phases, in this order so that each starts from an idle queue where it should:
 4. reads: GET job and GET list while the jobs of phase 3 wait (their number is printed);
 5. the peer: submit rate and per-job overhead of Celery+Redis on the same loads.
 
-The workers (ours and the peer's) run at nice 19: what they spend themselves, encoding and uploading the
-simulated video, is a GPU node's CPU in a deployment, so it yields to the control plane here; everything
-they publish is still consumed. It holds `.run/services.lock`, restarts the services with simulated
-workers, and restarts them as they were at the end. It prints one table (measured, target, ratio) and
-writes raw JSON under out/.
+While they work through the burst's backlog (phases 3 and 4, and while they start), the workers (ours and
+the peer's) run at nice 19: what they spend themselves, encoding and uploading the simulated videos, is a
+GPU node's CPU in a deployment, so it yields to the control plane here; everything they publish is still
+consumed. With one job at a time (phases 1, 2 and 5's overhead) they run at nice 0, as a niced worker's
+events would wait for CPU before they are even published.
+
+It holds `.run/services.lock`, restarts the services with simulated workers, and restarts them as they
+were at the end. It prints one table (measured, target, ratio) and writes raw JSON under out/.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,7 @@ API = "http://127.0.0.1:8000"
 PEER_API = "http://127.0.0.1:8100"
 PEER_REDIS_PORT = 6390
 DSN = "postgresql://reelstream:reelstream@127.0.0.1:5432/reelstream"
-WORKER_NICE = 19  # the workers' and the peer's workers' CPU priority (see `nice`)
+BACKLOG_NICE = 19  # the workers' CPU priority while they work through a burst (see the docstring)
 SIMULATED = {
     "REELSTREAM_SIMULATE": "true",
     "REELSTREAM_SIMULATED_SECONDS_PER_STEP": "0.02",
@@ -102,39 +105,41 @@ def worker_pids() -> list[int]:
     return pids
 
 
-def nice(pid: int) -> None:
-    """Lowest CPU priority for `pid`, a session leader: a worker's own CPU (encoding and uploading the
-    simulated video) is a GPU node's in a deployment, not the control plane's. With the kernel's
-    autogroups on, as they are on a desktop or a CI runner, a session's nice is that of its autogroup;
-    without them, that of each thread."""
+def nice(pid: int, value: int) -> None:
+    """Set the CPU priority of `pid`, a session leader. With the kernel's autogroups on, as they are on a
+    desktop or a CI runner, a session's nice is that of its autogroup; without them, that of each thread."""
     with contextlib.suppress(OSError):
-        Path(f"/proc/{pid}/autogroup").write_text(str(WORKER_NICE))
+        Path(f"/proc/{pid}/autogroup").write_text(str(value))
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError, ValueError):
-            os.setpriority(os.PRIO_PROCESS, int(task.name), WORKER_NICE)
+            os.setpriority(os.PRIO_PROCESS, int(task.name), value)
+
+
+def nice_workers(value: int) -> None:
+    for pid in worker_pids():
+        nice(pid, value)
 
 
 def start_services() -> None:
-    """`services.sh start` with simulated workers, each niced as soon as its pid file names it (their
-    start, importing torch, is CPU too)."""
+    """`services.sh start` with simulated workers, each at BACKLOG_NICE from the moment its pid file names
+    it (its start, importing torch, is a GPU node's CPU too), at nice 0 once all are ready."""
     done = threading.Event()
 
-    def nice_workers() -> None:
+    def nice_new_workers() -> None:
         niced: set[int] = set()
         while not done.wait(0.05):
             for pid in set(worker_pids()) - niced:
-                nice(pid)
+                nice(pid, BACKLOG_NICE)
                 niced.add(pid)
 
-    watcher = threading.Thread(target=nice_workers, daemon=True)
+    watcher = threading.Thread(target=nice_new_workers, daemon=True)
     watcher.start()
     try:
         services("start", SIMULATED)
     finally:
         done.set()
         watcher.join()
-    for pid in worker_pids():
-        nice(pid)
+    nice_workers(0)
 
 
 def stop_workers() -> None:
@@ -310,7 +315,7 @@ def start_peer(slots: int) -> list[subprocess.Popen[bytes]]:
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, **quiet)
         if "celery" in argv:
-            nice(proc.pid)  # its workers are GPU nodes too
+            nice(proc.pid, BACKLOG_NICE)  # while it starts; see `peer`
         procs.append(proc)
         if argv[0] == "redis-server":
             time.sleep(0.5)
@@ -333,10 +338,17 @@ def stop_peer(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def peer(slots: int) -> AsyncIterator[None]:
+async def peer(slots: int) -> AsyncIterator[Callable[[int], None]]:
+    """The peer, running; what it yields sets its workers' nice."""
     procs = await asyncio.to_thread(start_peer, slots)
+
+    def nice_peer_workers(value: int) -> None:
+        for proc in procs:
+            if "celery" in proc.args:
+                nice(proc.pid, value)
+
     try:
-        yield
+        yield nice_peer_workers
     finally:
         await asyncio.to_thread(stop_peer, procs)
 
@@ -462,6 +474,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"2. {args.watchers} watchers on one job", flush=True)
         r["watchers"] = await watchers(http, args.watchers)
         print(f"3. submit: {args.clients} clients for {args.seconds:.0f} s", flush=True)
+        nice_workers(BACKLOG_NICE)
         r["submit"] = await submit_load(http, API, job_body, clients=args.clients, seconds=args.seconds)
         queued = await queued_count()
         print(f"4. reads with {queued} jobs queued", flush=True)
@@ -471,8 +484,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         r["peer_submit"] = None
         if args.peer:
             print("5. the Celery+Redis peer: overhead at 10 jobs/s, then submit", flush=True)
-            async with peer(slots=2):
+            async with peer(slots=2) as nice_peer_workers:
+                nice_peer_workers(0)
                 r["peer_overhead"] = await peer_overhead(http, 10, args.seconds)
+                nice_peer_workers(BACKLOG_NICE)
                 r["peer_submit"] = await submit_load(
                     http, PEER_API, job_body, clients=args.clients, seconds=args.seconds
                 )
