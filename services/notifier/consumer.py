@@ -30,7 +30,7 @@ from schemas.envelope import MalformedMessage, decode_event
 from schemas.events import EventType, JobEvent
 from services.common import consumer as common
 from services.common import tracing
-from services.common.consumer import fetch, run_assigned, seek_to_stored
+from services.common.consumer import fetch, run_assigned, seek_to_stored, wait_or_stop
 from services.common.kafka import missed_deadline
 from services.common.metrics import observe_lag
 from services.common.webhooks import TENANT_CHARS
@@ -156,12 +156,21 @@ class Subscriptions:
         def restart() -> None:
             self.assigned = []
 
+        async def step() -> None:
+            # While records keep coming, one transaction per `batch_interval_ms` at most: a transaction
+            # costs about ten records, and a webhook need not leave within milliseconds.
+            taken = time.monotonic()
+            records = await self.poll_once()
+            rest = self.settings.batch_interval_ms / 1000 - (time.monotonic() - taken)
+            if 0 < records < self.settings.batch_max_records and rest > 0:
+                await wait_or_stop(stop, rest)
+
         await run_assigned(
             stop,
             self.settings,
             name="notifier consumer",
             assign=self.assign,
             assigned=lambda: bool(self.assigned),
-            step=self.poll_once,
+            step=step,
             restart=restart,
         )

@@ -23,6 +23,16 @@ class NotifierSettings(JobTopicsReaderSettings):
     batch_max_records: int = Field(
         default=2000, ge=1, le=100_000, description="Most records per transaction."
     )
+    batch_interval_ms: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description=(
+            "While records keep arriving, at most one transaction per this interval: under a burst of"
+            " submits the batches grow instead of the transactions. A record after a quiet spell is"
+            " applied at once; a webhook leaves at most this much later. 0: a transaction per fetch."
+        ),
+    )
 
     retry_initial_seconds: float = Field(
         default=30.0, gt=0, description="Backoff after the first failed attempt (full jitter: 0 to this)."

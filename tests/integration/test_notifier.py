@@ -61,7 +61,7 @@ from services.common.settings import CommonSettings
 from services.common.storage import Storage
 from services.common.targets import static_results
 from services.common.tenants import Caller, ensure_tenant, webhook_secrets
-from services.notifier.main import run_live
+from services.notifier.main import consume, run_live
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store
 from tests.unit.api.test_api_submit import CALLER, KEY, static_keys
@@ -745,3 +745,44 @@ async def test_a_slow_receiver_with_a_backlog_does_not_hold_back_another(
     # rounds, not after it.
     assert slow_done <= 4, f"the fast receiver waited for {slow_done} slow deliveries"
     assert max(slow.attempts.values()) == 1
+
+
+class CountingStore(Store):
+    """The real store, counting its transactions (one per applied batch)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    async def apply_batch(
+        self, consumer: str, batch: Any, now: datetime, max_age: Any = None
+    ) -> tuple[int, int]:
+        self.batches.append(len(batch))
+        return await super().apply_batch(consumer, batch, now, max_age)
+
+
+async def test_a_burst_grows_the_batches_not_the_transactions(
+    notifier_db: str, topics: tuple[str, str, str], producer: AIOKafkaProducer
+) -> None:
+    requested_topic, events_topic, dlq = topics
+    settings = notifier_settings(notifier_db, requested_topic, events_topic, dlq, batch_interval_ms=300)
+    engine = make_engine(settings)
+    store = CountingStore(engine)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consume(settings, store, asyncio.Event(), stop))
+    try:
+        await publish(producer, requested_topic, requested(uuid.uuid4(), "acme", None))
+        await eventually(lambda: sum(store.batches) == 1, "the first request")
+        assert store.batches == [1], "a record after a quiet spell is applied on its own, at once"
+        began = asyncio.get_running_loop().time()
+        for _ in range(30):  # a steady stream of submits, one about every 20 ms
+            await publish(producer, requested_topic, requested(uuid.uuid4(), "acme", None))
+            await asyncio.sleep(0.02)
+        took = asyncio.get_running_loop().time() - began
+        await eventually(lambda: sum(store.batches) == 31, "every request")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+        await engine.dispose()
+    paced = store.batches[1:]
+    assert len(paced) <= took / 0.3 + 2, f"{len(paced)} transactions in {took:.1f}s: {paced}"
