@@ -223,3 +223,25 @@ def test_a_services_tracer_is_made_once_per_provider(spans: InMemorySpanExporter
         pass
     assert [s.name for s in spans.get_finished_spans()] == ["kept"]
     assert [s.name for s in other.get_finished_spans()] == ["moved"]
+
+
+def test_without_an_exporter_spans_keep_their_ids_and_cost_no_recording() -> None:
+    """Log lines and the traceparent of records need the ids; nothing reads the spans themselves."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider, exporting=False)
+    try:
+        with tracing.span("api", "POST") as outer:
+            assert tracing.ids() is not None and not outer.is_recording()
+            with tracing.span("api", "publish job.requested") as inner:
+                headers = dict(tracing.inject([]))
+        with tracing.span("scheduler", "dispatch", parent=remote_context()) as child:
+            assert child.get_span_context().trace_id == TRACE_ID, "a remote parent's trace goes on"
+    finally:
+        tracing.use_provider(None)
+    assert inner.get_span_context().trace_id == outer.get_span_context().trace_id
+    assert inner.get_span_context().span_id != outer.get_span_context().span_id
+    sent = tracing.extract(list(headers.items()))
+    assert get_current_span(sent).get_span_context().span_id == inner.get_span_context().span_id
+    assert exporter.get_finished_spans() == ()
