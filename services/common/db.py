@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 import asyncpg
+import orjson
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -50,6 +51,9 @@ def make_engine(settings: CommonSettings, *, pre_ping: bool = True) -> AsyncEngi
         pool_size=settings.database_pool_size,
         pool_pre_ping=pre_ping,
         pool_timeout=10,
+        # JSONB columns (a job's request and result, each event's payload) decode with orjson: a list of
+        # 20 jobs spent a tenth of its time in the standard json module.
+        json_deserializer=orjson.loads,
         connect_args={
             "timeout": 10,
             "command_timeout": 30,
