@@ -15,6 +15,7 @@ import bisect
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class JobFeed:
     position: bytes | None = None  # the latest job.queue_position frame, None once the job left the queue
     position_version: int = 0
     tick: asyncio.Event = field(default_factory=asyncio.Event)
+    woke_at: float = field(default_factory=time.monotonic)  # when `tick` was last set
     streams: int = 0
     task: asyncio.Task[None] | None = None
 
@@ -93,20 +95,13 @@ class JobFeed:
             self.position, self.position_version = text, self.position_version + 1
             grew = True
         if grew:
-            woken, self.tick = self.tick, asyncio.Event()
-            woken.set()
+            self.wake()
         return grew
 
-
-async def woken(tick: asyncio.Event, seconds: float) -> bool:
-    """Wait for `tick` at most `seconds`; True when it was set. Unlike `wait_event` it leaves the event
-    set: every stream of the feed waits on the same one."""
-    try:
-        async with asyncio.timeout(max(seconds, 0)):
-            await tick.wait()
-    except TimeoutError:
-        return False
-    return True
+    def wake(self) -> None:
+        """Wake every stream of the feed (each then sends what it has not, or a keep-alive if due)."""
+        woken, self.tick, self.woke_at = self.tick, asyncio.Event(), time.monotonic()
+        woken.set()
 
 
 def database_rows(sessions: async_sessionmaker[AsyncSession]) -> ReadRows:
@@ -133,12 +128,18 @@ class JobFeeds:
     """The feeds of the jobs that have streams on this api process."""
 
     def __init__(
-        self, notifier: JobNotifier, read_rows: ReadRows, read_position: ReadPosition, poll_seconds: float
+        self,
+        notifier: JobNotifier,
+        read_rows: ReadRows,
+        read_position: ReadPosition,
+        poll_seconds: float,
+        keepalive_seconds: float = 15.0,
     ) -> None:
         self._notifier = notifier
         self._read_rows = read_rows
         self._read_position = read_position
         self._poll = poll_seconds
+        self.keepalive = keepalive_seconds
         self._feeds: dict[uuid.UUID, JobFeed] = {}
 
     @contextlib.contextmanager
@@ -166,7 +167,11 @@ class JobFeeds:
 
     async def _read(self, feed: JobFeed) -> None:
         """Read new events and the queue position after each NOTIFY of the job, or each poll interval;
-        a database that is away pauses the feed (the streams send keep-alives) instead of ending it."""
+        a database that is away pauses the feed (the streams send keep-alives) instead of ending it.
+
+        The feed is also the streams' clock: it wakes them when none woke for half the keep-alive
+        interval, and a stream idle that long sends a keep-alive. So a stream waits on the feed alone,
+        with no timer of its own: 2,000 streams of one job are 2,000 timers fewer per event."""
         with self._notifier.watch(feed.job_id) as changed:
             while not feed.ended:
                 after = feed.seqs[-1] if feed.seqs else -1
@@ -177,8 +182,12 @@ class JobFeeds:
                     log.warning("job=%s: feed read failed, will retry: %s", feed.job_id, e.__class__.__name__)
                 else:
                     feed.add(rows, position, eta)
-                if not feed.ended:
-                    await wait_event(changed, self._poll)
+                if feed.ended:
+                    return
+                if time.monotonic() - feed.woke_at >= self.keepalive / 2:
+                    feed.wake()
+                idle = self.keepalive / 2 - (time.monotonic() - feed.woke_at)
+                await wait_event(changed, max(min(self._poll, idle), 0.01))
 
     def __len__(self) -> int:
         return len(self._feeds)

@@ -46,7 +46,13 @@ def app_state(
     """What every request handler shares, around the clients the lifespan (or a test) made."""
     sessions = make_sessions(engine)
     queue = QueueViewFollower(settings, SCHEDULER_QUEUE, settings.queue_view_max_age_seconds)
-    feeds = JobFeeds(notifier, database_rows(sessions), queue_places(queue), settings.sse_poll_seconds)
+    feeds = JobFeeds(
+        notifier,
+        database_rows(sessions),
+        queue_places(queue),
+        settings.sse_poll_seconds,
+        settings.sse_keepalive_seconds,
+    )
     return AppState(
         settings,
         engine,

@@ -47,7 +47,14 @@ class ApiSettings(CommonSettings):
         gt=0,
         description="A queue view older than this (the scheduler is away) gives no positions or ETAs.",
     )
-    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    sse_keepalive_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "Longest silence on an event stream: a stream with nothing sent for half of it sends a"
+            " keep-alive comment when its job's feed wakes it (at least every half of it)."
+        ),
+    )
     sse_poll_seconds: float = Field(default=2.0, gt=0, description="Fallback re-read if a NOTIFY is missed.")
     max_streams: int = Field(
         default=4000,

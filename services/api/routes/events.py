@@ -15,7 +15,6 @@ from services.api import metrics
 from services.api.auth import CallerDep
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import ApiError, problems
-from services.api.feeds import woken
 from services.api.routes.jobs import load_job
 
 log = logging.getLogger(__name__)
@@ -53,19 +52,23 @@ async def event_stream(state: AppState, job_id: uuid.UUID, after: int) -> AsyncI
             yield b"retry: 2000\n\n"
             while True:
                 tick = feed.tick
+                sent = False
                 if frames := feed.after(after):
                     # What arrived since the last wake-up goes out as one write.
                     yield b"".join(text for _, text in frames)
-                    after, last_sent = frames[-1][0], time.monotonic()
+                    after, sent = frames[-1][0], True
                 if feed.seqs and feed.done_after(after):
                     return
                 if feed.position is not None and feed.position_version != position_sent:
                     yield feed.position
-                    position_sent, last_sent = feed.position_version, time.monotonic()
-                waited = state.settings.sse_keepalive_seconds - (time.monotonic() - last_sent)
-                if not await woken(tick, waited):
-                    yield b": keep-alive\n\n"
-                    last_sent = time.monotonic()
+                    position_sent, sent = feed.position_version, True
+                now = time.monotonic()
+                if sent:
+                    last_sent = now
+                elif now - last_sent >= state.feeds.keepalive / 2:
+                    yield b": keep-alive\n\n"  # the feed wakes its streams at least this often
+                    last_sent = now
+                await tick.wait()
     finally:
         metrics.SSE_CLIENTS.dec()
 

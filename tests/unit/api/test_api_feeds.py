@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import OperationalError
 
-from services.api.feeds import JobFeed, JobFeeds, woken
+from services.api.feeds import JobFeed, JobFeeds
 from services.api.notify import JobNotifier
 from services.api.queue_view import Eta
 from services.common.readmodel import JobEventRow
@@ -49,9 +49,11 @@ class FakeReadModel:
         return self.position, None
 
 
-def feeds_on(model: FakeReadModel, poll: float = 30.0) -> tuple[JobFeeds, JobNotifier]:
+def feeds_on(
+    model: FakeReadModel, poll: float = 30.0, keepalive: float = 15.0
+) -> tuple[JobFeeds, JobNotifier]:
     notifier = JobNotifier("postgresql://unused")
-    return JobFeeds(notifier, model.read_rows, model.read_position, poll), notifier
+    return JobFeeds(notifier, model.read_rows, model.read_position, poll, keepalive), notifier
 
 
 def notify(notifier: JobNotifier, job_id: uuid.UUID = JOB) -> None:
@@ -69,7 +71,7 @@ async def follower(feeds: JobFeeds, after: int, seen: list[bytes], started: asyn
                 after = seq
             if feed.seqs and feed.done_after(after):
                 return
-            await woken(tick, 5)
+            await asyncio.wait_for(tick.wait(), 5)
 
 
 async def test_two_hundred_streams_on_one_job_share_one_reader() -> None:
@@ -133,3 +135,19 @@ async def test_stop_ends_every_reader() -> None:
         await asyncio.sleep(0.01)
         await feeds.stop()
         assert feed.task is not None and feed.task.done()
+
+
+async def test_a_quiet_feed_wakes_its_streams_every_half_keepalive_for_their_keep_alives() -> None:
+    """Streams have no timer of their own: the feed is their clock."""
+    model = FakeReadModel()
+    feeds, _ = feeds_on(model, poll=30.0, keepalive=0.4)
+    with feeds.follow(JOB) as feed:
+        await asyncio.sleep(0.05)  # the first read
+        woke = []
+        for _ in range(3):
+            tick = feed.tick
+            began = asyncio.get_running_loop().time()
+            await asyncio.wait_for(tick.wait(), 2)
+            woke.append(asyncio.get_running_loop().time() - began)
+        assert all(w <= 0.3 for w in woke), woke
+        assert model.reads <= 5, "a wake for keep-alives reads nothing more than the poll does"
