@@ -73,22 +73,29 @@ class ProjectionLag:
         return {partition: acks[-1][0] for partition, acks in self._acked.items() if acks}
 
     async def projected(self, session: AsyncSession, marks: dict[int, int]) -> bool:
-        """Whether the projector has passed every offset in `marks`."""
+        """Whether the projector has passed every offset in `marks`. What it passed is forgotten, so once
+        it has caught up `newest()` is empty and a list asks nothing more."""
         passed = await self._passed(session)
+        self._forget(passed)
         return all(passed.get(partition, 0) > offset for partition, offset in marks.items())
 
     async def _passed(self, session: AsyncSession) -> dict[int, int]:
         stmt = select(ConsumerOffset.partition, ConsumerOffset.next_offset).where(
             ConsumerOffset.consumer == self.consumer, ConsumerOffset.topic == JOBS_REQUESTED
         )
-        return dict((await session.execute(stmt)).tuples().all())
+        rows = (await session.execute(stmt)).all()
+        return {int(row.partition): int(row.next_offset) for row in rows}
 
-    async def measure(self, session: AsyncSession) -> Lag:
-        passed = await self._passed(session)
-        now, oldest, waiting = time.monotonic(), math.inf, 0
+    def _forget(self, passed: dict[int, int]) -> None:
         for partition, acks in self._acked.items():
             while acks and acks[0][0] < passed.get(partition, 0):
                 acks.popleft()
+
+    async def measure(self, session: AsyncSession) -> Lag:
+        passed = await self._passed(session)
+        self._forget(passed)
+        now, oldest, waiting = time.monotonic(), math.inf, 0
+        for acks in self._acked.values():
             if acks:
                 oldest, waiting = min(oldest, acks[0][1]), waiting + len(acks)
         return Lag(seconds=0.0 if waiting == 0 else round(now - oldest, 3), records=waiting)

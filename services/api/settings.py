@@ -13,6 +13,14 @@ PROJECTOR = "reelstream-projector"
 
 class ApiSettings(CommonSettings):
     service_name: str = "api"
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "Connections the api keeps open. A request holds one for its queries; past this many at once"
+            " each further request opens and closes a connection of its own (several milliseconds)."
+        ),
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_base_url: str = "http://127.0.0.1:8000"
