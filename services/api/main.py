@@ -30,6 +30,7 @@ from services.api.settings import ApiSettings, get_settings
 from services.api.streams import StreamLimit
 from services.common.db import make_engine, make_sessions
 from services.common.logging import observe
+from services.common.runtime import settle_heap
 from services.common.storage import Storage
 
 
@@ -171,8 +172,10 @@ def run() -> None:
     settings = get_settings()
     observe("api", settings)
     logging.getLogger("uvicorn.access").addFilter(QuietProbes())
+    app = create_app(settings)
+    settle_heap()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

