@@ -37,9 +37,9 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], *, settle: bool = True) -> None:
     """Run `main(stop)` in a fresh event loop; SIGTERM and SIGINT set `stop` for a clean shutdown. The
-    heap made so far is settled first (`settle_heap`)."""
+    heap made so far is settled first (`settle_heap`) unless `settle` is False."""
 
     async def _wrapper() -> None:
         stop = asyncio.Event()
@@ -48,7 +48,8 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    settle_heap()
+    if settle:
+        settle_heap()
     asyncio.run(_wrapper())
 
 
