@@ -3,14 +3,14 @@
 Every event the worker emits for an attempt is built here (`Attempt.event`, `attempt_event`), so each
 carries the job, the attempt, the producer and the tenant of its dispatch. An attempt's events are
 numbered and handed to the producer one at a time, so the log holds them in `sequence` order although
-progress, checkpoints and the end are sent by different tasks. Progress is throttled and droppable; the
-last event of an attempt is retried until Kafka has it (or the worker stops).
+progress, checkpoints and the end are sent by different tasks. Progress is throttled (within a phase
+only the newest update is sent, but every phase is); the last event of an attempt is retried until
+Kafka has it (or the worker stops).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import itertools
@@ -258,7 +258,11 @@ class Attempt:
 
 
 class ProgressPump:
-    """Publishes the newest progress at most every `interval` seconds; older unsent updates are dropped.
+    """Publishes progress at most every `interval` seconds, keeping the last update of every phase.
+
+    Within a phase only the newest unsent update counts (a step replaces the step before it); an update
+    that ends a phase is kept when the next phase's update arrives before the pump's next turn, so a
+    phase shorter than the interval (the tiny model's video encoding) is still reported, in order.
 
     The generation thread offers an update at every step. It wakes the event loop only when the pump
     is waiting for one: a wake-up per step, for updates the pump mostly drops, would cost the slot's
@@ -269,45 +273,58 @@ class ProgressPump:
         self._publish = publish
         self._interval = interval
         self._loop = asyncio.get_running_loop()
-        # The newest unsent update. A deque's append and popleft are atomic, so the generation thread
-        # replaces it while the loop takes it without a lock and without losing the newer one.
-        self._latest: collections.deque[JobProgress] = collections.deque(maxlen=1)
+        # The unsent updates: the last of each phase that ended since the pump's last turn, then the
+        # newest. The generation thread and the loop both touch it, under the lock.
+        self._pending: list[JobProgress] = []
+        self._lock = threading.Lock()
         self._wake = asyncio.Event()
         self._waiting = False
         self._task = asyncio.create_task(self._pump(), name="progress-pump")
 
+    def _put(self, event: JobProgress) -> None:
+        with self._lock:
+            if self._pending and self._pending[-1].phase == event.phase:
+                self._pending[-1] = event
+            else:
+                self._pending.append(event)
+
     def offer(self, event: JobProgress) -> None:
         """Called on the event loop."""
-        self._latest.append(event)
+        self._put(event)
         self._wake.set()
 
     def offer_threadsafe(self, event: JobProgress) -> None:
         """Called from another thread."""
-        self._latest.append(event)
-        if self._waiting:  # read after the append: a pump that starts waiting now sees the update
+        self._put(event)
+        if self._waiting:  # read after the put: a pump that starts waiting now sees the update
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    async def _send_latest(self) -> None:
-        try:
-            event = self._latest.popleft()
-        except IndexError:
-            return
-        try:
-            await self._publish(event)
-        except RetryableError as e:
-            log.warning("dropped a progress update: %s", e)
+    async def _send_pending(self) -> None:
+        """Sends the updates pending now, one at a time: one cancelled mid-send (by `close`) loses at
+        most the update in flight, and `close` sends the rest."""
+        with self._lock:
+            count = len(self._pending)
+        for _ in range(count):
+            with self._lock:
+                if not self._pending:
+                    return
+                event = self._pending.pop(0)
+            try:
+                await self._publish(event)
+            except RetryableError as e:
+                log.warning("dropped a progress update: %s", e)
 
     async def _pump(self) -> None:
         while True:
-            if not self._latest:
+            if not self._pending:
                 self._wake.clear()
                 self._waiting = True
                 try:
-                    if not self._latest:  # checked again after announcing the wait
+                    if not self._pending:  # checked again after announcing the wait
                         await self._wake.wait()
                 finally:
                     self._waiting = False
-            await self._send_latest()
+            await self._send_pending()
             await asyncio.sleep(self._interval)
 
     async def close(self) -> None:
@@ -315,4 +332,4 @@ class ProgressPump:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        await self._send_latest()
+        await self._send_pending()

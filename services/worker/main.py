@@ -136,10 +136,7 @@ def run() -> None:
         watch_gpu()
     serve_metrics(settings.metrics_port, ready=ready.is_set)
     try:
-        # Not settled: the progress pump keeps only the newest update per interval, so a phase shorter
-        # than the interval can go unreported, and with the heap settled the tiny model's video
-        # encoding was once missed by a client following every phase. Its latency is its GPU's anyway.
-        run_until_signalled(lambda stop: serve(settings, stop, ready=ready), settle=False)
+        run_until_signalled(lambda stop: serve(settings, stop, ready=ready))
     except GenerationError as e:
         log.error("worker cannot start: %s", e.message)
         sys.exit(2)

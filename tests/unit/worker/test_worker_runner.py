@@ -538,6 +538,40 @@ async def test_the_progress_pump_sends_the_newest_update_from_a_thread_without_l
     assert len(numbers) <= 2 + elapsed / 0.05 + 1  # at most one per interval
 
 
+async def test_the_progress_pump_reports_every_phase_even_one_shorter_than_its_interval() -> None:
+    sent: list[JobProgress] = []
+
+    async def publish(event: JobProgress) -> object:
+        sent.append(event)
+        return None
+
+    def update(phase: Phase, step: int | None = None) -> JobProgress:
+        return JobProgress(
+            job_id=uuid.UUID(int=1), producer="worker-0", attempt=1, phase=phase, progress=0.5, step=step
+        )
+
+    pump = ProgressPump(publish, interval=10.0)  # one turn in the whole test, then only `close`
+    pump.offer(update(Phase.ENCODING_PROMPT))
+    await asyncio.sleep(0.01)  # the idle pump sends the first update at once, then sleeps
+
+    def generation() -> None:
+        for step in range(1, 51):
+            pump.offer_threadsafe(update(Phase.DENOISING, step))
+        pump.offer_threadsafe(update(Phase.DECODING))
+
+    await asyncio.to_thread(generation)
+    pump.offer(update(Phase.ENCODING_VIDEO))  # milliseconds long, replaced before the next turn
+    pump.offer(update(Phase.UPLOADING))
+    await pump.close()
+    assert [(e.phase, e.step) for e in sent] == [
+        (Phase.ENCODING_PROMPT, None),
+        (Phase.DENOISING, 50),
+        (Phase.DECODING, None),
+        (Phase.ENCODING_VIDEO, None),
+        (Phase.UPLOADING, None),
+    ]
+
+
 TERMINAL = {EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED, EventType.PREEMPTED}
 
 
