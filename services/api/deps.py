@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 class AppState:
     settings: ApiSettings
     engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
+    sessions: async_sessionmaker[AsyncSession]  # transactions, for the few routes that write
+    reads: async_sessionmaker[AsyncSession]  # autocommit, for everything else (`make_read_sessions`)
     publisher: JobPublisher
     storage: Storage
     notifier: JobNotifier
@@ -49,6 +50,14 @@ async def get_state(request: Request) -> AppState:
 
 async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
     try:
+        async with state.reads() as session:
+            yield session
+    except DB_ERRORS as e:
+        raise DatabaseUnavailable(f"the job database is unavailable: {e.__class__.__name__}") from e
+
+
+async def get_write_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
+    try:
         async with state.sessions() as session:
             yield session
     except DB_ERRORS as e:
@@ -57,5 +66,7 @@ async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIt
 
 StateDep = Annotated[AppState, Depends(get_state)]
 # Closed when the route function returns, before the body is sent: a stream (SSE, a download) never
-# holds a pooled connection for its life.
+# holds a pooled connection for its life. SessionDep reads (each statement on its own); a route that
+# writes takes WriteSessionDep, a transaction it commits.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session, scope="function")]

@@ -28,7 +28,7 @@ from services.api.queue_view import QueueViewFollower
 from services.api.routes import admin, deliveries, events, health, jobs, videos
 from services.api.settings import ApiSettings, get_settings
 from services.api.streams import StreamLimit
-from services.common.db import make_engine, make_sessions
+from services.common.db import make_engine, make_read_sessions, make_sessions
 from services.common.logging import observe
 from services.common.runtime import settle_heap
 from services.common.storage import Storage
@@ -45,11 +45,11 @@ def app_state(
     keys: Keys | None = None,
 ) -> AppState:
     """What every request handler shares, around the clients the lifespan (or a test) made."""
-    sessions = make_sessions(engine)
+    sessions, reads = make_sessions(engine), make_read_sessions(engine)
     queue = QueueViewFollower(settings, SCHEDULER_QUEUE, settings.queue_view_max_age_seconds)
     feeds = JobFeeds(
         notifier,
-        database_rows(sessions),
+        database_rows(reads),
         queue_places(queue),
         settings.sse_poll_seconds,
         settings.sse_keepalive_seconds,
@@ -58,13 +58,14 @@ def app_state(
         settings,
         engine,
         sessions,
+        reads,
         publisher,
         storage,
         notifier,
         streams or StreamLimit(settings.max_streams),
         feeds,
         queue,
-        keys or KeyCache(settings, sessions),
+        keys or KeyCache(settings, reads),
         RateLimits(settings.rate_burst_seconds),
         lag=ProjectionLag(settings.projector_consumer),
     )
@@ -118,7 +119,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings)
+        engine = make_engine(settings, pre_ping=False)  # closed connections are still refused
         publisher = JobPublisher(settings)
         await publisher.connect()
         notifier = JobNotifier(settings.database_url.get_secret_value())

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from services.api.auth import AdminDep
-from services.api.deps import SessionDep
+from services.api.deps import SessionDep, WriteSessionDep
 from services.api.errors import ApiError, problems
 from services.common.tenants import TENANT_NAME, BadTenantName, create_key, list_keys, revoke_key, set_limits
 
@@ -53,7 +53,7 @@ class Limits(BaseModel):
 
 
 @router.post("/keys", status_code=201, responses=problems(400, 403))
-async def create(body: NewKey, _: AdminDep, session: SessionDep) -> dict[str, Any]:
+async def create(body: NewKey, _: AdminDep, session: WriteSessionDep) -> dict[str, Any]:
     """A new key; `key` is shown this once and never again (only its hash is stored)."""
     try:
         key, info = await create_key(session, body.tenant, body.name, admin=body.admin)
@@ -73,7 +73,7 @@ async def index(
 
 
 @router.delete("/keys/{key_id}", responses=problems(403, 404))
-async def revoke(key_id: uuid.UUID, _: AdminDep, session: SessionDep) -> dict[str, Any]:
+async def revoke(key_id: uuid.UUID, _: AdminDep, session: WriteSessionDep) -> dict[str, Any]:
     """Revoke a key: every api process refuses it within `key_cache_seconds`."""
     info = await revoke_key(session, key_id)
     if info is None:
@@ -87,7 +87,7 @@ async def limits(
     tenant: Annotated[str, Path(pattern=TENANT_NAME.pattern)],
     body: Limits,
     _: AdminDep,
-    session: SessionDep,
+    session: WriteSessionDep,
 ) -> dict[str, Any]:
     """Set a tenant's limits (made if new). Submits from then on carry them to the scheduler."""
     try:

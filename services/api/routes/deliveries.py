@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.auth import CallerDep
-from services.api.deps import SessionDep, StateDep
+from services.api.deps import SessionDep, StateDep, WriteSessionDep
 from services.api.errors import ApiError, problems
 from services.api.routes.jobs import load_job
 from services.common.webhooks import job_deliveries, redeliver
@@ -99,7 +99,7 @@ async def list_deliveries(
     responses=problems(404, why={404: "No such job, or no such delivery of it"}),
 )
 async def redeliver_one(
-    job_id: uuid.UUID, delivery_id: uuid.UUID, caller: CallerDep, state: StateDep, session: SessionDep
+    job_id: uuid.UUID, delivery_id: uuid.UUID, caller: CallerDep, state: StateDep, session: WriteSessionDep
 ) -> DeliveryOut:
     """Queue the delivery again, due now, with a fresh retry window: delivered, retrying or dead alike.
     The receiver gets the same `webhook-id`, so it can tell a repeat."""

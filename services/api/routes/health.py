@@ -30,7 +30,7 @@ async def _check(name: str, probe: Callable[[], Awaitable[object]], seconds: flo
 
 
 async def _db(state: AppState) -> Lag:
-    async with state.sessions() as session:
+    async with state.reads() as session:
         return await state.lag.measure(session)
 
 
