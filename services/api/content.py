@@ -15,7 +15,7 @@ from services.api.errors import ApiError, Conflict
 from services.api.streams import StreamLimit
 from services.api.views import STILLS
 from services.common.errors import StorageUnavailable
-from services.common.readmodel import Job
+from services.common.readmodel import JobRow
 from services.common.storage import Storage, preview_key
 
 
@@ -43,7 +43,7 @@ class StepRequired(ApiError):
 
 
 def variant_key(
-    job: Job, variant: ContentVariant, step: int | None = None, attempt: int | None = None
+    job: JobRow, variant: ContentVariant, step: int | None = None, attempt: int | None = None
 ) -> str:
     """The S3 key of `variant` of `job`. The video and its stills exist once the job has succeeded
     (409 before); a still rendered only by later versions is a 404 naming it. A preview is the one of

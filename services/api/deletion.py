@@ -31,7 +31,7 @@ from services.api.deps import AppState
 from services.api.errors import DB_ERRORS
 from services.api.notify import wait_event
 from services.api.queries import get_job
-from services.common.readmodel import Job, JobEventRow
+from services.common.readmodel import JobEventRow, JobRow
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ async def was_deleted(session: AsyncSession, job_id: uuid.UUID) -> bool:
     return found is not None
 
 
-async def delete_job(state: AppState, session: AsyncSession, job: Job) -> int:
+async def delete_job(state: AppState, session: AsyncSession, job: JobRow) -> int:
     """Delete `job` (the caller's, as loaded); returns how many S3 objects went."""
     job_id, tenant, attempt = job.id, job.tenant, job.attempt
     if not JobStatus(job.status).is_terminal():

@@ -7,12 +7,13 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Final
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import ApiError
-from services.common.readmodel import Job, JobEventRow
+from services.common.readmodel import JOBS, JobEventRow, JobRow
 
 
 class BadCursor(ApiError):
@@ -20,7 +21,7 @@ class BadCursor(ApiError):
     title = "Invalid cursor"
 
 
-def encode_cursor(job: Job) -> str:
+def encode_cursor(job: JobRow) -> str:
     raw = json.dumps([job.created_at.isoformat(), str(job.id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -38,29 +39,34 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     return when, after
 
 
-async def get_job(session: AsyncSession, job_id: uuid.UUID, tenant: str) -> Job | None:
+_JOB: Final = select(JOBS).where(JOBS.c.id == bindparam("id"), JOBS.c.tenant == bindparam("tenant"))
+_KEYED: Final = select(JOBS).where(
+    JOBS.c.tenant == bindparam("tenant"), JOBS.c.idempotency_key == bindparam("key")
+)
+
+
+async def get_job(session: AsyncSession, job_id: uuid.UUID, tenant: str) -> JobRow | None:
     """The job if it is the tenant's."""
-    job = await session.get(Job, job_id, populate_existing=True)
-    return job if job is not None and job.tenant == tenant else None
+    return (await session.execute(_JOB, {"id": job_id, "tenant": tenant})).first()
 
 
-async def find_by_idempotency_key(session: AsyncSession, tenant: str, key: str) -> Job | None:
-    stmt = select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)
-    return (await session.execute(stmt)).scalar_one_or_none()
+async def find_by_idempotency_key(session: AsyncSession, tenant: str, key: str) -> JobRow | None:
+    return (await session.execute(_KEYED, {"tenant": tenant, "key": key})).first()
 
 
 async def list_jobs(
     session: AsyncSession, tenant: str, status: str | None, limit: int, cursor: str | None
-) -> tuple[Sequence[Job], str | None]:
+) -> tuple[Sequence[JobRow], str | None]:
     """The tenant's jobs, newest first, keyset-paginated on (created_at, id)."""
-    stmt = select(Job).where(Job.tenant == tenant)
+    jobs = JOBS.c
+    stmt = select(JOBS).where(jobs.tenant == tenant)
     if status is not None:
-        stmt = stmt.where(Job.status == status)
+        stmt = stmt.where(jobs.status == status)
     if cursor is not None:
         created, job_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    rows = (await session.execute(stmt)).scalars().all()
+        stmt = stmt.where(or_(jobs.created_at < created, and_(jobs.created_at == created, jobs.id < job_id)))
+    stmt = stmt.order_by(jobs.created_at.desc(), jobs.id.desc()).limit(limit + 1)
+    rows = (await session.execute(stmt)).all()
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 

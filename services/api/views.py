@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from schemas.events import JobError, Spritesheet, VideoResult
 from schemas.jobs import JobStatus, Phase, ResolvedRequest
 from services.api.queue_view import Eta
-from services.common.readmodel import Job
+from services.common.readmodel import JobRow
 
 
 class ResultOut(BaseModel):
@@ -100,7 +100,7 @@ def _result(raw: dict[str, Any] | None, base: str, job_id: uuid.UUID) -> ResultO
     )
 
 
-def job_out(job: Job, base: str, position: int | None, eta: Eta | None = None) -> JobOut:
+def job_out(job: JobRow, base: str, position: int | None, eta: Eta | None = None) -> JobOut:
     status = JobStatus(job.status)
     eta_out = None
     if eta is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from sqlalchemy import (
     BigInteger,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NOTIFY_CHANNEL: Final = "reelstream_jobs"
@@ -89,6 +90,13 @@ class Job(Base):
         # The retention sweeper's expired jobs.
         Index("ix_jobs_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
     )
+
+
+# The `jobs` table for Core statements, and a row such a statement returns: the columns of `Job` as
+# attributes, without an ORM instance. The api's reads use them: building instances (identity map,
+# instrumented attributes) it only reads cost about 0.3 ms of CPU a request, GETs and lists mixed.
+JOBS: Final = Job.__table__
+JobRow: TypeAlias = Row[Any]
 
 
 class JobEventRow(Base):

@@ -29,7 +29,7 @@ from services.api.notify import wait_event
 from services.api.queries import find_by_idempotency_key, get_job, list_jobs
 from services.api.submit import accept_by, publish_request
 from services.api.views import JobList, JobOut, job_out, links
-from services.common.readmodel import Job
+from services.common.readmodel import JobRow
 from services.common.tenants import Caller
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def request_hash(req: JobRequest) -> str:
 
 async def wait_projected(
     state: AppState, session: SessionDep, job_id: uuid.UUID, tenant: str, changed: asyncio.Event
-) -> Job | None:
+) -> JobRow | None:
     """Read-your-writes: wait (bounded) until the projector has written the job's row."""
     deadline = time.monotonic() + state.settings.projection_wait_seconds
     while True:
@@ -56,7 +56,7 @@ async def wait_projected(
         await wait_event(changed, min(remaining, 0.25))
 
 
-def _view(state: AppState, job: Job) -> JobOut:
+def _view(state: AppState, job: JobRow) -> JobOut:
     """The job as stored, with its place in the scheduler's queue view (a lookup, no query)."""
     position, eta = (None, None) if JobStatus(job.status).is_terminal() else state.queue_view.lookup(job.id)
     return job_out(job, state.settings.public_base_url, position, eta)
@@ -233,7 +233,7 @@ async def _check_queue(state: AppState, session: SessionDep) -> None:
 
 
 async def _replayed(
-    state: AppState, session: SessionDep, job: Job, digest: str, response: Response
+    state: AppState, session: SessionDep, job: JobRow, digest: str, response: Response
 ) -> JobOut:
     if job.request_hash != digest:
         raise IdempotencyMismatch("this Idempotency-Key was used with a different body", job_id=str(job.id))
@@ -267,7 +267,7 @@ def _unprojected_view(state: AppState, event: JobRequested) -> JobOut:
     )
 
 
-async def load_job(state: AppState, session: SessionDep, job_id: uuid.UUID, tenant: str) -> Job:
+async def load_job(state: AppState, session: SessionDep, job_id: uuid.UUID, tenant: str) -> JobRow:
     """The tenant's job, waiting (bounded) when the id is recent enough to be still on its way to the read
     model. Another tenant's job is as unknown as a job that never was: 404, not 403."""
     job = await get_job(session, job_id, tenant)
@@ -344,10 +344,11 @@ async def cancel(job_id: uuid.UUID, *, caller: CallerDep, state: StateDep, sessi
     return _view(state, job)
 
 
-def _succeeded(job: Job) -> dict[str, object]:
+def _succeeded(job: JobRow) -> dict[str, object]:
     if job.status != JobStatus.SUCCEEDED or job.result is None:
         raise Conflict(f"job {job.id} is {job.status}; the result exists once it has succeeded")
-    return job.result
+    result: dict[str, object] = job.result
+    return result
 
 
 @router.get(

@@ -36,9 +36,10 @@ from services.api.content import MEDIA_TYPES, ContentVariant, stream_object, var
 from services.api.deletion import delete_job
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import ApiError, problems
+from services.api.queries import get_job
 from services.api.routes import jobs
 from services.api.views import EtaOut, JobOut, ResultOut, job_out
-from services.common.readmodel import Job
+from services.common.readmodel import JOBS, JobRow
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
@@ -393,7 +394,7 @@ def video_of(job: JobOut, retention_days: float | None) -> Video:
     )
 
 
-def _job_view(state: AppState, job: Job) -> JobOut:
+def _job_view(state: AppState, job: JobRow) -> JobOut:
     position, eta = (None, None) if JobStatus(job.status).is_terminal() else state.queue_view.lookup(job.id)
     return job_out(job, state.settings.public_base_url, position, eta)
 
@@ -521,22 +522,23 @@ async def index(
     """`client.videos.list(limit=, order=)`, a page at a time after the last id of the one before (the
     client's iterator follows `last_id` while `has_more`)."""
     await jobs._own_submits_projected(state, session)
-    stmt = select(Job).where(Job.tenant == caller.tenant)
+    columns = JOBS.c
+    stmt = select(JOBS).where(columns.tenant == caller.tenant)
     if after is not None:
         mark = await _after(session, after, caller.tenant)
         if order == "desc":
             stmt = stmt.where(
-                or_(Job.created_at < mark[0], and_(Job.created_at == mark[0], Job.id < mark[1]))
+                or_(columns.created_at < mark[0], and_(columns.created_at == mark[0], columns.id < mark[1]))
             )
         else:
             stmt = stmt.where(
-                or_(Job.created_at > mark[0], and_(Job.created_at == mark[0], Job.id > mark[1]))
+                or_(columns.created_at > mark[0], and_(columns.created_at == mark[0], columns.id > mark[1]))
             )
     if order == "desc":
-        stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc())
+        stmt = stmt.order_by(columns.created_at.desc(), columns.id.desc())
     else:
-        stmt = stmt.order_by(Job.created_at, Job.id)
-    rows = (await session.execute(stmt.limit(limit + 1))).scalars().all()
+        stmt = stmt.order_by(columns.created_at, columns.id)
+    rows = (await session.execute(stmt.limit(limit + 1))).all()
     data = [video_of(_job_view(state, job), state.settings.retention_days) for job in rows[:limit]]
     return VideoList(
         data=data,
@@ -551,8 +553,8 @@ async def _after(session: SessionDep, after: str, tenant: str) -> tuple[datetime
         job_id = uuid.UUID(after)
     except ValueError:
         job_id = None
-    job = await session.get(Job, job_id) if job_id is not None else None
-    if job is None or job.tenant != tenant:
+    job = await get_job(session, job_id, tenant) if job_id is not None else None
+    if job is None:
         raise BadAfter(f"after={after!r} is not the id of one of your videos; pass a page's last_id back")
     return job.created_at, job.id
 
