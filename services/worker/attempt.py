@@ -262,7 +262,9 @@ class ProgressPump:
 
     Within a phase only the newest unsent update counts (a step replaces the step before it); an update
     that ends a phase is kept when the next phase's update arrives before the pump's next turn, so a
-    phase shorter than the interval (the tiny model's video encoding) is still reported, in order.
+    phase shorter than the interval (the tiny model's video encoding) is still reported, in order. A new
+    phase does not wait for the interval: its first update is sent at once (a handful per job), so a
+    watcher sees the job start decoding or uploading when it does, not up to an interval later.
 
     The generation thread offers an update at every step. It wakes the event loop only when the pump
     is waiting for one: a wake-up per step, for updates the pump mostly drops, would cost the slot's
@@ -276,27 +278,39 @@ class ProgressPump:
         # The unsent updates: the last of each phase that ended since the pump's last turn, then the
         # newest. The generation thread and the loop both touch it, under the lock.
         self._pending: list[JobProgress] = []
+        self._phase: Phase | None = None  # of the newest update offered
+        self._sent_phase: Phase | None = None  # of the last update sent
         self._lock = threading.Lock()
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # an update is pending (set while the pump waits for one)
+        self._hurry = asyncio.Event()  # a new phase began: the pump's next turn is now
         self._waiting = False
         self._task = asyncio.create_task(self._pump(), name="progress-pump")
 
-    def _put(self, event: JobProgress) -> None:
+    def _put(self, event: JobProgress) -> bool:
+        """Keeps `event` pending; whether it begins a new phase."""
         with self._lock:
             if self._pending and self._pending[-1].phase == event.phase:
                 self._pending[-1] = event
             else:
                 self._pending.append(event)
+            new_phase, self._phase = event.phase != self._phase, event.phase
+        return new_phase
+
+    def _new_phase(self) -> None:
+        self._hurry.set()
+        self._wake.set()
 
     def offer(self, event: JobProgress) -> None:
         """Called on the event loop."""
-        self._put(event)
+        if self._put(event):
+            self._hurry.set()
         self._wake.set()
 
     def offer_threadsafe(self, event: JobProgress) -> None:
         """Called from another thread."""
-        self._put(event)
-        if self._waiting:  # read after the put: a pump that starts waiting now sees the update
+        if self._put(event):
+            self._loop.call_soon_threadsafe(self._new_phase)
+        elif self._waiting:  # read after the put: a pump that starts waiting now sees the update
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def _send_pending(self) -> None:
@@ -309,6 +323,7 @@ class ProgressPump:
                 if not self._pending:
                     return
                 event = self._pending.pop(0)
+                self._sent_phase = event.phase
             try:
                 await self._publish(event)
             except RetryableError as e:
@@ -325,7 +340,22 @@ class ProgressPump:
                 finally:
                     self._waiting = False
             await self._send_pending()
-            await asyncio.sleep(self._interval)
+            await self._rest()
+
+    async def _rest(self) -> None:
+        """Until the interval has passed, or until an update of a phase not sent yet is pending."""
+        deadline = self._loop.time() + self._interval
+        while (remaining := deadline - self._loop.time()) > 0:
+            self._hurry.clear()
+            if self._new_phase_pending():  # checked after the clear: a later one sets it again
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._hurry.wait()
+
+    def _new_phase_pending(self) -> bool:
+        with self._lock:
+            return any(event.phase != self._sent_phase for event in self._pending)
 
     async def close(self) -> None:
         """Stop the pump and send what is still pending, so progress never follows the terminal event."""

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -563,13 +564,49 @@ async def test_the_progress_pump_reports_every_phase_even_one_shorter_than_its_i
     pump.offer(update(Phase.ENCODING_VIDEO))  # milliseconds long, replaced before the next turn
     pump.offer(update(Phase.UPLOADING))
     await pump.close()
-    assert [(e.phase, e.step) for e in sent] == [
-        (Phase.ENCODING_PROMPT, None),
-        (Phase.DENOISING, 50),
-        (Phase.DECODING, None),
-        (Phase.ENCODING_VIDEO, None),
-        (Phase.UPLOADING, None),
-    ]
+    phases = [e.phase for e in sent]
+    assert list(dict.fromkeys(phases)) == [
+        Phase.ENCODING_PROMPT, Phase.DENOISING, Phase.DECODING, Phase.ENCODING_VIDEO, Phase.UPLOADING
+    ]  # fmt: skip
+    steps = [e.step for e in sent if e.phase is Phase.DENOISING]
+    assert steps == sorted(steps) and steps[-1] == 50, "a phase's last update is never lost"
+
+
+async def test_the_progress_pump_sends_a_new_phase_at_once_not_after_its_interval() -> None:
+    sent: list[JobProgress] = []
+    arrived = asyncio.Event()
+
+    async def publish(event: JobProgress) -> object:
+        sent.append(event)
+        arrived.set()
+        return None
+
+    def update(phase: Phase, step: int | None = None) -> JobProgress:
+        return JobProgress(
+            job_id=uuid.UUID(int=1), producer="worker-0", attempt=1, phase=phase, progress=0.5, step=step
+        )
+
+    pump = ProgressPump(publish, interval=30.0)
+    try:
+        await asyncio.to_thread(pump.offer_threadsafe, update(Phase.DENOISING, 1))
+        await asyncio.wait_for(arrived.wait(), 5)  # idle: the first update goes at once
+        arrived.clear()
+        await asyncio.to_thread(pump.offer_threadsafe, update(Phase.DENOISING, 2))
+        await asyncio.sleep(0.2)
+        assert [e.step for e in sent] == [1], "a step waits for the pump's next turn (30 s away)"
+        await asyncio.to_thread(pump.offer_threadsafe, update(Phase.DECODING))  # from the thread
+        await asyncio.wait_for(_until(lambda: len(sent) == 3), 5)
+        assert [(e.phase, e.step) for e in sent[1:]] == [(Phase.DENOISING, 2), (Phase.DECODING, None)]
+        pump.offer(update(Phase.UPLOADING))  # and from the event loop
+        await asyncio.wait_for(_until(lambda: len(sent) == 4), 5)
+        assert sent[-1].phase is Phase.UPLOADING
+    finally:
+        await pump.close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
 
 
 TERMINAL = {EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED, EventType.PREEMPTED}
