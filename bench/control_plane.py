@@ -7,8 +7,12 @@ count), beside the seed's Celery+Redis design behind a REST face of the same sha
 Phases, in this order so that each starts from an idle queue where it should:
 1. per-job overhead at 10 jobs/s: submit -> worker start (started_at - created_at) and worker end ->
    `job.succeeded` seen by an SSE client (receipt - the event's occurred_at);
-2. watchers: N SSE streams on one job opened while no worker runs, then the workers come back; delay of
-   every event to every client, and how many streams saw the terminal event;
+2. watchers: N SSE streams on one job, opened before it starts; delay of every event to every client,
+   and how many streams saw the terminal event. The target's job runs at a real job's pace (an H100's
+   step, production's checkpoint and preview settings: `REAL_PACE`) and waits for a slot behind a job
+   on each while its streams open; then the same on a job of the other phases' pace (0.02 s a step, a
+   checkpoint every 2 steps; the workers paused while the streams open), for information: its events
+   come 50 times as often as a real job's;
 3. submit: `--clients` closed-loop clients POST for `--seconds`; every 10th 202 is read back at once;
 4. reads: GET job and GET list while the jobs of phase 3 wait (their number is printed);
 5. the peer: submit rate and per-job overhead of Celery+Redis on the same loads.
@@ -48,6 +52,8 @@ import asyncpg
 import uvloop
 
 from bench.control_load import Submits, Watch, pct, read_load, submit_load, watch
+from bench.fleet_settings import production
+from bench.fleet_stats import step_seconds
 from services.cli.config import auth_headers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +65,16 @@ BACKLOG_NICE = 19  # the workers' CPU priority while they work through a burst (
 SIMULATED = {
     "REELSTREAM_SIMULATE": "true",
     "REELSTREAM_SIMULATED_SECONDS_PER_STEP": "0.02",
+}
+# The watched job of phase 2 at a real job's pace: an H100's step (Mochi, 31 frames) and production's
+# worker settings (k8s/base/kustomization.yaml: a checkpoint every 8 steps and 30 s at most, a preview
+# every 4 steps and 5 s at most, progress every 0.25 s), so its events come as often as a real job's.
+# At 0.02 s a step with the local services' checkpoint every 2 steps, a job sends an event every few ms.
+WORKER_KNOBS = ("checkpoint_every", "checkpoint_min_seconds", "preview_every_steps", "preview_min_seconds")
+REAL_PACE = {
+    **SIMULATED,
+    "REELSTREAM_SIMULATED_SECONDS_PER_STEP": str(step_seconds(31, 1.0)),
+    **{f"REELSTREAM_{k.upper()}": str(v) for k, v in production().items() if k in WORKER_KNOBS},
 }
 
 
@@ -120,7 +136,7 @@ def nice_workers(value: int) -> None:
         nice(pid, value)
 
 
-def start_services() -> None:
+def start_services(env: dict[str, str] = SIMULATED) -> None:
     """`services.sh start` with simulated workers, each at BACKLOG_NICE from the moment its pid file names
     it (its start, importing torch, is a GPU node's CPU too), at nice 0 once all are ready."""
     done = threading.Event()
@@ -135,7 +151,7 @@ def start_services() -> None:
     watcher = threading.Thread(target=nice_new_workers, daemon=True)
     watcher.start()
     try:
-        services("start", SIMULATED)
+        services("start", env)
     finally:
         done.set()
         watcher.join()
@@ -195,9 +211,32 @@ async def overhead(http: aiohttp.ClientSession, rate: float, seconds: float) -> 
     }
 
 
-async def watchers(http: aiohttp.ClientSession, count: int) -> dict[str, Any]:
-    """`count` streams on one job, opened while no worker runs; then the workers come back."""
+def signal_workers(signum: int) -> None:
+    for pid in worker_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+async def watchers(
+    http: aiohttp.ClientSession, count: int, env: dict[str, str], *, blockers: bool
+) -> dict[str, Any]:
+    """`count` streams on one job, opened before it starts; the workers are restarted with `env` first.
+
+    blockers: every slot first takes a job of its own (at `env`'s pace, 8 steps), and the watched job
+    waits for a slot while its streams open, as a job waits in production. Else the workers are paused
+    (SIGSTOP) while the streams open, and go on after: a faster job ends before blockers could be
+    counted on, and a worker restarted while the job is dispatched would spend its first second
+    importing torch, which is not what a watcher waits for in production. The streams open in a few
+    seconds, within the scheduler's 10 s before it counts a paused slot dead."""
     await asyncio.to_thread(stop_workers)
+    await asyncio.to_thread(start_services, env)
+    if blockers:
+        for n in range(len(worker_pids())):
+            async with http.post(f"{API}/v1/jobs", json=job_body(-1 - n, "batch", "high")) as response:
+                response.raise_for_status()
+        await wait_running(len(worker_pids()), within=60)
+    else:
+        signal_workers(signal.SIGSTOP)
     async with http.post(f"{API}/v1/jobs", json=job_body(0, "interactive", "high")) as response:
         job_id = (await response.json())["id"]
     streams = [Watch() for _ in range(count)]
@@ -210,7 +249,8 @@ async def watchers(http: aiohttp.ClientSession, count: int) -> dict[str, Any]:
     await asyncio.gather(*(w.connected.wait() for w in streams))
     open_seconds = time.perf_counter() - opened
     rss = api_rss_mib()
-    await asyncio.to_thread(start_services)
+    if not blockers:
+        signal_workers(signal.SIGCONT)
     cpu_before = api_cpu_seconds()
     await asyncio.gather(*tasks)
     cpu = api_cpu_seconds() - cpu_before
@@ -251,6 +291,19 @@ async def queued_count() -> int:
     conn = await asyncpg.connect(DSN)
     try:
         return int(await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'queued'"))
+    finally:
+        await conn.close()
+
+
+async def wait_running(count: int, within: float) -> None:
+    """Wait until `count` jobs run (each slot has taken one)."""
+    conn = await asyncpg.connect(DSN)
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            if int(await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'running'")) >= count:
+                return
+            await asyncio.sleep(0.1)
     finally:
         await conn.close()
 
@@ -394,7 +447,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, float, str, str]]:
         ("submit: accepted/s (32 clients)", sub.rate, 500, "/s", "higher"),
         ("submit: p99 latency", pct(sub.latencies, 99) * ms, 50, "ms", "lower"),
         ("submit: GET right after 202 is 404", sub.read_after.get(404, 0), 0, "", "lower"),
-        ("watchers: event -> client p99", pct(w["delays"], 99) * ms, 100, "ms", "lower"),
+        ("watchers: event -> client p99 (a real job's pace)", pct(w["delays"], 99) * ms, 100, "ms", "lower"),
         ("watchers: streams without the terminal event", w["streams"] - w["terminal_seen"], 0, "", "lower"),
         (f"reads: GET job p99 ({reads['queued']} queued)", pct(reads["get"], 99) * ms, 20, "ms", "lower"),
         (f"reads: GET list p99 ({reads['queued']} queued)", pct(reads["list"], 99) * ms, 20, "ms", "lower"),
@@ -408,6 +461,14 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, float, str, str]]:
         )
     cpu = w["api_cpu_us_per_frame"]
     out.append(("watchers: api CPU per live frame delivered", cpu, 0, "µs", "info"))
+    if (fast := r.get("watchers_fast")) is not None:
+        quick = "watchers, a job 50x faster:"
+        out += [
+            ("watchers: live events per stream", len(w["delays"]) / w["streams"], 0, "", "info"),
+            (f"{quick} event -> client p99", pct(fast["delays"], 99) * ms, 0, "ms", "info"),
+            (f"{quick} streams without the end", fast["streams"] - fast["terminal_seen"], 0, "", "info"),
+            (f"{quick} live events per stream", len(fast["delays"]) / fast["streams"], 0, "", "info"),
+        ]
     if r.get("peer_submit") is not None:
         ps: Submits = r["peer_submit"]
         out += [
@@ -471,8 +532,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"warning: {left} jobs still open before the run", flush=True)
         print("1. per-job overhead at 10 jobs/s", flush=True)
         r["overhead"] = await overhead(http, 10, args.seconds)
-        print(f"2. {args.watchers} watchers on one job", flush=True)
-        r["watchers"] = await watchers(http, args.watchers)
+        print(f"2. {args.watchers} watchers on a job at a real job's pace, then 50x faster", flush=True)
+        r["watchers"] = await watchers(http, args.watchers, REAL_PACE, blockers=True)
+        await wait_idle(120)
+        r["watchers_fast"] = await watchers(http, args.watchers, SIMULATED, blockers=False)  # phase 3's
         print(f"3. submit: {args.clients} clients for {args.seconds:.0f} s", flush=True)
         nice_workers(BACKLOG_NICE)
         r["submit"] = await submit_load(http, API, job_body, clients=args.clients, seconds=args.seconds)
