@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
@@ -48,20 +49,23 @@ async def get_state(request: Request) -> AppState:
     return state
 
 
-async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
+@asynccontextmanager
+async def _opened(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     try:
-        async with state.reads() as session:
+        async with sessions() as session:
             yield session
     except DB_ERRORS as e:
         raise DatabaseUnavailable(f"the job database is unavailable: {e.__class__.__name__}") from e
+
+
+async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
+    async with _opened(state.reads) as session:
+        yield session
 
 
 async def get_write_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
-    try:
-        async with state.sessions() as session:
-            yield session
-    except DB_ERRORS as e:
-        raise DatabaseUnavailable(f"the job database is unavailable: {e.__class__.__name__}") from e
+    async with _opened(state.sessions) as session:
+        yield session
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

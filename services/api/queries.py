@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import ApiError
@@ -54,6 +54,14 @@ async def find_by_idempotency_key(session: AsyncSession, tenant: str, key: str) 
     return (await session.execute(_KEYED, {"tenant": tenant, "key": key})).first()
 
 
+def past(created: datetime, job_id: uuid.UUID, *, newest_first: bool = True) -> ColumnElement[bool]:
+    """The jobs after the one at (created, job_id) in a list's order: keyset pagination on both."""
+    jobs = JOBS.c
+    if newest_first:
+        return or_(jobs.created_at < created, and_(jobs.created_at == created, jobs.id < job_id))
+    return or_(jobs.created_at > created, and_(jobs.created_at == created, jobs.id > job_id))
+
+
 async def list_jobs(
     session: AsyncSession, tenant: str, status: str | None, limit: int, cursor: str | None
 ) -> tuple[Sequence[JobRow], str | None]:
@@ -63,8 +71,7 @@ async def list_jobs(
     if status is not None:
         stmt = stmt.where(jobs.status == status)
     if cursor is not None:
-        created, job_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(jobs.created_at < created, and_(jobs.created_at == created, jobs.id < job_id)))
+        stmt = stmt.where(past(*decode_cursor(cursor)))
     stmt = stmt.order_by(jobs.created_at.desc(), jobs.id.desc()).limit(limit + 1)
     rows = (await session.execute(stmt)).all()
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None

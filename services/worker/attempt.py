@@ -303,8 +303,9 @@ class ProgressPump:
     def offer(self, event: JobProgress) -> None:
         """Called on the event loop."""
         if self._put(event):
-            self._hurry.set()
-        self._wake.set()
+            self._new_phase()
+        else:
+            self._wake.set()
 
     def offer_threadsafe(self, event: JobProgress) -> None:
         """Called from another thread."""

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from schemas.catalog import CATALOG, DEFAULT_MODEL, ModelSpec
 from schemas.jobs import JobRequest, JobStatus, RequestRejected, resolve
@@ -36,7 +36,7 @@ from services.api.content import MEDIA_TYPES, ContentVariant, stream_object, var
 from services.api.deletion import delete_job
 from services.api.deps import AppState, SessionDep, StateDep
 from services.api.errors import ApiError, problems
-from services.api.queries import get_job
+from services.api.queries import get_job, past
 from services.api.routes import jobs
 from services.api.views import EtaOut, JobOut, ResultOut, job_out
 from services.common.readmodel import JOBS, JobRow
@@ -525,15 +525,8 @@ async def index(
     columns = JOBS.c
     stmt = select(JOBS).where(columns.tenant == caller.tenant)
     if after is not None:
-        mark = await _after(session, after, caller.tenant)
-        if order == "desc":
-            stmt = stmt.where(
-                or_(columns.created_at < mark[0], and_(columns.created_at == mark[0], columns.id < mark[1]))
-            )
-        else:
-            stmt = stmt.where(
-                or_(columns.created_at > mark[0], and_(columns.created_at == mark[0], columns.id > mark[1]))
-            )
+        created, job_id = await _after(session, after, caller.tenant)
+        stmt = stmt.where(past(created, job_id, newest_first=order == "desc"))
     if order == "desc":
         stmt = stmt.order_by(columns.created_at.desc(), columns.id.desc())
     else:
