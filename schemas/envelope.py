@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from schemas.events import JOB_EVENT_ADAPTER, SCHEMA_VERSION, JobEvent, WorkerHeartbeat
 
@@ -72,9 +73,14 @@ def _load(value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise MalformedMessage("empty record value")
     try:
-        payload = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MalformedMessage(f"value is not JSON: {e}") from e
+        payload = from_json(value)  # pydantic-core's parser: a third of json.loads's time
+    except ValueError:
+        # It refuses a little more than json.loads (a lone surrogate); those get json.loads's reading, so
+        # the schema names the field.
+        try:
+            payload = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MalformedMessage(f"value is not JSON: {e}") from e
     if not isinstance(payload, dict):
         raise MalformedMessage(f"value is JSON {type(payload).__name__}, expected an object")
     return payload
