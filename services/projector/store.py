@@ -131,9 +131,9 @@ def unfit(event: JobEvent) -> str | None:
             limit = getattr(JOBS.c[name].type, "length", None)
             if value is not None and limit is not None and len(value) > limit:
                 return f"{name} is longer than the {limit} characters the read model stores"
-    fields = vars(event)  # a field the event type lacks is simply absent: no AttributeError to raise
+    values = vars(event)  # a field the event type lacks is simply absent: no AttributeError to raise
     for name in ("attempt", "slot", "step", "total_steps"):
-        number = fields.get(name)
+        number = values.get(name)
         if isinstance(number, int) and number > _MAX_INT4:
             return f"{name} {number} is larger than the read model stores"
     return None
