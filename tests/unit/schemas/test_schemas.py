@@ -25,6 +25,7 @@ from schemas.envelope import (
 )
 from schemas.events import (
     EVENT_CLASSES,
+    JOB_EVENT_ADAPTER,
     TERMINAL_TYPES,
     EventType,
     JobProgress,
@@ -281,6 +282,25 @@ def test_upcaster_that_cannot_read_the_payload_gives_malformed(progress_v0_upcas
     broken = {k: v for k, v in PROGRESS_V0.items() if k != "percent"}
     with pytest.raises(MalformedMessage, match=r"cannot upcast job\.progress v0"):
         decode_event(json.dumps(broken).encode())
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if _name(p) in {t.value for t in EventType}], ids=_name)
+def test_one_pass_decode_equals_the_dict_path(path: Path) -> None:
+    """A record of a type without upcasters is validated straight from its bytes; that must read it as
+    the dict path (parse, upcast, validate) does."""
+    value = path.read_bytes()
+    from_dict = JOB_EVENT_ADAPTER.validate_python(json.loads(value))
+    assert decode_event(value) == from_dict
+    assert decode_event(encode_event(from_dict).value) == from_dict
+
+
+def test_a_type_with_an_upcaster_never_takes_the_one_pass_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A current-version payload that validates as it is still goes through its type's upcasters."""
+    monkeypatch.setitem(UPCASTERS, ("job.progress", 1), lambda p: {**p, "progress": p["progress"] / 2})
+    event = decode_event(_progress())
+    assert isinstance(event, JobProgress)
+    assert event.schema_version == 2
+    assert event.progress == pytest.approx(json.loads(_progress())["progress"] / 2)
 
 
 def test_additive_fields_from_a_newer_producer_are_ignored() -> None:
