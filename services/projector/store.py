@@ -20,8 +20,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from sqlalchemy import BigInteger, RowMapping, bindparam, delete, func, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import BigInteger, Dialect, RowMapping, TypeDecorator, bindparam, delete, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -65,9 +65,26 @@ _LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
 _SELECT_ROWS = select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.payload).where(
     EVENTS.c.job_id.in_(bindparam("job_ids", expanding=True))
 )
+
+
+class _EncodedJSONB(TypeDecorator[str]):
+    """A JSONB value bound as the JSON text it already is (pydantic's `model_dump_json`), so the payload
+    is not built as a dict and then encoded again."""
+
+    impl = JSONB
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
 # With the event id named as the conflict target, a clash on (job_id, seq) raises instead of silently
 # dropping an event.
-_INSERT_EVENTS = insert(EVENTS).on_conflict_do_nothing(index_elements=["event_id"])
+_INSERT_EVENTS = (
+    insert(EVENTS)
+    .values(payload=bindparam("payload", type_=_EncodedJSONB()))
+    .on_conflict_do_nothing(index_elements=["event_id"])
+)
 _UPSERT_JOBS = _upsert(JOBS, ["id"], (name for name in _JOB_COLUMNS if name not in _IMMUTABLE_JOB_COLUMNS))
 # A tombstone removes the job's row and every event of it but the tombstone, which stays to fence off
 # whatever arrives for the job afterwards (and to end its streams).
@@ -155,7 +172,7 @@ def _event_row(job_id: uuid.UUID, stored: StoredEvent) -> dict[str, Any]:
         "attempt": event.attempt,
         "applied": stored.applied,
         "occurred_at": event.occurred_at,
-        "payload": event.model_dump(mode="json"),
+        "payload": event.model_dump_json(),
     }
 
 

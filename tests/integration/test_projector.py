@@ -323,6 +323,25 @@ async def test_projects_a_job_and_replays_to_the_same_rows(
     await assert_replay_equals(settings, engine, live, await new_store("replay"), sum(ends.values()))
 
 
+async def test_event_payloads_are_stored_as_the_events_json_objects(
+    new_store: Callable[[str], Awaitable[Store]], engine: AsyncEngine
+) -> None:
+    """The payload is bound as pydantic's JSON text: Postgres must store it as an object, not a string."""
+    store = await new_store("payload")
+    prompt = "a heron at dawn, 夜明け, \"quoted\" \\ and \u2028"
+    asked = resolved_request().model_copy(update={"prompt": prompt})
+    request = requested().model_copy(update={"request": asked})
+    events: list[JobEvent] = [request, dispatched(1, 1), progress(1, 2, 1)]
+    batch = [Incoming("jobs.events", 0, offset, event) for offset, event in enumerate(events)]
+    await store.apply_batch("test-payload", batch, notify=False)
+    query = text(f'SELECT event_id, jsonb_typeof(payload) AS kind, payload FROM "{store.schema}".job_events')
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    stored = {row["event_id"]: (row["kind"], row["payload"]) for row in rows}
+    assert stored == {event.event_id: ("object", event.model_dump(mode="json")) for event in events}
+    assert stored[request.event_id][1]["request"]["prompt"] == prompt
+
+
 async def kill_after_first_commit(settings: ProjectorSettings, store: Store) -> None:
     """Run the loop and cancel it (no clean stop) once it has committed a batch, maybe mid-transaction."""
     async with open_clients(settings, dead_letters=True) as clients:
