@@ -268,7 +268,7 @@ def _requeued(event: JobEvent) -> Changes | None:
     return None
 
 
-def _running(view: JobView, event: JobEvent) -> Changes:
+def _running(started_at: datetime | None, event: JobEvent) -> Changes:
     """Events that move a job between queued and running, or report on its work."""
     if isinstance(event, JobProgress):  # the most frequent by far
         return {
@@ -283,10 +283,9 @@ def _running(view: JobView, event: JobEvent) -> Changes:
     if isinstance(event, JobDispatched):
         return {"attempt": event.attempt, "slot": event.slot, "dispatched_at": event.occurred_at}
     if isinstance(event, JobStarted):
-        started_at = view.started_at if view.started_at is not None else event.occurred_at
         return {
             "status": JobStatus.RUNNING,
-            "started_at": started_at,
+            "started_at": started_at if started_at is not None else event.occurred_at,
             "slot": event.slot,
             "phase": Phase.LOADING,
         }
@@ -317,31 +316,35 @@ def _terminal(event: JobEvent) -> Changes:
     return {}
 
 
-def apply(view: JobView, seq: int, event: JobEvent) -> JobView:
-    """`view` after one counted event. A terminal job never changes again, not even its updated_at.
-
-    One new row per event, built directly: `dataclasses.replace`, twice, was the fold's largest cost."""
-    if view.status.is_terminal():
-        return view
+def _apply(columns: dict[str, Any], seq: int, event: JobEvent) -> None:
+    """A job's columns after one counted event, changed in place. A terminal job never changes again, not
+    even its updated_at."""
+    if columns["status"].is_terminal():
+        return
     # job.cancel_requested changes no column but still counts as activity: updated_at and last_seq move.
-    changes = _terminal(event) if event.type in TERMINAL_TYPES else _running(view, event)
-    changes["updated_at"] = max(view.updated_at, event.occurred_at)
-    changes["last_seq"] = max(view.last_seq, seq)
-    return JobView(*[changes.get(name, value) for name, value in zip(_COLUMNS, _ROW(view), strict=True)])
+    if event.type in TERMINAL_TYPES:
+        columns.update(_terminal(event))
+    else:
+        columns.update(_running(columns["started_at"], event))
+    columns["updated_at"] = max(columns["updated_at"], event.occurred_at)
+    columns["last_seq"] = max(columns["last_seq"], seq)
 
 
 def fold(rows: Iterable[StoredEvent]) -> JobView | None:
     """The `jobs` row of one job from its stored rows; None while its `job.requested` is not among them,
-    and None once it is deleted (a tombstone among them)."""
+    and None once it is deleted (a tombstone among them).
+
+    The columns are folded in one dict and the row is built once: building a frozen row per event was
+    the fold's largest cost."""
     counted = sorted((row for row in rows if row.applied), key=lambda row: row.seq)
     if any(row.event.type is EventType.DELETED for row in counted):
         return None
     if not counted or not isinstance(counted[0].event, JobRequested):
         return None
-    view = requested_view(counted[0].event)
+    columns = dict(zip(_COLUMNS, _ROW(requested_view(counted[0].event)), strict=True))
     for row in counted[1:]:
-        view = apply(view, row.seq, row.event)
-    return view
+        _apply(columns, row.seq, row.event)
+    return JobView(**columns)
 
 
 @dataclass(frozen=True, slots=True)
