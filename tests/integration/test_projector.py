@@ -328,7 +328,7 @@ async def test_event_payloads_are_stored_as_the_events_json_objects(
 ) -> None:
     """The payload is bound as pydantic's JSON text: Postgres must store it as an object, not a string."""
     store = await new_store("payload")
-    prompt = "a heron at dawn, 夜明け, \"quoted\" \\ and \u2028"
+    prompt = 'a heron at dawn, 夜明け, "quoted" \\ and \u2028'
     asked = resolved_request().model_copy(update={"prompt": prompt})
     request = requested().model_copy(update={"request": asked})
     events: list[JobEvent] = [request, dispatched(1, 1), progress(1, 2, 1)]
