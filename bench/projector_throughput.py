@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
+from bench.fleet_procs import cpu_seconds  # noqa: E402
 from schemas.envelope import encode_event  # noqa: E402
 from schemas.events import (  # noqa: E402
     JobCheckpointed,
@@ -165,6 +166,8 @@ class TimedStore(Store):
     def __init__(self, engine: AsyncEngine, schema: str) -> None:
         super().__init__(engine, schema)
         self.commits: list[tuple[float, int]] = []
+        self.cpu_at_start: dict[str, dict[int, float]] = {}
+        self.cpu_at_end: dict[str, dict[int, float]] = {}
         self.applied = 0
         self.expected = 1 << 62
         self.done = asyncio.Event()
@@ -173,14 +176,46 @@ class TimedStore(Store):
         result = await super().apply_batch(consumer, batch, notify=notify)
         self.commits.append((time.time(), len(batch)))
         self.applied += len(batch)
-        if self.applied >= self.expected:
+        if self.applied >= self.expected and not self.done.is_set():
+            self.cpu_at_end = stack_cpu()
             self.done.set()
         return result
 
     def expect(self, records: int) -> None:
         self.expected = records
-        if self.applied >= records:
+        if self.applied >= records and not self.done.is_set():
+            self.cpu_at_end = stack_cpu()
             self.done.set()
+
+
+def stack_cpu() -> dict[str, dict[int, float]]:
+    """CPU seconds so far, by process, of the projector (this process), Postgres and Kafka's broker.
+
+    CPU time, unlike events per second, hardly moves with what else the machine runs; so it is the figure
+    to compare across days. The producer is its own process and is not counted."""
+    found: dict[str, dict[int, float]] = {"projector": {0: time.process_time()}, "postgres": {}, "kafka": {}}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            kafka = comm == "java" and b"kafka" in (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if comm == "postgres" or kafka:
+            found["kafka" if kafka else "postgres"][int(entry.name)] = cpu_seconds(int(entry.name))
+    return found
+
+
+def cpu_per_event(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], events: int
+) -> dict[str, float]:
+    """µs of CPU per event by part, from two `stack_cpu` readings (a process that ended in between is
+    left out; one that started counts from zero)."""
+    return {
+        part: sum(seconds - before[part].get(pid, 0.0) for pid, seconds in after[part].items()) / events * 1e6
+        for part in after
+    }
 
 
 async def new_topics(admin: AIOKafkaAdminClient) -> dict[str, str]:
@@ -250,6 +285,7 @@ async def project_until_done(
     stop = asyncio.Event()
     async with open_clients(settings, dead_letters=True) as clients:
         projection = Projection(settings, store, clients)
+        store.cpu_at_start = stack_cpu()
         began = time.time()
         await projection.assign()
         task = asyncio.create_task(projection.run(stop))
@@ -309,6 +345,7 @@ def summary(mode: str, store: TimedStore, report: dict[str, Any], began: float) 
         "batch_mean": statistics.fmean(sizes),
         "batch_median": statistics.median(sizes),
         "batch_max": max(sizes),
+        "cpu_us_per_event": cpu_per_event(store.cpu_at_start, store.cpu_at_end, records),
     }
 
 
@@ -318,7 +355,7 @@ def print_table(results: Sequence[dict[str, Any]], settings: ProjectorSettings) 
         f" batch_interval_ms={settings.batch_interval_ms})"
     )
     columns = ("run", "events", "seconds", "events/s", "target", "met", "producer events/s", "transactions",
-               "batch mean / median / max")  # fmt: skip
+               "batch mean / median / max", "CPU µs/event: projector / Postgres / Kafka")  # fmt: skip
     print("| " + " | ".join(columns) + " |")
     print("|---" * len(columns) + "|")
     for r in results:
@@ -326,6 +363,7 @@ def print_table(results: Sequence[dict[str, Any]], settings: ProjectorSettings) 
             r["mode"], r["events"], f"{r['seconds']:.2f}", round(r["events_per_s"]), TARGET,
             "yes" if r["events_per_s"] >= TARGET else "NO", round(r["producer_events_per_s"]),
             r["transactions"], f"{r['batch_mean']:.0f} / {r['batch_median']:.0f} / {r['batch_max']}",
+            " / ".join(f"{r['cpu_us_per_event'][part]:.0f}" for part in ("projector", "postgres", "kafka")),
         )  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
