@@ -32,6 +32,8 @@ def connection_lost(error: BaseException) -> bool:
     as a plain `DBAPIError` whose SQLSTATE is 57P01, not as a connection error."""
     if isinstance(error, CONNECTION_LOST):
         return True
+    if isinstance(error, asyncpg.PostgresError):  # from the driver itself, as a COPY raises them
+        return str(error.sqlstate).startswith(_LOST_SQLSTATES)
     if not isinstance(error, DBAPIError):
         return False
     sqlstate = getattr(error.orig, "sqlstate", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 
 from services.common.errors import PermanentError
@@ -15,12 +16,16 @@ class RecordRefused(PermanentError):
     """Postgres refused what a batch writes: some record in it cannot be stored, however often retried."""
 
 
-def refusal(error: DBAPIError) -> RecordRefused | None:
-    """`error` as a `RecordRefused`, naming the database's reason; None when the data did not cause it."""
-    sqlstate = getattr(error.orig, "sqlstate", None)
+def refusal(error: DBAPIError | asyncpg.PostgresError) -> RecordRefused | None:
+    """`error` as a `RecordRefused`, naming the database's reason; None when the data did not cause it.
+    The error is SQLAlchemy's, or the driver's own (a COPY on the driver's connection raises those)."""
+    if isinstance(error, DBAPIError):
+        orig, cause, message = error.orig, getattr(error.orig, "__cause__", None), str(error.orig)
+    else:  # its str() appends the detail already
+        orig, cause, message = error, error, str(error.args[0] if error.args else error)
+    sqlstate = getattr(orig, "sqlstate", None)
     if not isinstance(sqlstate, str) or sqlstate[:2] not in _REFUSED_CLASSES:
         return None
-    cause = error.orig.__cause__ if error.orig is not None else None
     detail = getattr(cause, "detail", None)
-    reason = f"the read model refused it (SQLSTATE {sqlstate}): {str(error.orig).strip()}"
+    reason = f"the read model refused it (SQLSTATE {sqlstate}): {message.strip()}"
     return RecordRefused(f"{reason} ({detail})" if detail else reason)

@@ -20,8 +20,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from sqlalchemy import BigInteger, Dialect, RowMapping, TypeDecorator, bindparam, delete, func, select, text
-from sqlalchemy.dialects.postgresql import JSONB, insert
+import asyncpg
+from sqlalchemy import BigInteger, RowMapping, any_, bindparam, delete, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -66,25 +67,11 @@ _SELECT_ROWS = select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.
     EVENTS.c.job_id.in_(bindparam("job_ids", expanding=True))
 )
 
-
-class _EncodedJSONB(TypeDecorator[str]):
-    """A JSONB value bound as the JSON text it already is (pydantic's `model_dump_json`), so the payload
-    is not built as a dict and then encoded again."""
-
-    impl = JSONB
-    cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-
-# With the event id named as the conflict target, a clash on (job_id, seq) raises instead of silently
-# dropping an event.
-_INSERT_EVENTS = (
-    insert(EVENTS)
-    .values(payload=bindparam("payload", type_=_EncodedJSONB()))
-    .on_conflict_do_nothing(index_elements=["event_id"])
+# Event ids stored already, among a batch's: what a COPY must leave out (see `Store._insert_events`).
+_STORED_EVENT_IDS = select(EVENTS.c.event_id).where(
+    EVENTS.c.event_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
 )
+_EVENT_COLUMNS = tuple(column.name for column in EVENTS.columns)
 _UPSERT_JOBS = _upsert(JOBS, ["id"], (name for name in _JOB_COLUMNS if name not in _IMMUTABLE_JOB_COLUMNS))
 # A tombstone removes the job's row and every event of it but the tombstone, which stays to fence off
 # whatever arrives for the job afterwards (and to end its streams).
@@ -172,7 +159,7 @@ def _event_row(job_id: uuid.UUID, stored: StoredEvent) -> dict[str, Any]:
         "attempt": event.attempt,
         "applied": stored.applied,
         "occurred_at": event.occurred_at,
-        "payload": event.model_dump_json(),
+        "payload": event.model_dump_json(),  # JSON text, as the jsonb codec takes it
     }
 
 
@@ -226,7 +213,7 @@ class Store:
                 yield conn
         except CONNECTION_LOST as e:
             raise DatabaseUnavailable(f"read model transaction failed: {e}") from e
-        except DBAPIError as e:
+        except (DBAPIError, asyncpg.PostgresError) as e:  # the COPY's errors come from the driver, unwrapped
             if connection_lost(e):
                 raise DatabaseUnavailable(f"read model transaction failed: {e}") from e
             refused = refusal(e)
@@ -269,7 +256,7 @@ class Store:
         changes = batch_changes(existing, events)
         new_rows = [_event_row(change.job_id, row) for change in changes for row in change.rows]
         if new_rows:
-            await conn.execute(_INSERT_EVENTS, new_rows)
+            await self._insert_events(conn, new_rows)
         jobs = [
             _job_row(await self._free_idempotency_key(conn, change.view) if change.requested else change.view)
             for change in changes
@@ -289,6 +276,27 @@ class Store:
             skipped=len(events) - len(new_rows),
             jobs=len(jobs),
             deleted=len(deleted),
+        )
+
+    async def _insert_events(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """Write `rows` with one binary COPY: a full batch's rows in half the time of an INSERT per row, in
+        this transaction (the driver's connection is the transaction's).
+
+        What `INSERT ... ON CONFLICT (event_id) DO NOTHING` did is kept: an event id stored already, or
+        twice in the batch, is left out (the fold has dropped a job's own redeliveries, so this takes an id
+        that another job used). A clash on (job_id, seq) still fails the batch.
+        """
+        ids = [row["event_id"] for row in rows]
+        seen = set((await conn.execute(_STORED_EVENT_IDS, {"ids": ids})).scalars())
+        records = []
+        for row in rows:
+            if row["event_id"] not in seen:
+                seen.add(row["event_id"])
+                records.append(tuple(row[name] for name in _EVENT_COLUMNS))
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None, "a connection in a transaction has its driver's connection"
+        await driver.copy_records_to_table(
+            EVENTS.name, records=records, columns=_EVENT_COLUMNS, schema_name=self.schema
         )
 
     async def _load_rows(

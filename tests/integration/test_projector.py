@@ -342,6 +342,31 @@ async def test_event_payloads_are_stored_as_the_events_json_objects(
     assert stored[request.event_id][1]["request"]["prompt"] == prompt
 
 
+async def test_an_event_id_stored_already_or_twice_in_a_batch_is_left_out_as_before(
+    new_store: Callable[[str], Awaitable[Store]], engine: AsyncEngine
+) -> None:
+    """The COPY keeps what ON CONFLICT (event_id) DO NOTHING did for an id another job used: the first
+    row stays, the batch commits, the second job's row is still projected."""
+    store = await new_store("ids")
+    first = requested()
+    other = uuid.uuid4()
+    reused = first.model_copy(update={"job_id": other})  # a second job's request under the same event id
+    twice = [progress(1, 3, 1), progress(1, 4, 2)]
+    twice[1] = twice[1].model_copy(update={"job_id": other, "event_id": twice[0].event_id})
+    batches = [[first], [reused, dispatched(1, 1), *twice]]
+    for number, events in enumerate(batches):
+        batch = [Incoming("jobs.events", 0, 10 * number + i, event) for i, event in enumerate(events)]
+        await store.apply_batch("test-ids", batch, notify=False)
+    query = text(f'SELECT event_id, job_id FROM "{store.schema}".job_events')
+    async with engine.connect() as conn:
+        rows = dict((await conn.execute(query)).all())
+    assert rows[first.event_id] == JOB
+    # The store writes a batch's rows job by job, in the order of each job's first event: `other`'s first.
+    assert rows[twice[0].event_id] == other
+    assert len(rows) == 3  # first's request, the dispatch, one of the two progress events
+    assert (await store.load_offsets("test-ids"))[("jobs.events", 0)] == 14
+
+
 async def kill_after_first_commit(settings: ProjectorSettings, store: Store) -> None:
     """Run the loop and cancel it (no clean stop) once it has committed a batch, maybe mid-transaction."""
     async with open_clients(settings, dead_letters=True) as clients:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -39,3 +40,11 @@ def test_the_driver_level_connection_errors_are_lost_and_other_errors_are_not() 
     assert connection_lost(ConnectionResetError())
     assert connection_lost(TimeoutError())
     assert not connection_lost(ValueError("bad"))
+
+
+def test_the_drivers_own_errors_are_judged_by_their_sqlstate() -> None:
+    """A COPY on the driver's connection raises asyncpg's errors unwrapped."""
+    assert connection_lost(asyncpg.exceptions.AdminShutdownError("terminating connection"))
+    assert connection_lost(asyncpg.exceptions.ConnectionDoesNotExistError("closed mid-operation"))
+    assert not connection_lost(asyncpg.exceptions.UntranslatableCharacterError("\\u0000"))
+    assert not connection_lost(asyncpg.exceptions.UniqueViolationError("duplicate key"))

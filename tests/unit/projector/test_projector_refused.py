@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -147,6 +148,17 @@ def test_unavailability_and_our_own_bugs_are_not_refusals(sqlstate: str) -> None
     # Connection lost, admin shutdown, serialization failure, too many connections: retryable. A syntax
     # error is a bug: dead-lettering every record for it would empty the topic into the DLQ.
     assert refusal(dbapi_error(sqlstate)) is None
+
+
+def test_the_drivers_own_errors_are_refusals_by_their_sqlstate() -> None:
+    """A COPY on the driver's connection raises asyncpg's errors unwrapped, the detail on the error."""
+    error = asyncpg.exceptions.UntranslatableCharacterError("unsupported Unicode escape sequence")
+    error.detail = "\\u0000 cannot be converted to text."
+    assert str(refusal(error)) == (
+        "the read model refused it (SQLSTATE 22P05): unsupported Unicode escape sequence"
+        " (\\u0000 cannot be converted to text.)"
+    )
+    assert refusal(asyncpg.exceptions.AdminShutdownError("terminating connection")) is None
 
 
 def test_stalled_once_no_iteration_finished_for_longer_than_the_limit() -> None:
