@@ -2,11 +2,12 @@
 `jobs` rows, the NOTIFYs and the consumer offsets, so the offsets are exactly-once with the rows.
 
 The same code writes the live read model (`public`) and a replay (another schema): statements are built on
-the mapped tables and the schema is chosen with SQLAlchemy's `schema_translate_map`.
+the mapped tables and the schema is chosen with SQLAlchemy's `schema_translate_map` (the COPY of the event
+rows names the schema itself).
 
 Live batches are small (what arrived while the last transaction ran), so the cost per batch is the cost
-per event: every statement is built once, at import, and each table gets one statement per batch (an
-executemany, which SQLAlchemy sends as one multi-row INSERT), whatever the number of jobs in it.
+per event: every statement is built once, at import, and each table gets one statement per batch (the
+event rows one binary COPY, the `jobs` rows one executemany), whatever the number of jobs in it.
 """
 
 from __future__ import annotations
