@@ -240,8 +240,14 @@ def requested_view(event: JobRequested) -> JobView:
 
 
 Changes = dict[str, Any]  # the columns one event sets, by name
-_COLUMNS: Final = tuple(f.name for f in fields(JobView))
-_ROW: Final = attrgetter(*_COLUMNS)  # a view's values, in column order
+JOB_COLUMNS: Final = tuple(f.name for f in fields(JobView))
+_ROW: Final = attrgetter(*JOB_COLUMNS)  # a view's values, in column order
+
+
+def columns_of(view: JobView) -> dict[str, Any]:
+    """A view's values by column name. Not `asdict`: it deep-copies the request, result and error dicts,
+    which are only read."""
+    return dict(zip(JOB_COLUMNS, _ROW(view), strict=True))
 
 
 def _requeued(event: JobEvent) -> Changes | None:
@@ -341,7 +347,7 @@ def fold(rows: Iterable[StoredEvent]) -> JobView | None:
         return None
     if not counted or not isinstance(counted[0].event, JobRequested):
         return None
-    columns = dict(zip(_COLUMNS, _ROW(requested_view(counted[0].event)), strict=True))
+    columns = columns_of(requested_view(counted[0].event))
     for row in counted[1:]:
         _apply(columns, row.seq, row.event)
     return JobView(**columns)

@@ -41,7 +41,7 @@ from services.common.readmodel import (
     JobEventRow,
 )
 from services.projector.errors import refusal
-from services.projector.fold import JobView, StoredEvent, batch_changes
+from services.projector.fold import JOB_COLUMNS, JobView, StoredEvent, batch_changes, columns_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ _IMMUTABLE_JOB_COLUMNS = frozenset(
     {"id", "tenant", "priority", "model", "request", "idempotency_key", "request_hash", "created_at"}
 )
 _MAX_INT4 = 2**31 - 1
-_JOB_COLUMNS = tuple(field.name for field in fields(JobView))
 
 
 def _upsert(table: Any, key: list[str], mutable: Iterable[str]) -> Any:
@@ -73,7 +72,7 @@ _STORED_EVENT_IDS = select(EVENTS.c.event_id).where(
     EVENTS.c.event_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
 )
 _EVENT_COLUMNS = tuple(column.name for column in EVENTS.columns)
-_UPSERT_JOBS = _upsert(JOBS, ["id"], (name for name in _JOB_COLUMNS if name not in _IMMUTABLE_JOB_COLUMNS))
+_UPSERT_JOBS = _upsert(JOBS, ["id"], (name for name in JOB_COLUMNS if name not in _IMMUTABLE_JOB_COLUMNS))
 # A tombstone removes the job's row and every event of it but the tombstone, which stays to fence off
 # whatever arrives for the job afterwards (and to end its streams).
 _DELETE_JOBS = delete(JOBS).where(JOBS.c.id.in_(bindparam("job_ids", expanding=True)))
@@ -191,8 +190,7 @@ def job_as_read_now(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _job_row(view: JobView) -> dict[str, Any]:
-    # Not `asdict`: it deep-copies the request, result and error dicts, which are only read.
-    row = {name: getattr(view, name) for name in _JOB_COLUMNS}
+    row = columns_of(view)
     row["status"] = view.status.value
     row["phase"] = view.phase.value
     return row
