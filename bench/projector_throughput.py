@@ -58,6 +58,7 @@ from schemas.samples import resolved_request  # noqa: E402
 from schemas.topics import BROKER_TIMESTAMPS  # noqa: E402
 from services.common.consumer import discover  # noqa: E402
 from services.common.db import make_engine  # noqa: E402
+from services.common.runtime import settle_heap  # noqa: E402
 from services.projector.consumer import Projection, open_clients  # noqa: E402
 from services.projector.settings import ProjectorSettings  # noqa: E402
 from services.projector.store import BatchResult, Incoming, Store  # noqa: E402
@@ -390,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.produce:
         asyncio.run(produce(args.bootstrap, json.loads(args.produce), args.events, args.steps, args.seed))
         return []
+    settle_heap()  # as every service does before it serves (`run_until_signalled`)
     results = asyncio.run(run(args))
     print_table(results, ProjectorSettings(service_name="bench-projector"))
     if args.json:
