@@ -27,6 +27,7 @@ from services.common import tracing
 from services.common.consumer import Batch, Clients, fetch, run_assigned, seek_to_stored
 from services.common.kafka import dead_letter, missed_deadline
 from services.common.metrics import observe_lag
+from services.common.runtime import collector_paused
 from services.projector.errors import RecordRefused
 from services.projector.settings import ProjectorSettings
 from services.projector.store import BatchResult, Incoming, Store, unfit
@@ -160,7 +161,13 @@ class Projection:
         )
 
     async def process(self, batch: Batch) -> BatchResult:
-        """Dead-letter the poison records, then apply the batch and its offsets in one transaction."""
+        """Dead-letter the poison records, then apply the batch and its offsets in one transaction.
+
+        The cyclic collector is paused meanwhile: the batch's records, events and rows all die with it."""
+        with collector_paused():
+            return await self._process(batch)
+
+    async def _process(self, batch: Batch) -> BatchResult:
         started = time.perf_counter()
         began = time.time_ns()
         pending: list[Pending] = []

@@ -1,10 +1,12 @@
-"""Process plumbing: the heap a service made to start is kept off the cyclic collector."""
+"""Process plumbing: the heap a service made to start is kept off the cyclic collector, and a batch's
+objects are not walked while it runs."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
-from services.common.runtime import GC_YOUNG_THRESHOLD, settle_heap
+from services.common.runtime import GC_YOUNG_THRESHOLD, collector_paused, settle_heap
 
 
 def test_settle_heap_freezes_what_exists_and_collects_the_young_less_often() -> None:
@@ -17,3 +19,61 @@ def test_settle_heap_freezes_what_exists_and_collects_the_young_less_often() -> 
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_collector_paused_stops_automatic_collections_until_the_last_open_block_ends() -> None:
+    watching = False
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and watching:
+            collections.append(info["generation"])
+
+    def allocate() -> None:
+        garbage = [[] for _ in range(10 * gc.get_threshold()[0])]  # enough for several young collections
+        del garbage
+
+    async def batch(entered: asyncio.Event, leave: asyncio.Event) -> None:
+        with collector_paused():
+            entered.set()
+            await leave.wait()
+
+    async def interleaved() -> None:
+        nonlocal watching
+        first_in, first_out, second_in, second_out = (asyncio.Event() for _ in range(4))
+        first = asyncio.create_task(batch(first_in, first_out))
+        second = asyncio.create_task(batch(second_in, second_out))
+        await first_in.wait()
+        await second_in.wait()
+        watching = True
+        allocate()
+        first_out.set()
+        await first
+        assert not gc.isenabled(), "the second block is still open"
+        allocate()
+        watching = False
+        second_out.set()
+        await second
+
+    gc.callbacks.append(count)
+    try:
+        watching = True
+        allocate()
+        watching = False
+        assert collections, "the same allocations collect when nothing is paused"
+        collections.clear()
+        asyncio.run(interleaved())
+    finally:
+        gc.callbacks.remove(count)
+    assert collections == [], "no automatic collection ran while a block was open"
+    assert gc.isenabled(), "back on once the last block ended"
+
+
+def test_collector_paused_leaves_a_collector_switched_off_elsewhere_off() -> None:
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "whoever switched it off switches it back on"
+    finally:
+        gc.enable()

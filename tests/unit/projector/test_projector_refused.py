@@ -7,6 +7,7 @@ tests/integration/test_projector.py.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import uuid
 from datetime import UTC, datetime
@@ -116,6 +117,24 @@ async def test_a_refusal_that_no_record_causes_is_raised_not_dead_lettered() -> 
     # The first record went to the DLQ before its offsets alone were refused as well: then the fault is
     # not in any record, and the error stops the loop instead of emptying the batch into the DLQ.
     assert len(producer.sent) == 1
+
+
+class CollectorWatchingStore(RefusingStore):
+    def __init__(self) -> None:
+        super().__init__(set())
+        self.collector_on: list[bool] = []
+
+    async def apply_batch(self, consumer: str, batch: list[Incoming], *, notify: bool) -> BatchResult:
+        self.collector_on.append(gc.isenabled())
+        return await super().apply_batch(consumer, batch, notify=notify)
+
+
+async def test_a_batch_is_applied_with_the_cyclic_collector_paused_and_it_is_back_on_after() -> None:
+    store = CollectorWatchingStore()
+    assert gc.isenabled()
+    await project(store, [event(0), event(1)], FakeProducer())
+    assert store.collector_on == [False], "a batch's objects all die with it: nothing to walk meanwhile"
+    assert gc.isenabled()
 
 
 class DriverError(Exception):
