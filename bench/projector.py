@@ -45,6 +45,7 @@ from schemas.events import (
 from schemas.jobs import Phase
 from schemas.samples import resolved_request
 from services.common.db import make_engine
+from services.common.runtime import settle_heap
 from services.common.settings import CommonSettings
 from services.projector.store import Incoming, Store
 
@@ -189,6 +190,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     args = parse_args(argv)
+    settle_heap()  # as every service does before it serves (`run_until_signalled`)
     results = asyncio.run(run(args))
     columns = ("events per batch", "transactions", "events/s", "wall µs/event", "projector CPU µs/event")
     print("| " + " | ".join((*columns, "postgres CPU µs/event")) + " |")

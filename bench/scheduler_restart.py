@@ -58,6 +58,7 @@ from schemas.events import (
 from schemas.jobs import JobRequest, Phase, Priority, resolve
 from schemas.topics import SNAPSHOT_MAX_BYTES
 from services.common.kafka import make_consumer, make_producer
+from services.common.runtime import settle_heap
 from services.common.storage import checkpoint_key
 from services.scheduler.main import Scheduler, prepare
 from services.scheduler.plan import plan
@@ -378,7 +379,12 @@ async def write_tail(writer: Writer, records: int) -> int:
 async def restart(settings: SchedulerSettings, topics: SchedulerTopics) -> tuple[float, Scheduler, bool]:
     """What `serve` does before its first decision, timed from building the clients to the end of the
     first planning round. Returns the seconds, the scheduler (clients stopped) and whether a snapshot
-    was used."""
+    was used.
+
+    The heap is settled first, as the service does before it serves (`run_until_signalled`): what this
+    process made so far (the history's writer, an earlier restart's state) stays out of the collector's
+    walks, as it would be absent from a fresh scheduler's process."""
+    settle_heap()
     started = time.monotonic()
     producer = make_producer(settings, "bench-scheduler")
     consumer = make_consumer(settings, group_id=None, client_id="bench-scheduler")
