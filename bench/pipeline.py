@@ -1,6 +1,6 @@
 """Pipeline benchmark on the running local stack (tiny-mochi on the CPU): what reelstream itself costs.
 
-1. submit latency: 200 sequential POST /v1/jobs (each answers after Kafka acks=all and the projection);
+1. submit latency: 200 sequential POST /v1/jobs (each answers after Kafka's acks=all);
 2. orchestration overhead per job: (job.succeeded - job.requested) - the worker's own generation time,
    over 50 jobs run one after another so that no job waits behind another;
 3. progress delivery: from a job.progress event being produced (its occurred_at) to an SSE client
