@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import asyncpg
-from sqlalchemy import BigInteger, RowMapping, any_, bindparam, delete, func, select, text
+from sqlalchemy import BigInteger, any_, bindparam, delete, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -63,8 +63,12 @@ def _upsert(table: Any, key: list[str], mutable: Iterable[str]) -> Any:
 
 
 _LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
-_SELECT_ROWS = select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.payload).where(
+# A job's stored rows without their payloads; the payloads of those not in `KnownEvents` come after.
+_SELECT_ROWS = select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.event_id).where(
     EVENTS.c.job_id.in_(bindparam("job_ids", expanding=True))
+)
+_SELECT_PAYLOADS = select(EVENTS.c.event_id, EVENTS.c.payload).where(
+    EVENTS.c.event_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
 )
 
 # Event ids stored already, among a batch's: what a COPY must leave out (see `Store._insert_events`).
@@ -171,8 +175,38 @@ def _read_payload(payload: Mapping[str, Any]) -> JobEvent:
     return JOB_EVENT_ADAPTER.validate_python(upcast(dict(payload)))
 
 
-def _stored_event(row: RowMapping) -> StoredEvent:
-    return StoredEvent(seq=row["seq"], applied=row["applied"], event=_read_payload(row["payload"]))
+# A stored row's identity: job_events rows are never updated, so the event decoded from a row with these
+# three values is the same for as long as the row exists.
+RowKey = tuple[uuid.UUID, uuid.UUID, int]  # (event_id, job_id, seq)
+
+
+class KnownEvents:
+    """The decoded events of rows this process read or wrote, the most recently used `limit` of them.
+
+    Every batch folds each job it touches from all its stored rows, and a running job is touched by batch
+    after batch: without this, each of them would read and validate the job's whole history again (a job
+    with 100 rows, 100 payloads per batch). Which rows a job has is still read every time; only the
+    payloads of rows not known here are read and decoded.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self._events: dict[RowKey, JobEvent] = {}
+
+    def get(self, key: RowKey) -> JobEvent | None:
+        event = self._events.pop(key, None)
+        if event is not None:
+            self._events[key] = event  # most recently used last
+        return event
+
+    def add(self, key: RowKey, event: JobEvent) -> None:
+        self._events.pop(key, None)
+        self._events[key] = event
+        while len(self._events) > self.limit:
+            del self._events[next(iter(self._events))]
+
+    def __len__(self) -> int:
+        return len(self._events)
 
 
 def event_as_read_now(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -205,6 +239,7 @@ class Store:
     def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
         self.schema = schema
         self._engine = engine.execution_options(schema_translate_map={None: schema}) if schema else engine
+        self.known = KnownEvents()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -244,21 +279,34 @@ class Store:
         with the same consumer name: the advisory lock serialises them) and are skipped, so a redelivered
         batch changes nothing.
         """
+        written: dict[RowKey, JobEvent] = {}
         async with self._transaction() as conn:
             await conn.execute(_LOCK, {"key": _lock_key(consumer, self.schema)})
             fresh = await unapplied(conn, consumer, batch)
-            result = await self._apply_events(conn, [r.event for r in fresh if r.event is not None], notify)
+            events = [r.event for r in fresh if r.event is not None]
+            result = await self._apply_events(conn, events, notify, written)
             await advance_offsets(conn, consumer, fresh)
+        for key, event in written.items():  # committed: the rows exist
+            self.known.add(key, event)
         return replace(result, skipped=result.skipped + len(batch) - len(fresh))
 
-    async def _apply_events(self, conn: AsyncConnection, events: list[JobEvent], notify: bool) -> BatchResult:
+    async def _apply_events(
+        self, conn: AsyncConnection, events: list[JobEvent], notify: bool, written: dict[RowKey, JobEvent]
+    ) -> BatchResult:
+        """Store `events` and refold their jobs; the rows written are added to `written`."""
         if not events:
             return BatchResult()
         existing = await self._load_rows(conn, list({event.job_id for event in events}))
         changes = batch_changes(existing, events)
         new_rows = [_event_record(change.job_id, row) for change in changes for row in change.rows]
         if new_rows:
-            await self._insert_events(conn, new_rows)
+            stored = await self._insert_events(conn, new_rows)
+            written.update(
+                ((row.event.event_id, change.job_id, row.seq), row.event)
+                for change in changes
+                for row in change.rows
+                if row.event.event_id in stored
+            )
         jobs = [
             _job_row(await self._free_idempotency_key(conn, change.view) if change.requested else change.view)
             for change in changes
@@ -280,13 +328,13 @@ class Store:
             deleted=len(deleted),
         )
 
-    async def _insert_events(self, conn: AsyncConnection, records: list[tuple[Any, ...]]) -> None:
+    async def _insert_events(self, conn: AsyncConnection, records: list[tuple[Any, ...]]) -> set[uuid.UUID]:
         """Write `records` (from `_event_record`) with one binary COPY: a full batch's rows in half the time
         of an INSERT per row, in this transaction (the driver's connection is the transaction's).
 
         What `INSERT ... ON CONFLICT (event_id) DO NOTHING` did is kept: an event id stored already, or
         twice in the batch, is left out (the fold has dropped a job's own redeliveries, so this takes an id
-        that another job used). A clash on (job_id, seq) still fails the batch.
+        that another job used). A clash on (job_id, seq) still fails the batch. Returns the ids written.
         """
         ids = [record[0] for record in records]
         seen = set((await conn.execute(_STORED_EVENT_IDS, {"ids": ids})).scalars())
@@ -300,14 +348,34 @@ class Store:
         await driver.copy_records_to_table(
             EVENTS.name, records=fresh, columns=_EVENT_COLUMNS, schema_name=self.schema
         )
+        return {record[0] for record in fresh}
 
     async def _load_rows(
         self, conn: AsyncConnection, job_ids: list[uuid.UUID]
     ) -> dict[uuid.UUID, list[StoredEvent]]:
-        result = await conn.execute(_SELECT_ROWS, {"job_ids": job_ids})
+        """Each job's stored rows, their events from `known` where it has them and from Postgres otherwise."""
+        listed = (await conn.execute(_SELECT_ROWS, {"job_ids": job_ids})).all()
+        events: dict[RowKey, JobEvent] = {}
+        missing = []
+        for job_id, seq, _, event_id in listed:
+            key = (event_id, job_id, seq)
+            if (event := self.known.get(key)) is not None:
+                events[key] = event
+            else:
+                missing.append(key)
+        if missing:
+            payloads = await conn.execute(_SELECT_PAYLOADS, {"ids": [key[0] for key in missing]})
+            by_id: dict[uuid.UUID, Any] = {row.event_id: row.payload for row in payloads}
+            for key in missing:
+                # Only the projection deletes rows, under the lock this transaction holds; a row gone all
+                # the same is left out, as if the first read had come a moment later.
+                if (payload := by_id.get(key[0])) is not None:
+                    events[key] = _read_payload(payload)
+                    self.known.add(key, events[key])  # a committed row (read committed shows no other)
         rows: defaultdict[uuid.UUID, list[StoredEvent]] = defaultdict(list)
-        for row in result.mappings():
-            rows[row["job_id"]].append(_stored_event(row))
+        for job_id, seq, applied, event_id in listed:
+            if (event := events.get((event_id, job_id, seq))) is not None:
+                rows[job_id].append(StoredEvent(seq=seq, applied=applied, event=event))
         return rows
 
     async def _free_idempotency_key(self, conn: AsyncConnection, view: JobView) -> JobView:

@@ -367,6 +367,60 @@ async def test_an_event_id_stored_already_or_twice_in_a_batch_is_left_out_as_bef
     assert (await store.load_offsets("test-ids"))[("jobs.events", 0)] == 14
 
 
+async def test_a_job_batch_by_batch_folds_the_same_whether_its_events_are_known_or_read(
+    new_store: Callable[[str], Awaitable[Store]], engine: AsyncEngine
+) -> None:
+    """Each batch refolds the job from all its rows. A store takes the events of the rows it wrote or read
+    from memory (`KnownEvents`), and a second store on the same schema, which knows none of them, writes
+    batches in between: every row and the job's row still come out as in one batch, redeliveries and the
+    stale attempt included."""
+    events, request = lifecycle_with_noise()
+    events = [request, *events]
+    first = await new_store("known")
+    second = Store(engine, first.schema)
+    for offset, event in enumerate(events):
+        store = second if offset % 3 == 2 else first
+        await store.apply_batch("test-known", [Incoming("jobs.events", 0, offset, event)], notify=False)
+    snapshot = await first.snapshot()
+    assert_job_row(snapshot.jobs[JOB], events[1:], request)
+    rows = sorted(snapshot.events.values(), key=lambda row: row["seq"])
+    assert [(row["seq"], row["type"], row["applied"]) for row in rows] == EXPECTED_ROWS
+    assert len(first.known) == len(EXPECTED_ROWS)  # its own rows, and the second store's it read back
+
+    at_once = await new_store("at_once")
+    batch = [Incoming("jobs.events", 0, offset, event) for offset, event in enumerate(events)]
+    await at_once.apply_batch("test-known", batch, notify=False)
+    report = await compare(engine, at_once.schema or "", live_schema=first.schema)
+    assert report.differences == []
+    assert (report.jobs_compared, report.events_compared) == (1, len(EXPECTED_ROWS))
+
+
+async def test_a_row_the_store_wrote_is_not_read_back(
+    new_store: Callable[[str], Awaitable[Store]], engine: AsyncEngine
+) -> None:
+    """A running job's later batches read which rows it has, but not the payloads of rows this store
+    wrote: a payload changed behind its back (rows are never updated) does not reach its fold, while a
+    store that knows nothing reads it."""
+    store = await new_store("unread")
+    head = [requested(), dispatched(1, 1), started(1, 2)]
+    await store.apply_batch(
+        "test-unread", [Incoming("jobs.events", 0, i, e) for i, e in enumerate(head)], notify=False
+    )
+    table = f'"{store.schema}".job_events'
+    forged = text(f"UPDATE {table} SET payload = jsonb_set(payload, '{{slot}}', '7') WHERE seq = 2")
+    async with engine.begin() as conn:
+        await conn.execute(forged)
+    step = progress(1, 3, 1)
+    await store.apply_batch("test-unread", [Incoming("jobs.events", 0, 3, step)], notify=False)
+    assert (await store.snapshot()).jobs[JOB]["slot"] == 1
+
+    stranger = Store(engine, store.schema)
+    await stranger.apply_batch(
+        "test-unread", [Incoming("jobs.events", 0, 4, progress(1, 4, 2))], notify=False
+    )
+    assert (await stranger.snapshot()).jobs[JOB]["slot"] == 7
+
+
 async def kill_after_first_commit(settings: ProjectorSettings, store: Store) -> None:
     """Run the loop and cancel it (no clean stop) once it has committed a batch, maybe mid-transaction."""
     async with open_clients(settings, dead_letters=True) as clients:
