@@ -67,14 +67,11 @@ _LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
 _SELECT_ROWS = select(EVENTS.c.job_id, EVENTS.c.seq, EVENTS.c.applied, EVENTS.c.event_id).where(
     EVENTS.c.job_id.in_(bindparam("job_ids", expanding=True))
 )
-_SELECT_PAYLOADS = select(EVENTS.c.event_id, EVENTS.c.payload).where(
-    EVENTS.c.event_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
-)
+_AMONG_IDS = EVENTS.c.event_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
+_SELECT_PAYLOADS = select(EVENTS.c.event_id, EVENTS.c.payload).where(_AMONG_IDS)
 
 # Event ids stored already, among a batch's: what a COPY must leave out (see `Store._insert_events`).
-_STORED_EVENT_IDS = select(EVENTS.c.event_id).where(
-    EVENTS.c.event_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
-)
+_STORED_EVENT_IDS = select(EVENTS.c.event_id).where(_AMONG_IDS)
 # The COPY's columns, in the order `_event_record` gives them.
 _EVENT_COLUMNS = ("event_id", "job_id", "seq", "type", "attempt", "applied", "occurred_at", "payload")
 assert set(_EVENT_COLUMNS) == set(EVENTS.columns.keys()), "every job_events column, each once"
