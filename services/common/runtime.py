@@ -9,7 +9,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final, TypeVar, overload
+from typing import Final, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
@@ -19,8 +19,6 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from services.common.errors import RetryableError
 
 T = TypeVar("T")
-U = TypeVar("U")
-V = TypeVar("V")
 log = logging.getLogger(__name__)
 
 
@@ -127,20 +125,3 @@ async def retry(
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
     raise AssertionError("unreachable")
-
-
-@overload
-async def together(first: Awaitable[T], second: Awaitable[U], /) -> tuple[T, U]: ...
-@overload
-async def together(first: Awaitable[T], second: Awaitable[U], third: Awaitable[V], /) -> tuple[T, U, V]: ...
-async def together(*steps: Awaitable[Any]) -> tuple[Any, ...]:
-    """Await `steps` at once and return their results in order. The first to fail cancels the others,
-    waits for them to stop, and its error stands as it is (a `TaskGroup` would wrap it in an
-    `ExceptionGroup`, hiding it from the callers' `except RetryableError`)."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        return tuple(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()  # nothing for a task that is done
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -12,17 +12,16 @@ import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
 import PIL.Image
 
-from schemas.events import ErrorCode, JobCheckpointed, JobDispatched, JobPreview, Spritesheet, VideoResult
+from schemas.events import ErrorCode, JobCheckpointed, JobDispatched, JobPreview, VideoResult
 from schemas.jobs import Phase
 from services.common import tracing
 from services.common.errors import ReelstreamError, RetryableError
-from services.common.runtime import retry, together
+from services.common.runtime import retry
 from services.common.storage import (
     ObjectMissing,
     attempt_prefix,
@@ -35,7 +34,7 @@ from services.common.storage import (
     video_key,
 )
 from services.worker.attempt import Attempt, Backoff, Superseded
-from services.worker.engine.generator import Frames, GeneratedVideo, GenerationError, Preview, ResumeState
+from services.worker.engine.generator import GeneratedVideo, GenerationError, Preview, ResumeState
 from services.worker.engine.preview import preview_jpeg
 from services.worker.engine.video import encode_mp4, poster_jpeg, spritesheet_jpeg, thumbnail_jpeg
 from services.worker.telemetry import CHECKPOINT_FAILURES, UPLOAD_FAILURES
@@ -209,87 +208,45 @@ class Artifacts:
     # ---- the result ------------------------------------------------------------------------------------
     async def store_video(self, attempt: Attempt, video: GeneratedVideo) -> VideoResult:
         """Encode the MP4, render the poster, thumbnail and spritesheet, and upload them under the
-        attempt's keys.
-
-        The stills are rendered and stored while the video encodes, and the four uploads overlap: the
-        job ends after its slowest part, not after four round trips to the store one after another
-        (on a loaded host a small upload takes a tenth of a second or more, and a slot takes its next
-        job only while at most `max_finishing` jobs are still storing)."""
+        attempt's keys."""
         d = attempt.dispatch
         attempt.offer(Phase.ENCODING_VIDEO)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         path = self.scratch_dir / f"{d.job_id}-attempt-{d.attempt}.mp4"
         try:
-            try:
-                vkey, stills = await together(
-                    self._store_mp4(attempt, video, path), self._store_stills(attempt, video.frames)
-                )
-                if attempt.superseded.is_set():
-                    raise Superseded("superseded during its upload")
-            except Superseded:
-                await self._take_back(attempt)
-                raise
+            await asyncio.to_thread(encode_mp4, video.frames, video.fps, path)
+            poster = await asyncio.to_thread(poster_jpeg, video.frames)
+            thumbnail = await asyncio.to_thread(thumbnail_jpeg, video.frames)
+            sheet, layout = await asyncio.to_thread(spritesheet_jpeg, video.frames)
+            tkey, skey = thumbnail_key(d.job_id, d.attempt), spritesheet_key(d.job_id, d.attempt)
+            attempt.offer(Phase.UPLOADING)
+            vkey, pkey = video_key(d.job_id, d.attempt), poster_key(d.job_id, d.attempt)
+            if attempt.superseded.is_set():
+                raise Superseded("superseded before its upload")
+            deadline = asyncio.get_running_loop().time() + self.upload_retry_seconds
+            await self._upload(attempt, deadline, lambda: self.store.put_file(vkey, str(path), "video/mp4"))
+            await self._upload(attempt, deadline, lambda: self.store.put_bytes(pkey, poster, "image/jpeg"))
+            await self._upload(attempt, deadline, lambda: self.store.put_bytes(tkey, thumbnail, "image/jpeg"))
+            await self._upload(attempt, deadline, lambda: self.store.put_bytes(skey, sheet, "image/jpeg"))
+            if attempt.superseded.is_set():  # told during the upload: take back what this attempt stored
+                await self.store.delete_prefix(attempt_prefix(d.job_id, d.attempt))
+                raise Superseded("superseded during its upload")
             frames, height, width = video.frames.shape[0], video.frames.shape[1], video.frames.shape[2]
             return VideoResult(
                 video_key=vkey,
-                poster_key=stills.poster_key,
+                poster_key=pkey,
                 size_bytes=path.stat().st_size,
                 width=width - width % 2,
                 height=height - height % 2,
                 fps=video.fps,
                 frames=frames,
                 duration_seconds=frames / video.fps,
-                thumbnail_key=stills.thumbnail_key,
-                spritesheet_key=stills.spritesheet_key,
-                spritesheet=stills.layout,
+                thumbnail_key=tkey,
+                spritesheet_key=skey,
+                spritesheet=layout,
             )
         finally:
             path.unlink(missing_ok=True)
-
-    def _deadline(self) -> float:
-        """Until when an upload starting now is retried (loop time)."""
-        return asyncio.get_running_loop().time() + self.upload_retry_seconds
-
-    async def _store_mp4(self, attempt: Attempt, video: GeneratedVideo, path: Path) -> str:
-        d = attempt.dispatch
-        await asyncio.to_thread(encode_mp4, video.frames, video.fps, path)
-        attempt.offer(Phase.UPLOADING)
-        key = video_key(d.job_id, d.attempt)
-        await self._upload(
-            attempt, self._deadline(), lambda: self.store.put_file(key, str(path), "video/mp4")
-        )
-        return key
-
-    async def _store_stills(self, attempt: Attempt, frames: Frames) -> Stills:
-        d = attempt.dispatch
-        poster, thumbnail, (sheet, layout) = await asyncio.to_thread(_render_stills, frames)
-        stills = Stills(
-            poster_key(d.job_id, d.attempt),
-            thumbnail_key(d.job_id, d.attempt),
-            spritesheet_key(d.job_id, d.attempt),
-            layout,
-        )
-        deadline = self._deadline()
-        await together(
-            self._upload(
-                attempt, deadline, lambda: self.store.put_bytes(stills.poster_key, poster, "image/jpeg")
-            ),
-            self._upload(
-                attempt, deadline, lambda: self.store.put_bytes(stills.thumbnail_key, thumbnail, "image/jpeg")
-            ),
-            self._upload(
-                attempt, deadline, lambda: self.store.put_bytes(stills.spritesheet_key, sheet, "image/jpeg")
-            ),
-        )
-        return stills
-
-    async def _take_back(self, attempt: Attempt) -> None:
-        """A superseded attempt deletes what it stored: the job's result is the newer attempt's."""
-        d = attempt.dispatch
-        try:
-            await self.store.delete_prefix(attempt_prefix(d.job_id, d.attempt))
-        except RetryableError as e:
-            log.warning("job=%s attempt=%d: what it stored was not deleted: %s", d.job_id, d.attempt, e)
 
     async def _upload(self, attempt: Attempt, deadline: float, put: Callable[[], Awaitable[None]]) -> None:
         """Store one artifact, retried with backoff until `deadline` (loop time). The encoded video waits
@@ -297,8 +254,6 @@ class Artifacts:
         error stands (the job fails, retryable)."""
         loop, delays = asyncio.get_running_loop(), self.backoff.delays()
         while True:
-            if attempt.superseded.is_set():
-                raise Superseded("superseded before its upload")
             try:
                 await put()
                 return
@@ -307,6 +262,8 @@ class Artifacts:
                 left = deadline - loop.time()
                 if left <= 0:
                     raise
+                if attempt.superseded.is_set():
+                    raise Superseded("superseded while its upload was retried") from e
                 delay = min(next(delays), left)
                 log.warning(
                     "job=%s: upload failed, retrying in %.1f s (%.0f s left): %s",
@@ -317,21 +274,6 @@ class Artifacts:
                 )
             attempt.offer(Phase.UPLOADING)  # the job is still uploading, not stuck
             await asyncio.sleep(delay)
-
-
-@dataclass(frozen=True, slots=True)
-class Stills:
-    """Where an attempt's stills are stored, and the spritesheet's layout."""
-
-    poster_key: str
-    thumbnail_key: str
-    spritesheet_key: str
-    layout: Spritesheet
-
-
-def _render_stills(frames: Frames) -> tuple[bytes, bytes, tuple[bytes, Spritesheet]]:
-    """The poster, the thumbnail and the spritesheet, in one trip to a worker thread."""
-    return poster_jpeg(frames), thumbnail_jpeg(frames), spritesheet_jpeg(frames)
 
 
 def _decode_image(data: bytes) -> PIL.Image.Image:

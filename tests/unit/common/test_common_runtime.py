@@ -1,15 +1,12 @@
-"""Process plumbing: the heap a service made to start is kept off the cyclic collector, a batch's
-objects are not walked while it runs, and steps run together fail as the first one that fails."""
+"""Process plumbing: the heap a service made to start is kept off the cyclic collector, and a batch's
+objects are not walked while it runs."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 
-import pytest
-
-from services.common.errors import RetryableError
-from services.common.runtime import GC_YOUNG_THRESHOLD, collector_paused, settle_heap, together
+from services.common.runtime import GC_YOUNG_THRESHOLD, collector_paused, settle_heap
 
 
 def test_settle_heap_freezes_what_exists_and_collects_the_young_less_often() -> None:
@@ -80,37 +77,3 @@ def test_collector_paused_leaves_a_collector_switched_off_elsewhere_off() -> Non
         assert not gc.isenabled(), "whoever switched it off switches it back on"
     finally:
         gc.enable()
-
-
-async def test_together_runs_its_steps_at_once_and_keeps_their_order() -> None:
-    started: list[str] = []
-    all_started = asyncio.Event()
-
-    async def step(name: str) -> str:
-        started.append(name)
-        if len(started) == 3:
-            all_started.set()
-        await all_started.wait()  # one after another, the first would wait for ever
-        return name
-
-    results = await asyncio.wait_for(together(step("video"), step("poster"), step("sheet")), 5)
-    assert results == ("video", "poster", "sheet")
-
-
-async def test_together_raises_the_first_error_as_it_is_and_stops_the_other_steps() -> None:
-    stopped: list[str] = []
-
-    async def failing() -> None:
-        await asyncio.sleep(0.01)
-        raise RetryableError("the store is away")
-
-    async def slow() -> None:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            stopped.append("slow")
-            raise
-
-    with pytest.raises(RetryableError, match="the store is away"):  # not an ExceptionGroup
-        await together(failing(), slow())
-    assert stopped == ["slow"], "the other step is cancelled and waited for before the error stands"
