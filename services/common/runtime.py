@@ -13,6 +13,7 @@ from typing import Final, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
+import uvloop
 from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
@@ -66,8 +67,10 @@ def collector_paused() -> Iterator[None]:
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], *, settle: bool = True) -> None:
-    """Run `main(stop)` in a fresh event loop; SIGTERM and SIGINT set `stop` for a clean shutdown. The
-    heap made so far is settled first (`settle_heap`) unless `settle` is False."""
+    """Run `main(stop)` in a fresh uvloop event loop (the api's, through uvicorn, is one too: it spends less
+    of the process's CPU per socket event and timer than asyncio's own, and the consumers and workers
+    make thousands a second); SIGTERM and SIGINT set `stop` for a clean shutdown. The heap made so far
+    is settled first (`settle_heap`) unless `settle` is False."""
 
     async def _wrapper() -> None:
         stop = asyncio.Event()
@@ -78,7 +81,8 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], *, set
 
     if settle:
         settle_heap()
-    asyncio.run(_wrapper())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_wrapper())
 
 
 class _QuietHandler(WSGIRequestHandler):

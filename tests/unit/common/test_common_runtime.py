@@ -1,12 +1,31 @@
-"""Process plumbing: the heap a service made to start is kept off the cyclic collector, and a batch's
-objects are not walked while it runs."""
+"""Process plumbing: a service runs on uvloop until SIGTERM, the heap it made to start is kept off the
+cyclic collector, and a batch's objects are not walked while it runs."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 
-from services.common.runtime import GC_YOUNG_THRESHOLD, collector_paused, settle_heap
+import uvloop
+
+from services.common.runtime import GC_YOUNG_THRESHOLD, collector_paused, run_until_signalled, settle_heap
+
+
+def test_run_until_signalled_runs_on_uvloop_and_sigterm_sets_stop() -> None:
+    seen: list[object] = []
+
+    async def main(stop: asyncio.Event) -> None:
+        seen.append(asyncio.get_running_loop())
+        os.kill(os.getpid(), signal.SIGTERM)  # what Kubernetes sends: a clean stop, not a dead process
+        async with asyncio.timeout(5):
+            await stop.wait()
+        seen.append("stopped")
+
+    run_until_signalled(main, settle=False)
+    assert isinstance(seen[0], uvloop.Loop)
+    assert seen[1:] == ["stopped"]
 
 
 def test_settle_heap_freezes_what_exists_and_collects_the_young_less_often() -> None:
