@@ -48,8 +48,9 @@ class CommonSettings(BaseSettings):
         ge=10,
         le=30_000,
         description=(
-            "How long the broker holds a consumer's fetch that finds no record: the delay of each hop when"
-            " the system is quiet, and each idle consumer's fetches per second (bench/idle.py)."
+            "How long the broker holds a consumer's fetch that finds no record: each idle consumer's"
+            " fetches per second, and the most a record waits when its partition's fetch must wait for"
+            " the one in flight (bench/idle.py; docs/benchmarks.md, Idle cost)."
         ),
     )
 
