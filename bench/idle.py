@@ -33,6 +33,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fleet_procs import children_of, cpu_seconds
+from fleet_stats import percentile
 
 from services.common.kafka import make_consumer, make_producer
 from services.common.settings import CommonSettings
@@ -129,9 +130,7 @@ async def hop_delays(wait_ms: int, records: int, busy: bool) -> list[float]:
 
 
 def percentiles_ms(delays: Sequence[float]) -> str:
-    ordered = sorted(delays)
-    p50, p99 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.99))
-    return f"{p50 * 1000:.1f} / {p99 * 1000:.1f}"
+    return f"{percentile(delays, 50) * 1000:.1f} / {percentile(delays, 99) * 1000:.1f}"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, float]]:
