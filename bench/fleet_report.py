@@ -2,6 +2,7 @@
 for several runs, min / median / max of each figure.
 
     python -m bench.fleet_report bench/results/fleet-2026-12-06T*.json    # the table of those runs
+    python -m bench.fleet_report bench/results/fleet-*-scale*.json   # runs on different clocks, side by side
 """
 
 from __future__ import annotations
@@ -15,15 +16,30 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import fleet_sim
 from bench.fleet_kafka import Track
 from bench.fleet_settings import table as settings_table
-from bench.fleet_stats import LONG, markdown_table, prompt_seconds
+from bench.fleet_stats import LONG, burst, markdown_table, prompt_seconds
 
 DESIGNS = ("reelstream", "kafka", "celery-priority", "celery-shared", "celery-split")
 PHASES = ("burst", "poisson")
 ORDER = tuple(f"{d} {p}" for p in PHASES for d in DESIGNS)
 UTILISATION_TARGET = 0.98
-INTERACTIVE_P95_TARGET = 10.0
+# The goal's 10 s of interactive p95 wait was set on the benchmark's default clock (H100 times / 50): 500 s
+# of an H100's time, which is the same goal on any clock (`--scale`).
+INTERACTIVE_P95_TARGET_H100 = 500.0
+DEFAULT_SCALE = 50.0
+
+
+def p95_target(scale: float) -> float:
+    """The interactive p95 goal in seconds on a clock where H100 times are divided by `scale`."""
+    return INTERACTIVE_P95_TARGET_H100 / scale
+
+
+def _scale(results: dict[str, Any]) -> float:
+    return float(results.get("config", {}).get("scale", DEFAULT_SCALE))
+
+
 RESUME_TARGET = 15.0
 
 
@@ -162,10 +178,11 @@ def _targets(results: dict[str, Any]) -> list[str]:
     burst = results["phases"].get("reelstream burst")
     if burst:
         util, p95 = burst["ideal_over_makespan"], burst["wait_interactive"]["p95"]
-        both = util >= UTILISATION_TARGET and p95 <= INTERACTIVE_P95_TARGET
+        target = p95_target(_scale(results))
+        both = util >= UTILISATION_TARGET and p95 <= target
         lines.append(
             f"- burst: utilisation {util:.3f} of ideal (target >= {UTILISATION_TARGET}) and interactive "
-            f"p95 wait {p95:.1f} s (target <= {INTERACTIVE_P95_TARGET:g} s): {'met' if both else 'MISSED'}"
+            f"p95 wait {p95:.1f} s (target <= {target:g} s): {'met' if both else 'MISSED'}"
         )
     for k in results["kill"]:
         resumed, lost = k["kill_to_resume_s"], k["gpu_seconds_lost"]
@@ -288,19 +305,64 @@ def render_runs(runs: Sequence[dict[str, Any]]) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
+# ---- one burst on several clocks --------------------------------------------------------------------
+def policy_bound(results: dict[str, Any]) -> dict[str, Any]:
+    """The scheduler's rules alone on the run's burst and clock (`fleet_sim`: no host, no processes)."""
+    c = results["config"]
+    config = fleet_sim.SimConfig(
+        slots=c["slots"], scale=c["scale"], balance_gain=fleet_sim.BALANCE_MIN_GAIN_H100 / c["scale"]
+    )
+    return fleet_sim.simulate(burst(c["jobs"], c["long_share"], c["seed"]), config)
+
+
+SCALE_ROWS: list[tuple[str, Callable[[dict[str, Any], dict[str, Any]], str]]] = [
+    ("ideal makespan / makespan (s)", lambda s, b: f"{_f(s['ideal_makespan_s'])} / {_f(s['makespan_s'])}"),
+    ("utilisation: ideal makespan / makespan", lambda s, b: _f(s["ideal_over_makespan"], 3)),
+    ("  the rules alone, no host (`fleet_sim`)", lambda s, b: _f(b["ideal"] / b["makespan"], 3)),
+    ("interactive wait p95 (s)", lambda s, b: _f(s["wait_interactive"]["p95"])),
+    ("  the rules alone, no host (`fleet_sim`)", lambda s, b: _f(b["interactive_p95"])),
+    ("  goal: 500 s of H100 time", lambda s, b: _f(p95_target(b["scale"]))),
+    ("slot time beyond the work: denoising / between jobs (%)", lambda s, b: _slot_shares(s, b["slots"])),
+    (
+        "cores busy, whole machine",
+        lambda s, b: _f(s.get("cpu_s", {}).get("machine", math.nan) / s["makespan_s"], 2),
+    ),
+]
+
+
+def _slot_shares(s: dict[str, Any], slots: int) -> str:
+    parts, slot_s = s.get("slot_time") or {}, slots * s["makespan_s"]
+    return " / ".join(_f(100 * parts.get(name, math.nan) / slot_s) for name in ("generating", "between"))
+
+
+def render_scales(runs: Sequence[dict[str, Any]]) -> str:
+    """The same burst on clocks of different speeds (`--scale`), one column per design and clock: how
+    much of what the slots lose is the host's, whose costs do not shrink with the GPU's times."""
+    columns = []
+    for r in sorted(runs, key=_scale, reverse=True):
+        bound = policy_bound(r) | {"scale": _scale(r), "slots": r["config"]["slots"]}
+        columns += [
+            (f"{name.removesuffix(' burst')} / {_scale(r):g}", summary, bound)
+            for name in ORDER
+            if name.endswith(" burst") and (summary := r["phases"].get(name)) is not None
+        ]
+    rows = [[label, *(cell(s, b) for _, s, b in columns)] for label, cell in SCALE_ROWS]
+    table = markdown_table(["burst: design / H100 times divided by", *(c[0] for c in columns)], rows)
+    commits = sorted({str(r.get("commit")) for r in runs})
+    return f"{table}\n\ncommit {', '.join(commits)}"
+
+
 def _run_targets(runs: Sequence[dict[str, Any]]) -> list[str]:
     bursts = [r["phases"]["reelstream burst"] for r in runs if "reelstream burst" in r["phases"]]
     lines = []
     if bursts:
         util = [b["ideal_over_makespan"] for b in bursts]
         p95 = [b["wait_interactive"]["p95"] for b in bursts]
-        met = sum(
-            u >= UTILISATION_TARGET and p <= INTERACTIVE_P95_TARGET for u, p in zip(util, p95, strict=True)
-        )
+        target = p95_target(_scale(runs[-1]))
+        met = sum(u >= UTILISATION_TARGET and p <= target for u, p in zip(util, p95, strict=True))
         lines.append(
             f"- burst: utilisation {spread(util, 3)} of ideal (target >= {UTILISATION_TARGET}), interactive "
-            f"p95 {spread(p95)} s (target <= {INTERACTIVE_P95_TARGET:g} s): both met in {met} of "
-            f"{len(bursts)} runs"
+            f"p95 {spread(p95)} s (target <= {target:g} s): both met in {met} of {len(bursts)} runs"
         )
     for r in runs:
         lines += [line for line in _targets(r) if line.startswith("- kill")]
@@ -312,7 +374,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("files", nargs="+", type=Path, help="raw JSON of the runs (bench/results/fleet-*.json)")
     args = p.parse_args(argv)
     runs = [json.loads(path.read_text()) for path in args.files]
-    print(render_runs(runs) if len(runs) > 1 else render(runs[0]))
+    if len({_scale(r) for r in runs}) > 1:
+        print(render_scales(runs))
+    else:
+        print(render_runs(runs) if len(runs) > 1 else render(runs[0]))
 
 
 if __name__ == "__main__":

@@ -248,6 +248,33 @@ def test_runs_table_shows_each_design_as_min_median_max_and_the_targets() -> Non
     assert "commit abc" in text
 
 
+def test_the_p95_goal_is_the_same_h100_time_on_every_clock() -> None:
+    assert fleet_report.p95_target(50) == pytest.approx(10.0)
+    assert fleet_report.p95_target(10) == pytest.approx(50.0)
+    run = {"phases": {"reelstream burst": _summary(0.99, 45.0)}, "kill": [], "config": {"scale": 10.0}}
+    assert "(target <= 50 s): met" in fleet_report._targets(run)[0]
+    run["config"] = {"scale": 50.0}
+    assert "(target <= 10 s): MISSED" in fleet_report._targets(run)[0]
+
+
+def test_runs_on_different_clocks_are_shown_side_by_side_with_the_rules_bound() -> None:
+    def run(scale: float, util: float) -> dict[str, Any]:
+        summary = _summary(util, 20.0) | {"ideal_makespan_s": 86.3 * 50 / scale}
+        summary["makespan_s"] = summary["ideal_makespan_s"] / util
+        summary["slot_time"] = {"generating": 0.05 * 8 * summary["makespan_s"], "between": 0.0}
+        config = {"scale": scale, "slots": 8, "jobs": 40, "long_share": 0.2, "seed": 1}
+        return {"phases": {"reelstream burst": summary}, "config": config, "commit": "abc"}
+
+    text = fleet_report.render_scales([run(10.0, 0.97), run(50.0, 0.85)])
+    header = text.splitlines()[0]
+    assert header.index("reelstream / 50") < header.index("reelstream / 10")  # the bench's clock first
+    assert "| utilisation: ideal makespan / makespan | 0.850 | 0.970 |" in text
+    assert "| slot time beyond the work: denoising / between jobs (%) | 5.0 / 0.0 | 5.0 / 0.0 |" in text
+    assert "|   goal: 500 s of H100 time | 10.0 | 50.0 |" in text
+    bound = fleet_report.policy_bound(run(50.0, 0.85))
+    assert 0.9 < bound["ideal"] / bound["makespan"] <= 1.0
+
+
 def test_a_simulated_job_spends_the_prompt_encode_the_steps_and_the_decode() -> None:
     slept: list[float] = []
     clock = [0.0]
