@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # uv from PATH, else the module pip installed (a fresh pyenv may not have its shim yet).
 UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench bench-fleet soak fuzz-api test-unit
+.PHONY: help setup up down status logs clean lint lint-deploy test run services stop demo replay bench bench-fleet bench-fleet-clocks soak fuzz-api test-unit
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,15 @@ bench: up ## the benchmarks of bench/ (numbers printed, see docs/benchmarks.md)
 FLEET_RUNS ?= 3
 bench-fleet: up ## the fleet benchmark, reelstream beside Kafka and Celery baselines, FLEET_RUNS (3) runs: docs/benchmarks.md's table (~40 min)
 	$(UV) run --no-sync python -m bench.fleet --runs $(FLEET_RUNS)
+
+FLEET_CLOCKS ?= 50 25 10
+bench-fleet-clocks: up ## the fleet burst on slower GPU clocks (H100 times / FLEET_CLOCKS), beside Celery priority: docs/benchmarks.md's clocks table (~35 min)
+	@stamp=$$(date -u +%Y-%m-%dT%H%M%SZ); \
+	for s in $(FLEET_CLOCKS); do \
+	  $(UV) run --no-sync python -m bench.fleet --only burst --scale $$s --baselines celery-priority \
+	    --json bench/results/fleet-$$stamp-burst-scale$$s.json || exit 1; \
+	done; \
+	$(UV) run --no-sync python -m bench.fleet_report bench/results/fleet-$$stamp-burst-scale*.json
 
 SOAK_SECONDS ?= 600
 SOAK_SEED ?= 1
