@@ -243,10 +243,16 @@ class CeleryDesign:
 AnyDesign = Design | CeleryDesign
 
 
+def phase_limit(jobs: list[BenchJob], args: argparse.Namespace) -> float:
+    """How long a phase may take: four times its work spread over the slots, its longest job or its last
+    arrival, whichever is longest, and two minutes more (a long job alone lasts 504 s at --scale 1)."""
+    work = [j.kind.work(args.scale) for j in jobs]
+    return 120 + 4 * max(sum(work) / args.slots, *work, *(j.arrival for j in jobs))
+
+
 async def measured_phase(design: AnyDesign, procs: Procs, phase: str, jobs: list[BenchJob]) -> dict[str, Any]:
     args = design.args
-    work = sum(j.kind.work(args.scale) for j in jobs)
-    limit_s = 120 + 4 * max(work / args.slots, *(j.arrival for j in jobs))
+    limit_s = phase_limit(jobs, args)
     settled_s, busy_before = await asyncio.to_thread(settle, limit_s=args.settle_limit)
     load_before, started, cpu_before = os.getloadavg()[0], time.monotonic(), procs.cpu_snapshot()
     outcomes = await design.outcomes(phase, jobs, limit_s)
@@ -399,9 +405,8 @@ async def bench(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
         if kafka is not None:
             await kafka.start(with_api=False)
         for design in (d for d in (ours, kafka) if d is not None):
-            await design.outcomes(
-                "warmup", warmup_jobs(WARMUP_PER_SLOT * args.slots, int(design is ours)), 300
-            )
+            warm = warmup_jobs(WARMUP_PER_SLOT * args.slots, int(design is ours))
+            await design.outcomes("warmup", warm, max(300, phase_limit(warm, args)))  # a cold stack's too
         stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
         for run in range(1, args.runs + 1):
             results: dict[str, Any] = {"phases": {}, "kill": [], "unread_dispatches_at_start": backlog}
