@@ -12,11 +12,11 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -33,6 +33,23 @@ def pct(values: list[float], q: float) -> float:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+async def paced(
+    rate: float, seconds: float, one: Callable[[int], Coroutine[Any, Any, T]]
+) -> tuple[list[T], float]:
+    """An open loop: start `one(n)` at n / `rate` s for `seconds`, on that schedule however long each
+    takes, and wait for them all. Their results, and the rate the starts kept (a loop that lags, the
+    load generator short of CPU, shows here)."""
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    tasks: list[asyncio.Task[T]] = []
+    for n in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, begin + n / rate - loop.time()))
+        tasks.append(asyncio.create_task(one(n)))
+    kept = len(tasks) / (loop.time() - begin + 1 / rate)
+    return list(await asyncio.gather(*tasks)), kept
 
 
 @dataclass

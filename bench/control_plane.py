@@ -5,8 +5,9 @@ count), beside the seed's Celery+Redis design behind a REST face of the same sha
     .venv/bin/python bench/control_plane.py [--seconds 20] [--clients 32] [--watchers 2000]
 
 Phases, in this order so that each starts from an idle queue where it should:
-1. per-job overhead at 10 jobs/s: submit -> worker start (started_at - created_at) and worker end ->
-   `job.succeeded` seen by an SSE client (receipt - the event's occurred_at);
+1. per-job overhead at 10 jobs/s (an open loop: each job starts on its schedule, whatever the ones before
+   it take): submit -> worker start (started_at - created_at) and worker end -> `job.succeeded` seen by
+   an SSE client (receipt - the event's occurred_at);
 2. watchers: N SSE streams on one job, opened before it starts; delay of every event to every client,
    and how many streams saw the terminal event. The target's job runs at a real job's pace (an H100's
    step, production's checkpoint and preview settings: `REAL_PACE`) and waits for a slot behind a job
@@ -55,7 +56,7 @@ import aiohttp
 import asyncpg
 import uvloop
 
-from bench.control_load import Submits, Watch, pct, read_load, submit_load, watch
+from bench.control_load import Submits, Watch, paced, pct, read_load, submit_load, watch
 from bench.fleet_settings import production
 from bench.fleet_stats import step_seconds
 from services.cli.config import auth_headers
@@ -188,17 +189,17 @@ def services_lock() -> Iterator[None]:
 
 
 async def overhead(http: aiohttp.ClientSession, rate: float, seconds: float) -> dict[str, Any]:
-    """Jobs at `rate`/s, each followed over SSE; per job submit -> start and end -> seen."""
-    watches: list[tuple[str, Watch]] = []
-    tasks = []
-    for n in range(int(rate * seconds)):
+    """Jobs at `rate`/s (an open loop, as the peer's), each followed over SSE; per job submit -> start
+    and end -> seen."""
+
+    async def one(n: int) -> tuple[str, Watch]:
         async with http.post(f"{API}/v1/jobs", json=job_body(n, priority="interactive")) as response:
             job_id = (await response.json())["id"]
         w = Watch()
-        watches.append((job_id, w))
-        tasks.append(asyncio.create_task(watch(API, job_id, w, within=120)))
-        await asyncio.sleep(1 / rate)
-    await asyncio.gather(*tasks)
+        await watch(API, job_id, w, within=120)
+        return job_id, w
+
+    watches, kept = await paced(rate, seconds, one)
     to_start, to_seen = [], []
     for job_id, w in watches:
         async with http.get(f"{API}/v1/jobs/{job_id}") as response:
@@ -210,6 +211,7 @@ async def overhead(http: aiohttp.ClientSession, rate: float, seconds: float) -> 
         to_seen.append(w.delays[-1])
     return {
         "jobs": len(watches),
+        "rate": kept,
         "succeeded": len(to_start),
         "submit_to_start": to_start,
         "end_to_seen": to_seen,
@@ -427,13 +429,11 @@ async def peer_overhead(http: aiohttp.ClientSession, rate: float, seconds: float
             await asyncio.sleep(0.02)
         return None
 
-    tasks = []
-    for n in range(int(rate * seconds)):
-        tasks.append(asyncio.create_task(one(n)))
-        await asyncio.sleep(1 / rate)
-    done = [r for r in await asyncio.gather(*tasks) if r is not None]
+    results, kept = await paced(rate, seconds, one)
+    done = [r for r in results if r is not None]
     return {
-        "jobs": len(tasks),
+        "jobs": len(results),
+        "rate": kept,
         "succeeded": len(done),
         "submit_to_start": [a for a, _ in done],
         "end_to_seen": [b for _, b in done],
@@ -454,6 +454,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, float, str, str]]:
     over, peer_over, w, reads = r["overhead"], r["peer_overhead"], r["watchers"], r["reads"]
     ms = 1000
     out = [
+        ("overhead: jobs started a second (the load)", over["rate"], 10, "/s", "info"),
         ("submit: accepted/s (32 clients)", sub.rate, 500, "/s", "higher"),
         ("submit: p99 latency", pct(sub.latencies, 99) * ms, 50, "ms", "lower"),
         ("submit: GET right after 202 is 404", sub.read_after.get(404, 0), 0, "", "lower"),
@@ -482,6 +483,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, float, str, str]]:
     if r.get("peer_submit") is not None:
         ps: Submits = r["peer_submit"]
         out += [
+            ("peer: overhead jobs started a second", peer_over["rate"], 10, "/s", "info"),
             ("peer (Celery+Redis): accepted/s", ps.rate, 500, "/s", "higher"),
             ("peer: submit p99 latency", pct(ps.latencies, 99) * ms, 50, "ms", "lower"),
             (
