@@ -398,6 +398,7 @@ async def bench(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
     if kafka is not None:
         await fk.create_topics(settings, kafka_topics)
     runs: list[dict[str, Any]] = []
+    measured = commit()  # the code the processes start from, whatever is committed while they run
     try:
         await start_fleet(args, procs, kafka, lanes, events, tag, celery)
         rss = procs.rss_mb()
@@ -410,7 +411,7 @@ async def bench(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
         stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
         for run in range(1, args.runs + 1):
             results: dict[str, Any] = {"phases": {}, "kill": [], "unread_dispatches_at_start": backlog}
-            results |= {"run": run, "runs": args.runs, "rss_mb": rss, "stamp": stamp}
+            results |= {"run": run, "runs": args.runs, "rss_mb": rss, "stamp": stamp, "commit": measured}
             runs.append(results)
             await run_phases(args, procs, ours, kafka, celery, results)
             report(results, args)
@@ -538,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 def commit() -> str:
-    """The code measured: HEAD, marked when the tree has changes."""
+    """HEAD, marked when the tree has changes: taken when a run starts, it names the code measured."""
 
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False).stdout

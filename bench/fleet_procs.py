@@ -236,7 +236,8 @@ class Procs:
 
     @staticmethod
     def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        """CPU seconds used between two snapshots; `other` is the rest of the machine (other users)."""
+        """CPU seconds used between two snapshots; `other` is the rest of the machine (the
+        benchmark's own process, other users)."""
         delta = {k: max(0.0, after.get(k, 0.0) - v) for k, v in before.items()}
         delta["other"] = max(0.0, delta["machine"] - sum(v for k, v in delta.items() if k != "machine"))
         return delta

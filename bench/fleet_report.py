@@ -87,7 +87,7 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("CPU-s: reelstream's 8 workers / kafka's 8 / celery's 8", lambda s: _cpu(s, "fleet", "naive", "celery")),
     ("CPU-s: scheduler / api / projector", lambda s: _cpu(s, "scheduler", "api", "projector")),
     ("CPU-s: kafka / s3 / postgres / redis", lambda s: _cpu(s, "kafka", "s3", "postgres", "redis")),
-    ("CPU-s: other users of the machine / all (2 cores)", lambda s: _cpu(s, "other", "machine")),
+    ("CPU-s: the rest (the bench, other users) / all (2 cores)", lambda s: _cpu(s, "other", "machine")),
     ("load average, 1 min, before / after", lambda s: " / ".join(_f(x) for x in s["load_1min"])),
     ("waited for a quiet machine (s) / cores busy then", _settled),
 ]
