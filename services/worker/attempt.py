@@ -19,9 +19,10 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
-from schemas.events import JobDispatched, JobEvent, JobProgress, JobStarted
+from schemas.events import JobDispatched, JobEvent, JobProgress, JobStarted, utcnow
 from schemas.jobs import Phase
 from services.common import tracing
 from services.common.errors import RetryableError
@@ -105,6 +106,9 @@ class Attempt:
     dispatch: JobDispatched
     producer: str
     publish: Publish
+    # When the slot took the dispatch and began: job.started's occurred_at, though it is sent only once
+    # the commit lands, while the attempt already runs (its first progress comes after this time).
+    began: datetime = field(default_factory=utcnow)
     backoff: Backoff = field(default_factory=Backoff)
     # Set at shutdown: a last event still failing then is given up (see `terminal`).
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -179,7 +183,7 @@ class Attempt:
         try:
             if not await self.admit():
                 return
-            event = self.event(JobStarted, slot=slot, worker_id=self.producer)
+            event = self.event(JobStarted, slot=slot, worker_id=self.producer, occurred_at=self.began)
             await retry(f"publish {event.type}", lambda: self.publish(event))
         except RetryableError as e:
             log.warning("job.started of job=%s not sent: %s", self.job_id, e)

@@ -7,6 +7,7 @@ import itertools
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -467,10 +468,17 @@ async def test_denoising_starts_before_the_dispatch_commit_and_nothing_is_publis
     while run.current is None or run.current.seconds_per_step is None:  # steps are being taken
         await asyncio.sleep(0.005)
     assert publish.events == []
+    await asyncio.sleep(0.05)  # the commit takes a while
+    committed = datetime.now(UTC)
     commit.set_result(None)
     assert await task == "succeeded"
     assert publish.types()[0] is EventType.STARTED and publish.types()[-1] is EventType.SUCCEEDED
     assert [e.sequence for e in publish.events] == sorted(e.sequence for e in publish.events)
+    # job.started says when the attempt began, not when it could be announced: before the commit, and
+    # before every other event of the attempt.
+    started = publish.events[0].occurred_at
+    assert started < committed - timedelta(seconds=0.04)
+    assert all(started <= e.occurred_at for e in publish.events)
 
 
 @pytest.mark.parametrize("generated_first", [False, True])
