@@ -560,7 +560,6 @@ def save(results: dict[str, Any], args: argparse.Namespace) -> None:
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "used"
     }
     results["settings"] = [as_row(u) for u in args.used.values()]
-    results["commit"] = results.get("commit") or commit()
     results["machine"] = {
         "cpus": os.cpu_count(),
         "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
