@@ -7,12 +7,14 @@ aiohttp spends about a third of httpx's CPU per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaConsumer
 
 from services.cli.config import auth_headers
 
@@ -213,3 +217,77 @@ async def _frames(reader: asyncio.StreamReader, into: Watch) -> None:
                 return
         pending = pending[end:]
     into.error = "the stream ended before the terminal event"
+
+
+@dataclass(slots=True)
+class Hops:
+    """Where a job's end spends its way to a watcher, seen from outside: when a Kafka consumer of the
+    benchmark's own gets each terminal record of jobs.events, and when Postgres NOTIFYs each change of
+    the read model (the projector's commit), by job id, wall clock."""
+
+    consumed: dict[str, float] = field(default_factory=dict)  # job id -> terminal record received
+    notified: dict[str, list[float]] = field(default_factory=dict)  # job id -> every NOTIFY received
+
+    def on_record(self, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
+        kind = next((value for name, value in headers if name == "ce_type"), b"")
+        if key is not None and kind.removeprefix(b"io.reelstream.").decode() in TERMINAL:
+            self.consumed.setdefault(key.decode(), time.time())
+
+    def on_notify(self, job_id: str) -> None:
+        self.notified.setdefault(job_id, []).append(time.time())
+
+    def split(self, job_id: str, occurred: float, seen: float) -> tuple[float, float, float] | None:
+        """(worker -> Kafka consumer, -> read model, -> client) of the job's end, or None when a hop was
+        not observed. The read model's hop ends at the last NOTIFY before the client saw the end: the one
+        that woke the api's read of it."""
+        consumed = self.consumed.get(job_id)
+        notified = [t for t in self.notified.get(job_id, ()) if t <= seen]
+        if consumed is None or not notified:
+            return None
+        projected = notified[-1]
+        return consumed - occurred, projected - consumed, seen - projected
+
+
+@asynccontextmanager
+async def hops_probe(bootstrap: str, topic: str, dsn: str, channel: str) -> AsyncIterator[Hops]:
+    """A `Hops` filled while the context runs: a consumer of every partition of `topic` from its end
+    (no group, as the projector), and a LISTEN on the read model's channel."""
+    hops = Hops()
+    consumer = AIOKafkaConsumer(
+        topic,  # no group: every partition is assigned to this consumer
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=100,  # the services' setting
+    )
+    await consumer.start()
+    conn = await asyncpg.connect(dsn)
+
+    async def consume() -> None:
+        while True:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for msg in messages:
+                    hops.on_record(msg.key, msg.headers)
+
+    try:
+        for _ in range(300):  # its metadata comes in the background, in a few ms
+            if partitions := consumer.assignment():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise TimeoutError(f"no partition of {topic} assigned within 30 s")
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)  # resolved now, not after the first jobs ended
+        await conn.add_listener(channel, lambda _c, _p, _ch, payload: hops.on_notify(payload))
+        task = asyncio.create_task(consume(), name="hops-consumer")
+        try:
+            yield hops
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await conn.close()
+        await consumer.stop()

@@ -56,13 +56,16 @@ import aiohttp
 import asyncpg
 import uvloop
 
-from bench.control_load import Submits, Watch, paced, pct, read_load, submit_load, watch
+from bench.control_load import Submits, Watch, hops_probe, paced, pct, read_load, submit_load, watch
 from bench.fleet_settings import production
 from bench.fleet_stats import step_seconds
+from schemas.topics import JOBS_EVENTS
 from services.cli.config import auth_headers
+from services.common.readmodel import NOTIFY_CHANNEL
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "http://127.0.0.1:8000"
+KAFKA = "127.0.0.1:9092"
 PEER_API = "http://127.0.0.1:8100"
 PEER_REDIS_PORT = 6390
 DSN = "postgresql://reelstream:reelstream@127.0.0.1:5432/reelstream"
@@ -199,22 +202,26 @@ async def overhead(http: aiohttp.ClientSession, rate: float, seconds: float) -> 
         await watch(API, job_id, w, within=120)
         return job_id, w
 
-    watches, kept = await paced(rate, seconds, one)
-    to_start, to_seen = [], []
+    async with hops_probe(KAFKA, JOBS_EVENTS, DSN, NOTIFY_CHANNEL) as hops:
+        watches, kept = await paced(rate, seconds, one)
+    to_start, to_seen, hops_seen = [], [], []
     for job_id, w in watches:
         async with http.get(f"{API}/v1/jobs/{job_id}") as response:
             job = await response.json()
-        if job["status"] != "succeeded" or w.terminal != "job.succeeded" or not w.delays:
+        if job["status"] != "succeeded" or w.terminal != "job.succeeded" or not w.delays or not w.terminal_at:
             continue
         created = datetime.fromisoformat(job["created_at"])
         to_start.append((datetime.fromisoformat(job["started_at"]) - created).total_seconds())
         to_seen.append(w.delays[-1])
+        if (split := hops.split(job_id, w.terminal_at - w.delays[-1], w.terminal_at)) is not None:
+            hops_seen.append(split)
     return {
         "jobs": len(watches),
         "rate": kept,
         "succeeded": len(to_start),
         "submit_to_start": to_start,
         "end_to_seen": to_seen,
+        "end_to_seen_hops": hops_seen,
     }
 
 
@@ -465,6 +472,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, float, str, str]]:
         ("overhead: submit -> worker start p50", pct(over["submit_to_start"], 50) * ms, 50, "ms", "lower"),
         ("overhead: worker end -> succeeded seen p50", pct(over["end_to_seen"], 50) * ms, 50, "ms", "lower"),
     ]
+    hops = over.get("end_to_seen_hops") or []
+    for n, hop in enumerate(("worker -> a Kafka consumer", "-> projected (NOTIFY)", "-> the SSE client")):
+        out.append((f"overhead: end -> seen, {hop} p50", pct([h[n] for h in hops], 50) * ms, 0, "ms", "info"))
     before, after = w.get("api_rss_mib_before"), w.get("api_rss_mib_with_streams")
     if before is not None and after is not None:
         out.append(
