@@ -221,9 +221,9 @@ async def _frames(reader: asyncio.StreamReader, into: Watch) -> None:
 
 @dataclass(slots=True)
 class Hops:
-    """Where a job's end spends its way to a watcher, seen from outside: when a Kafka consumer of the
-    benchmark's own gets each terminal record of jobs.events, and when Postgres NOTIFYs each change of
-    the read model (the projector's commit), by job id, wall clock."""
+    """Where a job's end spends its time on the way to a watcher, seen from outside: when a Kafka
+    consumer of the benchmark's own gets each terminal record of jobs.events, and when Postgres NOTIFYs
+    each change of the read model (the projector's commit), by job id, wall clock."""
 
     consumed: dict[str, float] = field(default_factory=dict)  # job id -> terminal record received
     notified: dict[str, list[float]] = field(default_factory=dict)  # job id -> every NOTIFY received
@@ -261,8 +261,6 @@ async def hops_probe(bootstrap: str, topic: str, dsn: str, channel: str) -> Asyn
         isolation_level="read_committed",
         fetch_max_wait_ms=100,  # the services' setting
     )
-    await consumer.start()
-    conn = await asyncpg.connect(dsn)
 
     async def consume() -> None:
         while True:
@@ -270,7 +268,11 @@ async def hops_probe(bootstrap: str, topic: str, dsn: str, channel: str) -> Asyn
                 for msg in messages:
                     hops.on_record(msg.key, msg.headers)
 
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        conn = await asyncpg.connect(dsn)
+        stack.push_async_callback(conn.close)
         for _ in range(300):  # its metadata comes in the background, in a few ms
             if partitions := consumer.assignment():
                 break
@@ -288,6 +290,3 @@ async def hops_probe(bootstrap: str, topic: str, dsn: str, channel: str) -> Asyn
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    finally:
-        await conn.close()
-        await consumer.stop()

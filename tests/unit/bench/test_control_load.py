@@ -29,7 +29,7 @@ async def test_paced_starts_on_schedule_however_long_each_takes() -> None:
 def test_hops_split_a_jobs_end_at_the_notify_that_woke_the_api() -> None:
     hops = Hops()
     hops.on_record(b"job-1", [("ce_type", b"io.reelstream.job.progress")])  # not an end
-    hops.notified["job-1"] = [9.0, 10.020, 10.030, 10.500]  # progress; the end; a later change; after
+    hops.notified["job-1"] = [9.0, 10.030, 10.500]  # a progress; the end projected; after the client saw it
     hops.consumed["job-1"] = 10.005
     hops.on_record(b"job-1", [("ce_type", b"io.reelstream.job.succeeded")])  # a redelivery: the first stays
 
