@@ -23,9 +23,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
-from aiokafka import AIOKafkaConsumer
 
 from services.cli.config import auth_headers
+from services.common.kafka import make_consumer, partitions_of
+from services.common.settings import CommonSettings
 
 
 def pct(values: list[float], q: float) -> float:
@@ -250,17 +251,12 @@ class Hops:
 
 @asynccontextmanager
 async def hops_probe(bootstrap: str, topic: str, dsn: str, channel: str) -> AsyncIterator[Hops]:
-    """A `Hops` filled while the context runs: a consumer of every partition of `topic` from its end
-    (no group, as the projector), and a LISTEN on the read model's channel."""
+    """A `Hops` filled while the context runs: a consumer made as the services make theirs, on every
+    partition of `topic` from its end (no group, as the projector), and a LISTEN on the read model's
+    channel."""
     hops = Hops()
-    consumer = AIOKafkaConsumer(
-        topic,  # no group: every partition is assigned to this consumer
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-        isolation_level="read_committed",
-        fetch_max_wait_ms=100,  # the services' setting
-    )
+    settings = CommonSettings(kafka_bootstrap=bootstrap)
+    consumer = make_consumer(settings, group_id=None, client_id="bench-control-hops")
 
     async def consume() -> None:
         while True:
@@ -273,15 +269,10 @@ async def hops_probe(bootstrap: str, topic: str, dsn: str, channel: str) -> Asyn
         stack.push_async_callback(consumer.stop)
         conn = await asyncpg.connect(dsn)
         stack.push_async_callback(conn.close)
-        for _ in range(300):  # its metadata comes in the background, in a few ms
-            if partitions := consumer.assignment():
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise TimeoutError(f"no partition of {topic} assigned within 30 s")
-        await consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await consumer.position(tp)  # resolved now, not after the first jobs ended
+        partitions = await partitions_of(settings, [topic])
+        consumer.assign(partitions)
+        for tp, offset in (await consumer.end_offsets(partitions)).items():
+            consumer.seek(tp, offset)
         await conn.add_listener(channel, lambda _c, _p, _ch, payload: hops.on_notify(payload))
         task = asyncio.create_task(consume(), name="hops-consumer")
         try:
